@@ -1,0 +1,1 @@
+"""Citizen card: identity, cards, signed QR tokens, wallet ledger, partner API (later issue)."""
