@@ -65,7 +65,13 @@ class SessionRevoked(DomainEvent):
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.name: cls
-    for cls in (TicketCreated, TicketTransitioned, DeadlineWarning, DeadlineBreached, SessionRevoked)
+    for cls in (
+        TicketCreated,
+        TicketTransitioned,
+        DeadlineWarning,
+        DeadlineBreached,
+        SessionRevoked,
+    )
 }
 
 

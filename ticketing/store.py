@@ -1,0 +1,141 @@
+"""The database handle: engine, read/write transactions, dialect differences.
+
+SQLite allows one writer at a time; rather than let concurrent writers collide
+and retry on SQLITE_BUSY, writes in this process queue on one asyncio lock while
+reads go straight to their own WAL snapshot. PostgreSQL needs no such lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlmodel import SQLModel
+
+from ticketing import models as _models  # noqa: F401  (registers the tables)
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached; callers answer 503 and keep nothing half-done."""
+
+
+def _sqlite_path(url: str) -> Path | None:
+    tail = url.split("///", 1)[1] if "///" in url else ""
+    if not tail or tail.startswith(":memory:"):
+        return None
+    return Path(tail.split("?", 1)[0])
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            path = _sqlite_path(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction: committed on exit, rolled back on error."""
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock:
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            except (OperationalError, DBAPIError, OSError) as exc:
+                if _is_unavailable(exc):
+                    raise StoreUnavailable(str(exc)) from exc
+                raise
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError, OSError) as exc:
+            if _is_unavailable(exc):
+                raise StoreUnavailable(str(exc)) from exc
+            raise
+
+    async def ping(self) -> bool:
+        try:
+            async with self.read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def create_all(self) -> None:
+        """Create tables directly (tests); production uses Alembic migrations."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.create_all)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def upsert(
+        self,
+        table: sa.Table,
+        rows: Sequence[dict[str, Any]],
+        keys: Sequence[str],
+        update: Sequence[str],
+    ) -> sa.Insert:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE, in this database's dialect."""
+        ins: Any = (sqlite.insert if self.is_sqlite else postgresql.insert)(table).values(
+            list(rows)
+        )
+        return ins.on_conflict_do_update(
+            index_elements=list(keys), set_={c: ins.excluded[c] for c in update}
+        )
+
+    def insert_ignore(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.Insert:
+        ins: Any = (sqlite.insert if self.is_sqlite else postgresql.insert)(table).values(
+            list(rows)
+        )
+        return ins.on_conflict_do_nothing()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a ticket acknowledged is on disk even after a power cut; group commit
+    # makes the fsync cheap per ticket.
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    needles = (
+        "connection refused",
+        "could not connect",
+        "connection is closed",
+        "connection was closed",
+        "terminating connection",
+        "cannot connect",
+        "unable to open database",
+        "disk i/o error",
+        "the database system is",
+        "connection reset",
+        "connectionrefused",
+    )
+    return isinstance(exc, OSError) or any(n in text for n in needles)
