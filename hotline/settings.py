@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     claim_ttl_s: Annotated[int, Field(ge=10)] = Field(
         600, description="How long a claimed queue item stays with its claimer"
     )
+    pii_keys: str | None = Field(
+        None,
+        description="Comma-separated base64 AES-256 keys for personal data, newest first "
+        "(default: a key file generated under ./var/)",
+        repr=False,
+    )
+    pii_key_file: Path = Field(Path("./var/pii.key"), description="Key file used when unset")
     log_level: str = Field("INFO", description="Python logging level")
 
     @field_validator("timezone")
@@ -73,9 +80,7 @@ class Settings(BaseSettings):
     @classmethod
     def _supported_url(cls, v: str) -> str:
         if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
-            raise ValueError(
-                "must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
-            )
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return v
 
     @field_validator("log_level")

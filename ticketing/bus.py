@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
 
-from ticketing.events import DomainEvent, UnknownEvent, event_from_dict
+from ticketing.events import DomainEvent, event_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,13 @@ class PostgresBus(_Subscribers):
     because the bus is for liveness; consumers that must not miss anything re-read the
     database (e.g. the console polls as well, the SLA sweeper scans deadlines).
 
-    Publishing uses a small pool, never the listening connection, so a slow or broken
-    publish cannot stall or kill the listener. Each notification carries this instance's
-    id and we drop our own echoes: local subscribers already got the event directly from
-    `publish`, and must not see it twice.
+    Publishing uses its own connection, never the listening one, so a slow or broken
+    publish cannot stall or kill the listener. It is a single connection behind a lock
+    rather than a pool: NOTIFY takes well under a millisecond, and one connection keeps
+    this instance's events in publish order for the other instances.
+
+    Each notification carries this instance's id and we drop our own echoes: local
+    subscribers already got the event directly from `publish`, and must not see it twice.
     """
 
     _BACKOFF_START = 0.1
@@ -120,7 +123,9 @@ class PostgresBus(_Subscribers):
         self._health_interval = health_interval
         self._timeout = timeout
         self._conn: asyncpg.Connection | None = None
-        self._pool: asyncpg.Pool | None = None
+        self._publisher: asyncpg.Connection | None = None
+        self._publish_lock = asyncio.Lock()
+        self._started = False
         self._supervisor: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         # Bounded: if subscribers stall, dropping a liveness hint beats unbounded memory.
@@ -136,17 +141,16 @@ class PostgresBus(_Subscribers):
 
     async def start(self) -> None:
         """Fails loudly if the database is unreachable at boot; later losses are retried."""
-        if self._supervisor is not None:
+        if self._started:
             return
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=2, timeout=self._timeout
-        )
+        self._publisher = await asyncpg.connect(self.dsn, timeout=self._timeout)
         try:
             conn = await self._listen()
         except BaseException:
-            await self._pool.close()
-            self._pool = None
+            await self._close_quietly(self._publisher)
+            self._publisher = None
             raise
+        self._started = True
         self._dispatcher = asyncio.create_task(self._dispatch(), name="PostgresBus.dispatch")
         self._supervisor = asyncio.create_task(self._supervise(conn), name="PostgresBus.listen")
 
@@ -157,15 +161,11 @@ class PostgresBus(_Subscribers):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._supervisor = self._dispatcher = None
-        if self._conn is not None:
-            await self._close_quietly(self._conn)
-            self._conn = None
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                await asyncio.wait_for(pool.close(), self._timeout)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                pool.terminate()
+        self._started = False
+        for conn in (self._conn, self._publisher):
+            if conn is not None:
+                await self._close_quietly(conn)
+        self._conn = self._publisher = None
 
     async def publish(self, event: DomainEvent) -> None:
         """Raises ValueError for an oversized event, before anyone sees it.
@@ -173,23 +173,35 @@ class PostgresBus(_Subscribers):
         A failed NOTIFY is logged, not raised: by now the change is committed, and
         failing the caller's request over a missed liveness hint would be worse.
         """
-        if self._pool is None:
+        if not self._started:
             raise RuntimeError("PostgresBus.publish() before start()")
         payload = self._encode(event)
         await self.deliver(event)
-        for attempt in (1, 2):
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await self._pool.execute("SELECT pg_notify($1, $2)", self.channel, payload)
-                return
-            except Exception:
-                # Typically a pooled connection died since its last use (asyncpg then raises
-                # anything from OSError to InternalClientError); the pool replaces it, so
-                # one retry covers a database restart without hiding a persistent fault.
-                if attempt == 2:
-                    log.exception("NOTIFY %s failed; other instances miss it", event.name)
-                else:
-                    log.warning("NOTIFY %s failed; retrying once", event.name, exc_info=True)
+        try:
+            await self._notify(payload)
+        except Exception:
+            log.exception("NOTIFY %s failed; other instances miss it", event.name)
+
+    async def _notify(self, payload: str) -> None:
+        async with self._publish_lock:
+            for attempt in (1, 2):
+                conn = self._publisher
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        if conn is None or conn.is_closed():
+                            conn = self._publisher = await asyncpg.connect(self.dsn)
+                        await conn.execute("SELECT pg_notify($1, $2)", self.channel, payload)
+                    return
+                except Exception:
+                    # Usually the connection died since its last use (a database restart);
+                    # asyncpg then raises anything from OSError to InternalClientError and
+                    # may leave the connection half-alive, so drop it and dial afresh, once.
+                    if conn is not None:
+                        conn.terminate()
+                    self._publisher = None
+                    if attempt == 2:
+                        raise
+                    log.warning("NOTIFY failed; reconnecting and retrying once", exc_info=True)
 
     def _encode(self, event: DomainEvent) -> str:
         payload = json.dumps(
@@ -233,7 +245,7 @@ class PostgresBus(_Subscribers):
                 return
             try:
                 await conn.fetchval("SELECT 1", timeout=self._timeout)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            except Exception:
                 return
 
     async def _reconnect(self) -> asyncpg.Connection:
@@ -241,7 +253,7 @@ class PostgresBus(_Subscribers):
         while True:
             try:
                 return await self._listen()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:  # whatever it is, the listener must not die of it
                 log.warning("event bus reconnect failed (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._BACKOFF_CAP)
@@ -251,7 +263,7 @@ class PostgresBus(_Subscribers):
             return
         try:
             await asyncio.wait_for(conn.close(), self._timeout)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except Exception:
             conn.terminate()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -263,7 +275,7 @@ class PostgresBus(_Subscribers):
             if message.get("origin") == self.instance_id:
                 return
             event = event_from_dict(message["event"])
-        except (ValueError, UnknownEvent) as exc:  # JSONDecodeError is a ValueError
+        except Exception as exc:  # JSONDecodeError, UnknownEvent: all the outside world's fault
             log.warning("dropping bad notification on %s: %s: %.200r", self.channel, exc, payload)
             return
         try:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from ticketing.models import Category, Department
 from ticketing.store import Database
+from ticketing.taxonomy import Taxonomy
 
 department_t = Department.__table__  # type: ignore[attr-defined]
 category_t = Category.__table__  # type: ignore[attr-defined]
@@ -62,3 +63,89 @@ class Catalog:
             if district in names:
                 return code
         return None
+
+
+class CatalogError(Exception):
+    """An admin change that would break the catalog (duplicate code, unknown parent)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+async def seed_from_taxonomy(db: Database, tax: Taxonomy) -> int:
+    """Load the packaged taxonomy into an empty catalog; existing codes are kept as is."""
+    deps = [
+        {
+            "code": d.code,
+            "name": d.name,
+            "parent_code": d.parent_code,
+            "level": d.level,
+            "district": d.district,
+            "is_fallback": d.is_fallback,
+            "active": True,
+        }
+        for d in tax.departments
+    ]
+    cats = [
+        {
+            "code": c.code,
+            "name": c.name,
+            "parent_code": c.parent_code,
+            "default_department": c.default_department,
+            "urgency": str(c.urgency),
+            "dispatch_limit": c.dispatch_limit,
+            "feedback_limit": c.feedback_limit,
+            "active": True,
+        }
+        for c in tax.categories
+    ]
+    async with db.write() as conn:
+        before = (await conn.execute(sa.select(sa.func.count()).select_from(category_t))).scalar()
+        await conn.execute(db.insert_ignore(department_t, deps))
+        await conn.execute(db.insert_ignore(category_t, cats))
+        after = (await conn.execute(sa.select(sa.func.count()).select_from(category_t))).scalar()
+    return int(after or 0) - int(before or 0)
+
+
+async def create_row(
+    db: Database, catalog: Catalog, table: sa.Table, values: dict[str, Any]
+) -> dict[str, Any]:
+    _check_refs(catalog, table, values)
+    existing = catalog.departments if table is department_t else catalog.categories
+    if values["code"] in existing:
+        raise CatalogError(f"code {values['code']!r} already exists", "code")
+    async with db.write() as conn:
+        dup = (
+            await conn.execute(sa.select(table.c.code).where(table.c.code == values["code"]))
+        ).first()
+        if dup:
+            raise CatalogError(f"code {values['code']!r} already exists", "code")
+        await conn.execute(sa.insert(table).values(**values))
+        row = (await conn.execute(sa.select(table).where(table.c.code == values["code"]))).one()
+    await catalog.reload(db)
+    return dict(row._mapping)
+
+
+async def update_row(
+    db: Database, catalog: Catalog, table: sa.Table, code: str, patch: dict[str, Any]
+) -> dict[str, Any] | None:
+    _check_refs(catalog, table, patch)
+    if patch.get("parent_code") == code:
+        raise CatalogError("a node cannot be its own parent", "parent_code")
+    async with db.write() as conn:
+        if patch:
+            await conn.execute(sa.update(table).where(table.c.code == code).values(**patch))
+        row = (await conn.execute(sa.select(table).where(table.c.code == code))).first()
+    await catalog.reload(db)
+    return dict(row._mapping) if row else None
+
+
+def _check_refs(catalog: Catalog, table: sa.Table, values: dict[str, Any]) -> None:
+    parent = values.get("parent_code")
+    pool = catalog.departments if table is department_t else catalog.categories
+    if parent and parent not in pool:
+        raise CatalogError(f"unknown parent {parent!r}", "parent_code")
+    dep = values.get("default_department")
+    if dep and dep not in catalog.departments:
+        raise CatalogError(f"unknown department {dep!r}", "default_department")

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from ticketing.deadlines import is_breached, is_warning
 from ticketing.events import DeadlineBreached, DeadlineWarning, DomainEvent
-from ticketing.handlers import DISPATCH_PHASE, FEEDBACK_PHASE, Deps, ticket_t
+from ticketing.handlers import DISPATCH_PHASE, FEEDBACK_PHASE, Deps, announce, ticket_t
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ async def scan_once(deps: Deps, warn_fraction: float) -> list[DomainEvent]:
             elif m[warned.name] is None and is_warning(r.start, r.due, now, warn_fraction):
                 if await _mark(deps, r.number, warned, now):
                     emitted.append(DeadlineWarning(r.number, name, _iso(r.due)))
-    for ev in emitted:
-        await deps.bus.publish(ev)
+    await announce(deps, emitted)
     return emitted
 
 

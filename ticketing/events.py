@@ -63,6 +63,13 @@ class SessionRevoked(DomainEvent):
     token_hash: str
 
 
+@dataclass(frozen=True)
+class CatalogChanged(DomainEvent):
+    """Departments or categories changed; every instance reloads its copy."""
+
+    name: ClassVar[str] = "catalog.changed"
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.name: cls
     for cls in (
@@ -71,6 +78,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         DeadlineWarning,
         DeadlineBreached,
         SessionRevoked,
+        CatalogChanged,
     )
 }
 

@@ -82,6 +82,16 @@ class Deps:
     catalog: Catalog = field(default_factory=Catalog)
     clock: Callable[[], datetime] = utcnow
     claim_ttl_s: int = 600
+    # local observers (metrics): unlike bus subscribers, never see other instances' events
+    observers: list[Callable[[DomainEvent], None]] = field(default_factory=list)
+
+
+async def announce(deps: Deps, events: Sequence[DomainEvent]) -> None:
+    """After commit: count locally, then tell the bus (and through it other instances)."""
+    for ev in events:
+        for observe in deps.observers:
+            observe(ev)
+        await deps.bus.publish(ev)
 
 
 # ---------------------------------------------------------------- deadlines
@@ -608,8 +618,7 @@ async def move_ticket(deps: Deps, cmd: MoveTicket) -> dict[str, Any]:
         published.append(
             TicketTransitioned(t.number, cmd.action.value, t.status, new_status.value, who.username)
         )
-    for e in published:
-        await deps.bus.publish(e)
+    await announce(deps, published)
     return ticket_view(deps, row, who)
 
 
@@ -676,6 +685,76 @@ async def reveal_contact(
         )
     phone = deps.cipher.decrypt(t.contact_phone_enc) if t.contact_phone_enc else None
     return {"name": t.contact_name, "phone": phone}
+
+
+# ---------------------------------------------------------------- attachments
+
+
+async def add_attachment(deps: Deps, number: str, who: Principal, **meta: Any) -> dict[str, Any]:
+    """Metadata row plus a trail entry; the bytes are already stored by content hash."""
+    now = deps.clock()
+    async with deps.db.write() as conn:
+        t = await load_ticket(deps, conn, number, lock=True)
+        if not can_see(who, t):
+            raise TicketNotFound(number)
+        row = {**meta, "ticket_number": number, "uploaded_by": who.username, "uploaded_at": now}
+        res = await conn.execute(sa.insert(attachment_t).values(**row).returning(attachment_t.c.id))
+        row["id"] = res.scalar_one()
+        await _append_system_event(
+            deps,
+            conn,
+            number,
+            who,
+            "attachment_added",
+            {
+                "id": row["id"],
+                "filename": meta["filename"],
+                "sha256": meta["sha256"],
+                "size": meta["size"],
+            },
+            now,
+        )
+    return _attachment_view(row)
+
+
+def _attachment_view(r: Any) -> dict[str, Any]:
+    m = dict(r) if isinstance(r, dict) else dict(r._mapping)
+    return {
+        "id": m["id"],
+        "filename": m["filename"],
+        "content_type": m["content_type"],
+        "size": m["size"],
+        "sha256": m["sha256"],
+        "uploaded_by": m["uploaded_by"],
+        "uploaded_at": _iso(m["uploaded_at"]),
+        "url": f"/api/v1/attachments/{m['id']}",
+    }
+
+
+async def list_attachments(deps: Deps, number: str, who: Principal) -> list[dict[str, Any]]:
+    async with deps.db.read() as conn:
+        t = await load_ticket(deps, conn, number)
+        if not can_see(who, t):
+            raise TicketNotFound(number)
+        rows = await conn.execute(
+            sa.select(attachment_t)
+            .where(attachment_t.c.ticket_number == number)
+            .order_by(attachment_t.c.id)
+        )
+        return [_attachment_view(r) for r in rows]
+
+
+async def get_attachment(deps: Deps, att_id: int, who: Principal) -> dict[str, Any]:
+    async with deps.db.read() as conn:
+        row = (
+            await conn.execute(sa.select(attachment_t).where(attachment_t.c.id == att_id))
+        ).first()
+        if row is None:
+            raise TicketNotFound(f"attachment {att_id}")
+        t = await load_ticket(deps, conn, row.ticket_number)
+    if not can_see(who, t):
+        raise TicketNotFound(f"attachment {att_id}")
+    return dict(row._mapping)
 
 
 # ---------------------------------------------------------------- audit check

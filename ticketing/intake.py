@@ -31,6 +31,7 @@ from ticketing.handlers import (
     URGENCY_PRIORITY,
     Deps,
     InvalidRequest,
+    announce,
     chain_event,
     event_t,
     limits_for,
@@ -214,15 +215,14 @@ class Intake:
         task.add_done_callback(self._publishing.discard)
 
     async def _publish(self, rows: list[dict[str, Any]]) -> None:
-        for r in rows:
-            try:
-                await self.deps.bus.publish(
-                    TicketCreated(
-                        r["number"], r["kind"], r["channel"], r["category_code"], r["urgency"]
-                    )
-                )
-            except Exception:
-                log.exception("could not publish ticket.created for %s", r["number"])
+        events = [
+            TicketCreated(r["number"], r["kind"], r["channel"], r["category_code"], r["urgency"])
+            for r in rows
+        ]
+        try:
+            await announce(self.deps, events)
+        except Exception:
+            log.exception("could not publish ticket.created for %d tickets", len(rows))
 
     async def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, dict[str, Any]]]:
         deps = self.deps

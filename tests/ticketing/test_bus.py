@@ -182,7 +182,7 @@ async def test_pg_listener_reconnects_after_backend_killed(
 
 
 @pytest.mark.postgres
-async def test_pg_publisher_survives_killed_pool_connection(
+async def test_pg_publisher_survives_killed_connection(
     two_buses: tuple[PostgresBus, PostgresBus], pg_dsn: str
 ) -> None:
     a, b = two_buses
@@ -192,7 +192,7 @@ async def test_pg_publisher_survives_killed_pool_connection(
     try:
         # Several rounds: whether the publish races the dying backend varies run to run.
         for round_ in range(5):
-            # Every backend of this database but the listeners and ourselves: the pools.
+            # Every backend of this database but the listeners and ourselves: the publishers.
             await raw.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> ALL($1::int[])",

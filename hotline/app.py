@@ -1,0 +1,123 @@
+"""The aiohttp application factory: composes the packages' routes and resources.
+
+Every long-lived resource is one cleanup context, started in order and stopped in
+reverse: store and bus, then the intake writer, then the deadline watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+
+from hotline import appkeys
+from hotline.auth import SessionStore, auth_middleware, auth_routes
+from hotline.bootstrap import build_deps
+from hotline.errors import problem_middleware
+from hotline.idempotency import idempotency_middleware
+from hotline.metrics import Metrics
+from hotline.migrate import upgrade_head_async
+from hotline.openapi import build_openapi
+from hotline.routes import service_routes
+from hotline.settings import Settings
+from ticketing import deadline_watcher
+from ticketing.events import CatalogChanged, DomainEvent
+from ticketing.handlers import Deps
+from ticketing.intake import Intake
+from ticketing.routes import ticket_routes
+from ticketing.webkit import RouteSpec
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return version("hotline12345")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    deps: Deps | None = None,
+    migrate: bool = True,
+    watch_deadlines: bool = True,
+) -> web.Application:
+    deps = deps or build_deps(settings)
+    metrics = Metrics()
+    deps.observers.append(metrics.observe)
+    sessions = SessionStore(deps, settings.session_ttl_s)
+    intake = Intake(deps)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            metrics.middleware(),
+            problem_middleware,
+            auth_middleware(sessions),
+            idempotency_middleware(deps.db),
+        ],
+    )
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.DEPS] = deps
+    app[appkeys.INTAKE] = intake
+    app[appkeys.SESSIONS] = sessions
+    app[appkeys.METRICS] = metrics
+
+    specs: list[RouteSpec] = []
+    specs += auth_routes(sessions, settings.cookie_secure)
+    specs += ticket_routes(
+        deps,
+        intake,
+        settings.attachment_dir,
+        {"max_bytes": settings.attachment_max_bytes, "types": settings.allowed_attachment_types},
+    )
+    openapi: dict = {}
+    specs += service_routes(deps, metrics, openapi)
+    openapi.update(build_openapi(specs, _version()))
+    app.add_routes([s.route() for s in specs])
+    app[appkeys.ROUTE_SPECS] = specs  # read by the OpenAPI test
+
+    async def store_and_bus(app: web.Application) -> AsyncIterator[None]:
+        if migrate:
+            await upgrade_head_async(settings.database_url)
+        await deps.bus.start()
+
+        async def on_event(ev: DomainEvent) -> None:
+            await sessions.on_event(ev)
+            if isinstance(ev, CatalogChanged):
+                await deps.catalog.reload(deps.db)
+
+        unsubscribe = deps.bus.subscribe(on_event)
+        await deps.catalog.reload(deps.db)
+        yield
+        unsubscribe()
+        await deps.bus.stop()
+        await deps.db.dispose()
+
+    async def intake_writer(app: web.Application) -> AsyncIterator[None]:
+        await intake.start()
+        yield
+        await intake.stop()
+
+    async def watcher(app: web.Application) -> AsyncIterator[None]:
+        task = None
+        if watch_deadlines:
+            task = asyncio.create_task(
+                deadline_watcher.run_forever(
+                    deps, settings.deadline_scan_s, settings.deadline_warn_fraction
+                ),
+                name="deadline-watcher",
+            )
+        yield
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app.cleanup_ctx.extend([store_and_bus, intake_writer, watcher])
+    return app

@@ -1,0 +1,18 @@
+"""Typed application state: every long-lived resource has one key here."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hotline.auth import SessionStore
+from hotline.metrics import Metrics
+from hotline.settings import Settings
+from ticketing.handlers import Deps
+from ticketing.intake import Intake
+
+SETTINGS = web.AppKey("settings", Settings)
+DEPS = web.AppKey("deps", Deps)
+INTAKE = web.AppKey("intake", Intake)
+SESSIONS = web.AppKey("sessions", SessionStore)
+METRICS = web.AppKey("metrics", Metrics)
+ROUTE_SPECS = web.AppKey("route_specs", list)

@@ -1,0 +1,278 @@
+"""Staff authentication: argon2id passwords, opaque session tokens, role checks.
+
+The token is random; only its SHA-256 is stored, so a leaked database does not
+leak live sessions. Resolving a token costs a database read, so each instance
+caches resolved sessions briefly and drops them at once when any instance
+announces a logout (bus event `auth.session_revoked`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from pydantic import Field
+
+from ticketing.events import DomainEvent, SessionRevoked
+from ticketing.handlers import Deps, announce
+from ticketing.lifecycle import Role
+from ticketing.models import StaffSession, StaffUser, utcnow
+from ticketing.ports import Principal
+from ticketing.schemas import Strict
+from ticketing.webkit import PRINCIPAL, RouteSpec, json_response, principal_of, problem, read_body
+
+COOKIE = "hotline_session"
+CACHE_TTL_S = 30.0
+user_t = StaffUser.__table__  # type: ignore[attr-defined]
+session_t = StaffSession.__table__  # type: ignore[attr-defined]
+_hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+# verified against when the user does not exist, so timing does not reveal usernames
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(stored: str, password: str) -> bool:
+    def check() -> bool:
+        try:
+            return _hasher.verify(stored, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UserExists(Exception):
+    pass
+
+
+async def create_user(
+    deps: Deps,
+    username: str,
+    password: str,
+    role: Role,
+    department: str | None = None,
+    display_name: str = "",
+) -> dict[str, Any]:
+    if role is Role.DEPARTMENT and not department:
+        raise ValueError("a department user needs --department")
+    if role is not Role.DEPARTMENT and department:
+        raise ValueError("only department users belong to a department")
+    if department and deps.catalog.department(department) is None:
+        raise ValueError(f"unknown department {department!r}")
+    if len(password) < 8:
+        raise ValueError("passwords need at least 8 characters")
+    pw = await hash_password(password)
+    async with deps.db.write() as conn:
+        if (
+            await conn.execute(sa.select(user_t.c.id).where(user_t.c.username == username))
+        ).first():
+            raise UserExists(username)
+        await conn.execute(
+            sa.insert(user_t).values(
+                username=username,
+                display_name=display_name or username,
+                password_hash=pw,
+                role=role.value,
+                department_code=department,
+                active=True,
+                created_at=utcnow(),
+            )
+        )
+    return {"username": username, "role": role.value, "department": department}
+
+
+@dataclass
+class _Cached:
+    principal: Principal
+    expires_at: float  # session expiry (epoch)
+    cached_until: float
+
+
+class SessionStore:
+    def __init__(self, deps: Deps, ttl_s: int) -> None:
+        self.deps = deps
+        self.ttl_s = ttl_s
+        self._cache: dict[str, _Cached] = {}
+
+    async def login(self, username: str, password: str) -> tuple[str, Principal] | None:
+        async with self.deps.db.read() as conn:
+            user = (
+                await conn.execute(sa.select(user_t).where(user_t.c.username == username))
+            ).first()
+        ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
+        if not (user and ok and user.active):
+            return None
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        async with self.deps.db.write() as conn:
+            await conn.execute(
+                sa.insert(session_t).values(
+                    token_hash=token_hash(token),
+                    user_id=user.id,
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=self.ttl_s),
+                )
+            )
+        return token, _principal(user)
+
+    async def resolve(self, token: str) -> Principal | None:
+        th = token_hash(token)
+        now = time.time()
+        hit = self._cache.get(th)
+        if hit and hit.cached_until > now and hit.expires_at > now:
+            return hit.principal
+        async with self.deps.db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(user_t, session_t.c.expires_at)
+                    .join(session_t, session_t.c.user_id == user_t.c.id)
+                    .where(session_t.c.token_hash == th)
+                )
+            ).first()
+        if row is None or not row.active or row.expires_at.timestamp() <= now:
+            self._cache.pop(th, None)
+            return None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        principal = _principal(row)
+        self._cache[th] = _Cached(principal, row.expires_at.timestamp(), now + CACHE_TTL_S)
+        return principal
+
+    async def logout(self, token: str) -> None:
+        th = token_hash(token)
+        async with self.deps.db.write() as conn:
+            await conn.execute(sa.delete(session_t).where(session_t.c.token_hash == th))
+        self._cache.pop(th, None)
+        await announce(self.deps, [SessionRevoked(th)])
+
+    async def on_event(self, event: DomainEvent) -> None:
+        if isinstance(event, SessionRevoked):
+            self._cache.pop(event.token_hash, None)
+
+
+def _principal(row: Any) -> Principal:
+    return Principal(
+        username=row.username,
+        role=Role(row.role),
+        department_code=row.department_code,
+        user_id=row.id,
+    )
+
+
+def request_token(request: web.Request) -> tuple[str | None, bool]:
+    """(token, came_from_cookie)."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None, False
+    cookie = request.cookies.get(COOKIE)
+    return (cookie, True) if cookie else (None, False)
+
+
+def auth_middleware(sessions: SessionStore) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        token, from_cookie = request_token(request)
+        if token:
+            principal = await sessions.resolve(token)
+            if principal is not None:
+                if (
+                    from_cookie
+                    and request.method not in ("GET", "HEAD", "OPTIONS")
+                    and request.headers.get("Sec-Fetch-Site") == "cross-site"
+                ):
+                    # the cookie is SameSite=Strict; this refuses old browsers' CSRF too
+                    raise problem("forbidden", "cross-site request with the session cookie")
+                request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return middleware
+
+
+class LoginIn(Strict):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+def auth_routes(sessions: SessionStore, cookie_secure: bool) -> list[RouteSpec]:
+    async def login(request: web.Request) -> web.StreamResponse:
+        body = await read_body(request, LoginIn)
+        result = await sessions.login(body.username, body.password)
+        if result is None:
+            raise problem("unauthorized", "wrong username or password")
+        token, who = result
+        resp = json_response(
+            {
+                "token": token,
+                "token_type": "Bearer",
+                "expires_in": sessions.ttl_s,
+                "user": {
+                    "username": who.username,
+                    "role": who.role.value,
+                    "department": who.department_code,
+                },
+            }
+        )
+        resp.set_cookie(
+            COOKIE,
+            token,
+            max_age=sessions.ttl_s,
+            httponly=True,
+            samesite="Strict",
+            secure=cookie_secure,
+            path="/",
+        )
+        return resp
+
+    async def logout(request: web.Request) -> web.StreamResponse:
+        principal_of(request)
+        token, _ = request_token(request)
+        if token:
+            await sessions.logout(token)
+        resp = web.Response(status=204)
+        resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    async def me(request: web.Request) -> web.StreamResponse:
+        who = principal_of(request)
+        return json_response(
+            {"username": who.username, "role": who.role.value, "department": who.department_code}
+        )
+
+    return [
+        RouteSpec(
+            "POST",
+            "/api/v1/auth/login",
+            login,
+            "Sign in: session cookie for the console, bearer token in the body",
+            LoginIn,
+            None,
+            tag="auth",
+            responses={200: "signed in", 401: "wrong username or password"},
+        ),
+        RouteSpec(
+            "POST",
+            "/api/v1/auth/logout",
+            logout,
+            "Sign out",
+            roles=(),
+            tag="auth",
+            responses={204: "signed out"},
+        ),
+        RouteSpec("GET", "/api/v1/auth/me", me, "Who am I", roles=(), tag="auth"),
+    ]

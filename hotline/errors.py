@@ -1,0 +1,61 @@
+"""Turn every failure into RFC 9457 problem+json, and never leak a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from hotline.appkeys import SETTINGS
+from ticketing.store import StoreUnavailable
+from ticketing.webkit import PROBLEM_JSON, problem_response
+
+log = logging.getLogger(__name__)
+
+_BY_STATUS = {
+    400: "malformed-body",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+}
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == PROBLEM_JSON or exc.status < 400:
+            raise
+        slug = _BY_STATUS.get(exc.status)
+        if slug is None:
+            raise
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
+        if exc.status == 413:
+            detail = f"the body is larger than {request.app[SETTINGS].max_body_bytes} bytes"
+        resp = problem_response(slug, detail)
+        if exc.status == 405:
+            allow = exc.headers.get("Allow")
+            if allow:
+                resp.headers["Allow"] = allow
+        return resp
+    except StoreUnavailable:
+        log.warning("database unavailable for %s %s", request.method, request.path)
+        resp = problem_response("service-unavailable")
+        resp.headers["Retry-After"] = "5"
+        return resp
+    except (OperationalError, DBAPIError) as exc:
+        if "locked" in str(exc).lower() or "could not serialize" in str(exc).lower():
+            resp = problem_response("service-unavailable", "the database is busy; retry")
+            resp.headers["Retry-After"] = "1"
+            return resp
+        log.exception("database error on %s %s", request.method, request.path)
+        return problem_response("internal-error")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response("internal-error")

@@ -1,0 +1,124 @@
+"""Prometheus metrics for what a 12345 centre is judged by.
+
+Counters move on this instance's own events (not the bus, which would count other
+instances' work twice); gauges of the whole centre (open tickets by status,
+overdue) are read from the database at scrape time, cached for a few seconds so
+a busy scraper cannot load the store.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from ticketing.events import (
+    DeadlineBreached,
+    DeadlineWarning,
+    DomainEvent,
+    TicketCreated,
+    TicketTransitioned,
+)
+from ticketing.handlers import Deps, overdue_clause, ticket_t
+from ticketing.lifecycle import Status
+
+SCRAPE_CACHE_S = 5.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        disable_created_metrics()  # *_created series only confuse dashboards
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.created = Counter(
+            "hotline_tickets_created", "Tickets created", ["channel", "kind"], registry=r
+        )
+        self.transitions = Counter(
+            "hotline_ticket_transitions", "Ticket lifecycle moves", ["action", "to"], registry=r
+        )
+        self.deadline_warnings = Counter(
+            "hotline_deadline_warnings", "Deadline warnings raised", ["deadline"], registry=r
+        )
+        self.deadline_breaches = Counter(
+            "hotline_deadline_breaches", "Deadline breaches (SLA)", ["deadline"], registry=r
+        )
+        self.by_status = Gauge(
+            "hotline_tickets_by_status", "Tickets by current status", ["status"], registry=r
+        )
+        self.overdue = Gauge("hotline_tickets_overdue", "Tickets past a deadline", registry=r)
+        self.latency = Histogram(
+            "hotline_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self._refreshed = 0.0
+
+    def observe(self, ev: DomainEvent) -> None:
+        if isinstance(ev, TicketCreated):
+            self.created.labels(ev.channel, ev.kind).inc()
+        elif isinstance(ev, TicketTransitioned):
+            self.transitions.labels(ev.action, ev.to_status).inc()
+        elif isinstance(ev, DeadlineWarning):
+            self.deadline_warnings.labels(ev.deadline).inc()
+        elif isinstance(ev, DeadlineBreached):
+            self.deadline_breaches.labels(ev.deadline).inc()
+
+    async def render(self, deps: Deps) -> bytes:
+        if time.monotonic() - self._refreshed > SCRAPE_CACHE_S:
+            async with deps.db.read() as conn:
+                counts = dict(
+                    (
+                        await conn.execute(
+                            sa.select(ticket_t.c.status, sa.func.count()).group_by(
+                                ticket_t.c.status
+                            )
+                        )
+                    )
+                    .tuples()
+                    .all()
+                )
+                overdue = (
+                    await conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(ticket_t)
+                        .where(overdue_clause(deps.clock()))
+                    )
+                ).scalar_one()
+            for status in Status:
+                self.by_status.labels(status.value).set(counts.get(status.value, 0))
+            self.overdue.set(overdue)
+            self._refreshed = time.monotonic()
+        return generate_latest(self.registry)
+
+    def middleware(self) -> Any:
+        @web.middleware
+        async def timing(request: web.Request, handler: Any) -> web.StreamResponse:
+            start = time.perf_counter()
+            status = 500
+            try:
+                resp = await handler(request)
+                status = resp.status
+                return resp
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                info = request.match_info.route.resource
+                route = info.canonical if info is not None else "unmatched"
+                self.latency.labels(request.method, route, str(status)).observe(
+                    time.perf_counter() - start
+                )
+
+        return timing

@@ -1,0 +1,126 @@
+"""Demo data: the default taxonomy, a few staff users and tickets in every state,
+so a new user sees a living system. Safe to run twice (users and tickets are
+only added when missing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from hotline.auth import UserExists, create_user
+from ticketing.catalog import seed_from_taxonomy
+from ticketing.handlers import Deps, MoveTicket, move_ticket, ticket_t
+from ticketing.intake import Intake, NewTicket
+from ticketing.lifecycle import Action, Role
+from ticketing.ports import Principal
+from ticketing.taxonomy import load_taxonomy
+
+DEMO_PASSWORD = "demo-12345"
+USERS = [
+    ("agent", Role.AGENT, None, "话务员 小王"),
+    ("supervisor", Role.SUPERVISOR, None, "值班长 李主任"),
+    ("admin", Role.ADMIN, None, "系统管理员"),
+    ("urban", Role.DEPARTMENT, "urban-mgmt", "城市管理局 承办人"),
+    ("water", Role.DEPARTMENT, "water", "水务集团 承办人"),
+]
+
+TICKETS: list[dict[str, Any]] = [
+    {
+        "kind": "complaint",
+        "title": "小区门口路灯不亮",
+        "category": "urban.street-lights",
+        "description": "东城区新华街道幸福小区南门的路灯已经坏了一周，晚上很黑。",
+        "address": "幸福小区南门",
+        "district": "东城区",
+        "phone": "13812345678",
+        "moves": [],
+    },
+    {
+        "kind": "request",
+        "title": "停水咨询",
+        "category": "utilities.water-outage",
+        "description": "西城区和平路一带从早上开始停水，什么时候恢复？",
+        "district": "西城区",
+        "phone": "13987654321",
+        "moves": [("agent", Action.DISPATCH, {})],
+    },
+    {
+        "kind": "complaint",
+        "title": "夜间施工噪音扰民",
+        "category": "urban.noise",
+        "description": "工地晚上十一点后仍在施工，噪音很大。",
+        "district": "南湖区",
+        "phone": "+8615011112222",
+        "moves": [
+            ("agent", Action.DISPATCH, {"department": "urban-mgmt"}),
+            ("urban", Action.SIGN, {}),
+        ],
+    },
+    {
+        "kind": "consultation",
+        "title": "市民卡挂失怎么办理",
+        "category": None,
+        "description": "市民卡丢了，怎么挂失？",
+        "district": None,
+        "phone": None,
+        "moves": [
+            (
+                "agent",
+                Action.ANSWER,
+                {"answer": "可拨打12345按提示挂失，或在城市APP“市民卡”中挂失，挂失即时生效。"},
+            )
+        ],
+    },
+    {
+        "kind": "suggestion",
+        "title": "建议增加公交班次",
+        "category": None,
+        "description": "早高峰12路公交太挤，建议增加班次。",
+        "district": "北岭区",
+        "phone": "13700001111",
+        "moves": [("agent", Action.DISPATCH, {"department": "transport"})],
+    },
+]
+
+
+async def seed_demo(deps: Deps) -> dict[str, int]:
+    added = await seed_from_taxonomy(deps.db, load_taxonomy())
+    await deps.catalog.reload(deps.db)
+    users = 0
+    for username, role, dept, name in USERS:
+        try:
+            await create_user(deps, username, DEMO_PASSWORD, role, dept, name)
+            users += 1
+        except UserExists:
+            pass
+    async with deps.db.read() as conn:
+        existing = set((await conn.execute(sa.select(ticket_t.c.title))).scalars().all())
+    people = {u: Principal(u, r, d) for u, r, d, _ in USERS}
+    intake = Intake(deps)
+    await intake.start()
+    created = 0
+    try:
+        for spec in TICKETS:
+            if spec["title"] in existing:
+                continue
+            view = await intake.create(
+                NewTicket(
+                    kind=spec["kind"],
+                    title=spec["title"],
+                    description=spec["description"],
+                    channel="phone",
+                    principal=people["agent"],
+                    category=spec["category"],
+                    contact_name="市民",
+                    contact_phone=spec["phone"],
+                    address=spec.get("address"),
+                    district=spec["district"],
+                )
+            )
+            for who, action, payload in spec["moves"]:
+                await move_ticket(deps, MoveTicket(view["number"], action, people[who], payload))
+            created += 1
+    finally:
+        await intake.stop()
+    return {"categories": added, "users": users, "tickets": created}

@@ -1,0 +1,1 @@
+"""The ticket domain: tickets, lifecycle, taxonomy, SLA clock, dispatch, audit, store, bus."""

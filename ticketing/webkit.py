@@ -1,0 +1,142 @@
+"""HTTP conventions every package's routes share: problem+json, strict bodies, specs.
+
+Problems (RFC 9457) carry a stable `type` (`/problems/<slug>`, resolved against
+the API's origin); clients branch on it, never on the human `title`/`detail`.
+Routes are declared as `RouteSpec`s so the OpenAPI document is built from the
+same list the router is, and cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from ticketing.lifecycle import Role
+from ticketing.ports import Principal
+
+PROBLEM_JSON = "application/problem+json"
+PRINCIPAL = "principal"  # request-scoped key set by the auth middleware
+IDEMPOTENCY = "idempotency"  # request-scoped IdempotencySpec set by the middleware
+IDEMPOTENCY_RECORDED = "idempotency_recorded"
+
+PROBLEM_TITLES: dict[str, tuple[int, str]] = {
+    "malformed-body": (400, "The request body could not be read"),
+    "invalid-request": (400, "The request is not acceptable"),
+    "unauthorized": (401, "Sign in first"),
+    "forbidden": (403, "Your role may not do this"),
+    "not-found": (404, "Not found"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "illegal-transition": (409, "That move is not allowed for this ticket now"),
+    "conflict": (409, "Someone else changed this at the same time; reload and retry"),
+    "payload-too-large": (413, "The request body is too large"),
+    "unsupported-media-type": (415, "Unsupported content type"),
+    "validation-error": (422, "Some fields are not valid"),
+    "idempotency-key-reuse": (422, "This Idempotency-Key was used for a different request"),
+    "idempotency-in-progress": (409, "A request with this Idempotency-Key is still running"),
+    "internal-error": (500, "Something went wrong on our side"),
+    "service-unavailable": (503, "The service cannot reach its database; retry shortly"),
+}
+
+
+def problem_body(slug: str, detail: str | None = None, **ext: Any) -> tuple[int, dict[str, Any]]:
+    status, title = PROBLEM_TITLES[slug]
+    body: dict[str, Any] = {"type": f"/problems/{slug}", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update(ext)
+    return status, body
+
+
+def problem(slug: str, detail: str | None = None, **ext: Any) -> web.HTTPException:
+    """An aiohttp exception whose body is problem+json: raise it from any handler."""
+    status, body = problem_body(slug, detail, **ext)
+    exc = web.HTTPException(text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_JSON)
+    exc.set_status(status)
+    return exc
+
+
+def problem_response(slug: str, detail: str | None = None, **ext: Any) -> web.Response:
+    status, body = problem_body(slug, detail, **ext)
+    return web.Response(
+        status=status, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_JSON
+    )
+
+
+def json_response(data: Any, status: int = 200, **kw: Any) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        content_type="application/json",
+        **kw,
+    )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """Strict JSON: declared content type, UTF-8, an object, no unknown fields."""
+    ctype = request.content_type
+    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+        raise problem("unsupported-media-type", f"send application/json, not {ctype}")
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text) if text.strip() else {}
+    except UnicodeDecodeError:
+        raise problem("malformed-body", "the body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise problem("malformed-body", f"invalid JSON: {exc.msg} at {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise problem("malformed-body", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise problem("validation-error", errors=validation_errors(exc)) from None
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        out.append({"field": loc, "message": msg})
+    return out
+
+
+def principal_of(request: web.Request, *roles: Role) -> Principal:
+    """The signed-in staff member, or 401; with roles given, 403 for any other role."""
+    who: Principal | None = request.get(PRINCIPAL)
+    if who is None:
+        raise problem("unauthorized", "send a bearer token or the session cookie")
+    if roles and who.role not in roles:
+        raise problem(
+            "forbidden",
+            f"this needs the role {' or '.join(r.value for r in roles)}; you are {who.role.value}",
+        )
+    return who
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    roles: tuple[Role, ...] | None = None  # None: public; (): any signed-in staff
+    tag: str = "tickets"
+    query: tuple[tuple[str, str], ...] = ()  # (name, description)
+    responses: dict[int, str] = field(default_factory=lambda: {200: "OK"})
+    raw_body: str | None = None  # content type of a non-JSON body (uploads)
+
+    def route(self) -> web.RouteDef:
+        return web.route(self.method, self.path, self.handler)
