@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client import (
-    CollectorRegistry,,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
