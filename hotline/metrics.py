@@ -85,9 +85,7 @@ class Metrics:
                                 ticket_t.c.status
                             )
                         )
-                    )
-                    .tuples()
-                    .all()
+                    ).all()
                 )
                 overdue = (
                     await conn.execute(

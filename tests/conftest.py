@@ -80,3 +80,143 @@ async def pg_url(pg_server_url: str) -> AsyncIterator[str]:
 def pg_dsn(pg_url: str) -> str:
     """The same database as a plain asyncpg DSN."""
     return _asyncpg_dsn(pg_url)
+
+
+# ---------------------------------------------------------------- the service under test
+
+PII_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, tests only
+PASSWORD = "test-password-1"
+STAFF = {
+    "agent": ("agent", None),
+    "agent2": ("agent", None),
+    "supervisor": ("supervisor", None),
+    "admin": ("admin", None),
+    "urban": ("department", "urban-mgmt"),
+    "water": ("department", "water"),
+    "transport": ("department", "transport"),
+}
+
+
+def make_settings(tmp_path, database_url: str, **overrides):  # type: ignore[no-untyped-def]
+    from hotline.settings import load_settings
+
+    return load_settings(
+        database_url=database_url,
+        pii_keys=PII_KEY,
+        attachment_dir=tmp_path / "attachments",
+        holiday_override_file=tmp_path / "no-holidays.yaml",
+        **overrides,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/test.db"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    return f"sqlite+aiosqlite:///{tmp_path}/test.db"
+
+
+class Api:
+    """A signed-in test client: `await api.post("/api/v1/tickets", {...}, as_="agent")`."""
+
+    def __init__(self, client, app) -> None:  # type: ignore[no-untyped-def]
+        self.client = client
+        self.app = app
+        self.tokens: dict[str, str] = {}
+
+    async def token(self, who: str) -> str:
+        if who not in self.tokens:
+            r = await self.client.post(
+                "/api/v1/auth/login", json={"username": who, "password": PASSWORD}
+            )
+            assert r.status == 200, await r.text()
+            self.tokens[who] = (await r.json())["token"]
+        return self.tokens[who]
+
+    async def headers(self, who: str | None, extra: dict | None = None) -> dict:
+        h = dict(extra or {})
+        if who:
+            h["Authorization"] = f"Bearer {await self.token(who)}"
+        return h
+
+    async def get(self, path: str, as_: str | None = "agent", **kw):  # type: ignore[no-untyped-def]
+        return await self.client.get(
+            path, headers=await self.headers(as_, kw.pop("headers", None)), **kw
+        )
+
+    async def post(self, path: str, json=None, as_: str | None = "agent", **kw):  # type: ignore[no-untyped-def]
+        return await self.client.post(
+            path, json=json, headers=await self.headers(as_, kw.pop("headers", None)), **kw
+        )
+
+    async def patch(self, path: str, json=None, as_: str | None = "admin", **kw):  # type: ignore[no-untyped-def]
+        return await self.client.patch(
+            path, json=json, headers=await self.headers(as_, kw.pop("headers", None)), **kw
+        )
+
+    async def new_ticket(self, as_: str = "agent", **fields) -> dict:  # type: ignore[no-untyped-def]
+        body = {
+            "kind": "complaint",
+            "title": "路灯不亮",
+            "description": "幸福小区南门路灯不亮",
+            "channel": "phone",
+            "category": "urban.street-lights",
+            **fields,
+        }
+        r = await self.post("/api/v1/tickets", body, as_=as_)
+        assert r.status == 201, await r.text()
+        return await r.json()
+
+    async def move(
+        self,
+        number: str,
+        action: str,
+        body: dict | None = None,
+        as_: str = "agent",
+        status: int = 200,
+    ) -> dict:  # type: ignore[no-untyped-def]
+        r = await self.post(f"/api/v1/tickets/{number}/{action}", body or {}, as_=as_)
+        assert r.status == status, await r.text()
+        return await r.json()
+
+
+async def _seed(deps) -> None:  # type: ignore[no-untyped-def]
+    from hotline.auth import create_user
+    from ticketing.catalog import seed_from_taxonomy
+    from ticketing.lifecycle import Role
+    from ticketing.taxonomy import load_taxonomy
+
+    await seed_from_taxonomy(deps.db, load_taxonomy())
+    await deps.catalog.reload(deps.db)
+    for name, (role, dept) in STAFF.items():
+        await create_user(deps, name, PASSWORD, Role(role), dept)
+
+
+@pytest.fixture
+async def api(aiohttp_client, db_url, tmp_path):  # type: ignore[no-untyped-def]
+    """The whole service on a fresh database (SQLite and PostgreSQL), seeded with staff."""
+    from hotline.app import create_app
+    from hotline.appkeys import DEPS
+
+    app = create_app(make_settings(tmp_path, db_url), watch_deadlines=False)
+    client = await aiohttp_client(app)
+    await _seed(app[DEPS])
+    return Api(client, app)
+
+
+@pytest.fixture
+async def sqlite_api(aiohttp_client, sqlite_url, tmp_path):  # type: ignore[no-untyped-def]
+    """The service on SQLite only, for tests about HTTP rather than storage."""
+    from hotline.app import create_app
+    from hotline.appkeys import DEPS
+
+    app = create_app(make_settings(tmp_path, sqlite_url), watch_deadlines=False)
+    client = await aiohttp_client(app)
+    await _seed(app[DEPS])
+    return Api(client, app)

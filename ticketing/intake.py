@@ -267,7 +267,7 @@ class Intake:
                     ticket_t.c.number.in_([t["number"] for t in tickets])
                 )
             )
-            id_by_number = dict(ids.tuples().all())
+            id_by_number = {n: i for n, i in ids}
             for p in batch:
                 p.row["id"] = id_by_number[p.row["number"]]
                 view = ticket_view(deps, _RowView(p.row), p.principal)

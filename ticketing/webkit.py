@@ -20,9 +20,10 @@ from ticketing.lifecycle import Role
 from ticketing.ports import Principal
 
 PROBLEM_JSON = "application/problem+json"
-PRINCIPAL = "principal"  # request-scoped key set by the auth middleware
-IDEMPOTENCY = "idempotency"  # request-scoped IdempotencySpec set by the middleware
-IDEMPOTENCY_RECORDED = "idempotency_recorded"
+# request-scoped state, set by the hotline's middlewares
+PRINCIPAL = web.RequestKey("principal", Principal)
+IDEMPOTENCY = web.RequestKey("idempotency", object)  # an intake.IdempotencySpec
+IDEMPOTENCY_RECORDED = web.RequestKey("idempotency_recorded", bool)
 
 PROBLEM_TITLES: dict[str, tuple[int, str]] = {
     "malformed-body": (400, "The request body could not be read"),
