@@ -152,7 +152,9 @@ class TicketEvent(SQLModel, table=True):
     """Append-only, hash-chained trail: a changed past breaks the chain."""
 
     __tablename__ = "ticket_event"
-    __table_args__ = (sa.UniqueConstraint("ticket_number", "seq"),)
+    __table_args__ = (
+        sa.UniqueConstraint("ticket_number", "seq", name="uq_ticket_event_ticket_seq"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     ticket_number: str = Field(max_length=20, index=True)
     seq: int
@@ -185,7 +187,7 @@ class WorkItem(SQLModel, table=True):
 
     __tablename__ = "work_item"
     __table_args__ = (
-        sa.UniqueConstraint("kind", "ref"),
+        sa.UniqueConstraint("kind", "ref", name="uq_work_item_kind_ref"),
         sa.Index("ix_work_item_pick", "audience", "priority", "due_at"),
     )
     id: int | None = Field(default=None, primary_key=True)

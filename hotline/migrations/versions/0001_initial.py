@@ -180,7 +180,7 @@ def upgrade() -> None:
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("ticket_number", "seq"),
+        sa.UniqueConstraint("ticket_number", "seq", name="uq_ticket_event_ticket_seq"),
     )
     op.create_index(
         op.f("ix_ticket_event_ticket_number"), "ticket_event", ["ticket_number"], unique=False
@@ -198,7 +198,7 @@ def upgrade() -> None:
         sa.Column("claim_expires_at", ticketing.models.UTCDateTime(), nullable=True),
         sa.Column("created_at", ticketing.models.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("kind", "ref"),
+        sa.UniqueConstraint("kind", "ref", name="uq_work_item_kind_ref"),
     )
     op.create_index(
         "ix_work_item_pick", "work_item", ["audience", "priority", "due_at"], unique=False
