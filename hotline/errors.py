@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from hotline.appkeys import SETTINGS
 from ticketing.store import StoreUnavailable
@@ -49,6 +49,11 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         resp = problem_response("service-unavailable")
         resp.headers["Retry-After"] = "5"
         return resp
+    except IntegrityError:
+        # a race another instance won (same Idempotency-Key, same code): retrying
+        # gets the winner's answer
+        log.info("integrity conflict on %s %s", request.method, request.path)
+        return problem_response("conflict")
     except (OperationalError, DBAPIError) as exc:
         if "locked" in str(exc).lower() or "could not serialize" in str(exc).lower():
             resp = problem_response("service-unavailable", "the database is busy; retry")

@@ -27,7 +27,9 @@ idem_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 
 
 def idempotency_middleware(db: Database) -> Any:
-    inflight: dict[tuple[str, str], asyncio.Lock] = {}
+    # one lock per key while any request with it is running; refcounted so a waiter
+    # never finds its lock replaced by a fresh one
+    inflight: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -49,7 +51,8 @@ def idempotency_middleware(db: Database) -> Any:
             request.method.encode() + b" " + request.path.encode() + b"\n" + body
         ).hexdigest()
         ident = (who.username, key)
-        lock = inflight.setdefault(ident, asyncio.Lock())
+        lock, users = inflight.get(ident, (asyncio.Lock(), 0))
+        inflight[ident] = (lock, users + 1)
         try:
             async with lock:
                 async with db.read() as conn:
@@ -98,7 +101,10 @@ def idempotency_middleware(db: Database) -> Any:
                         )
                 return resp
         finally:
-            if not lock.locked():
-                inflight.pop(ident, None)
+            lock, users = inflight[ident]
+            if users <= 1:
+                del inflight[ident]
+            else:
+                inflight[ident] = (lock, users - 1)
 
     return middleware
