@@ -68,16 +68,19 @@ async def create_user(
     role: Role,
     department: str | None = None,
     display_name: str = "",
+    *,
+    password_hash: str | None = None,
 ) -> dict[str, Any]:
+    """Create a staff account; `password_hash` lets an import keep existing argon2 hashes."""
     if role is Role.DEPARTMENT and not department:
         raise ValueError("a department user needs --department")
     if role is not Role.DEPARTMENT and department:
         raise ValueError("only department users belong to a department")
     if department and deps.catalog.department(department) is None:
         raise ValueError(f"unknown department {department!r}")
-    if len(password) < 8:
+    if password_hash is None and len(password) < 8:
         raise ValueError("passwords need at least 8 characters")
-    pw = await hash_password(password)
+    pw = password_hash or await hash_password(password)
     async with deps.db.write() as conn:
         if (
             await conn.execute(sa.select(user_t.c.id).where(user_t.c.username == username))

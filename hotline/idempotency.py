@@ -42,11 +42,12 @@ def idempotency_middleware(db: Database) -> Any:
                 "validation-error",
                 errors=[{"field": HEADER, "message": "1 to 255 printable ASCII characters"}],
             )
-        body = (
-            await request.read()
-            if request.can_read_body and request.content_type.endswith("json")
-            else b""
-        )
+        is_json = request.content_type.endswith("json") or "Content-Type" not in request.headers
+        if request.can_read_body and not is_json:
+            # raw uploads are streamed, never buffered here; they are idempotent by
+            # content instead (the same file on the same ticket is stored once)
+            return await handler(request)
+        body = await request.read() if request.can_read_body else b""
         digest = hashlib.sha256(
             request.method.encode() + b" " + request.path.encode() + b"\n" + body
         ).hexdigest()

@@ -186,16 +186,23 @@ class Api:
         return await r.json()
 
 
+_HASH: list[str] = []
+
+
 async def _seed(deps) -> None:  # type: ignore[no-untyped-def]
-    from hotline.auth import create_user
+    """Taxonomy and staff; the argon2 hash is computed once per session (it is slow
+    by design, and login still verifies it for real)."""
+    from hotline.auth import create_user, hash_password
     from ticketing.catalog import seed_from_taxonomy
     from ticketing.lifecycle import Role
     from ticketing.taxonomy import load_taxonomy
 
     await seed_from_taxonomy(deps.db, load_taxonomy())
     await deps.catalog.reload(deps.db)
+    if not _HASH:
+        _HASH.append(await hash_password(PASSWORD))
     for name, (role, dept) in STAFF.items():
-        await create_user(deps, name, PASSWORD, Role(role), dept)
+        await create_user(deps, name, PASSWORD, Role(role), dept, password_hash=_HASH[0])
 
 
 @pytest.fixture
@@ -203,8 +210,15 @@ async def api(aiohttp_client, db_url, tmp_path):  # type: ignore[no-untyped-def]
     """The whole service on a fresh database (SQLite and PostgreSQL), seeded with staff."""
     from hotline.app import create_app
     from hotline.appkeys import DEPS
+    from hotline.bootstrap import build_deps
 
-    app = create_app(make_settings(tmp_path, db_url), watch_deadlines=False)
+    # tables straight from the models (fast); tests/hotline/test_migrations.py proves the
+    # migrations build the same schema, and test_smoke_api runs the real migrate path
+    deps = build_deps(make_settings(tmp_path, db_url))
+    await deps.db.create_all()
+    app = create_app(
+        make_settings(tmp_path, db_url), deps=deps, migrate=False, watch_deadlines=False
+    )
     client = await aiohttp_client(app)
     await _seed(app[DEPS])
     return Api(client, app)
@@ -215,8 +229,13 @@ async def sqlite_api(aiohttp_client, sqlite_url, tmp_path):  # type: ignore[no-u
     """The service on SQLite only, for tests about HTTP rather than storage."""
     from hotline.app import create_app
     from hotline.appkeys import DEPS
+    from hotline.bootstrap import build_deps
 
-    app = create_app(make_settings(tmp_path, sqlite_url), watch_deadlines=False)
+    deps = build_deps(make_settings(tmp_path, sqlite_url))
+    await deps.db.create_all()
+    app = create_app(
+        make_settings(tmp_path, sqlite_url), deps=deps, migrate=False, watch_deadlines=False
+    )
     client = await aiohttp_client(app)
     await _seed(app[DEPS])
     return Api(client, app)

@@ -460,6 +460,17 @@ async def _note_only(
     return {}, {k: v for k, v in p.items() if v is not None}
 
 
+async def _return(
+    deps: Deps, conn: AsyncConnection, t: Any, p: dict[str, Any], now: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Back on the desk: the desk gets a fresh dispatch allowance from now (it could not
+    have re-dispatched before the department returned it)."""
+    dispatch, _ = limits_for(deps, t.category_code, Urgency(t.urgency))
+    due = due_at(now, dispatch, deps.calendar, deps.tz)
+    changes = {"dispatch_due_at": due, "dispatch_warned_at": None, "dispatch_breached_at": None}
+    return changes, {"reason": p["reason"], "dispatch_due_at": _iso(due)}
+
+
 async def _request_extension(
     deps: Deps, conn: AsyncConnection, t: Any, p: dict[str, Any], now: datetime
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -546,7 +557,23 @@ async def _merge(
             f"ticket {into} is itself merged into {parent.merged_into}; merge into that one",
             "into",
         )
-    return {"merged_into": into}, {"into": into}
+    # tickets already merged into this one follow it to the new parent, so every
+    # duplicate keeps receiving the surviving ticket's updates
+    kids = (
+        (await conn.execute(sa.select(ticket_t.c.number).where(ticket_t.c.merged_into == t.number)))
+        .scalars()
+        .all()
+    )
+    if kids:
+        await conn.execute(
+            sa.update(ticket_t).where(ticket_t.c.merged_into == t.number).values(merged_into=into)
+        )
+        who = Principal("system", Role.SUPERVISOR)
+        for kid in kids:
+            await _append_system_event(
+                deps, conn, kid, who, "merge_reparented", {"from": t.number, "parent": into}, now
+            )
+    return {"merged_into": into}, {"into": into, **({"children": list(kids)} if kids else {})}
 
 
 async def _supervise(
@@ -562,6 +589,16 @@ async def move_ticket(deps: Deps, cmd: MoveTicket) -> dict[str, Any]:
     now = deps.clock()
     published: list[DomainEvent] = []
     async with deps.db.write() as conn:
+        if cmd.action is Action.MERGE and not deps.db.is_sqlite:
+            # two agents merging a pair of duplicates into each other at once would lock
+            # them in opposite orders (deadlock): take both locks in one order first
+            pair = sorted({cmd.number, str(cmd.payload.get("into"))})
+            await conn.execute(
+                sa.select(ticket_t.c.id)
+                .where(ticket_t.c.number.in_(pair))
+                .order_by(ticket_t.c.number)
+                .with_for_update()
+            )
         t = await load_ticket(deps, conn, cmd.number, lock=True)
         who = cmd.principal
         if not can_see(who, t):
@@ -697,6 +734,16 @@ async def add_attachment(deps: Deps, number: str, who: Principal, **meta: Any) -
         t = await load_ticket(deps, conn, number, lock=True)
         if not can_see(who, t):
             raise TicketNotFound(number)
+        same = (
+            await conn.execute(
+                sa.select(attachment_t).where(
+                    attachment_t.c.ticket_number == number,
+                    attachment_t.c.sha256 == meta["sha256"],
+                )
+            )
+        ).first()
+        if same is not None:  # a retried upload: the file is already on the ticket
+            return {**_attachment_view(same), "duplicate": True}
         row = {**meta, "ticket_number": number, "uploaded_by": who.username, "uploaded_at": now}
         res = await conn.execute(sa.insert(attachment_t).values(**row).returning(attachment_t.c.id))
         row["id"] = res.scalar_one()
@@ -837,7 +884,7 @@ EFFECTS: dict[Action, Effect] = {
     Action.ANSWER: _answer,
     Action.DISPATCH: _dispatch,
     Action.SIGN: _note_only,
-    Action.RETURN: _note_only,
+    Action.RETURN: _return,
     Action.REQUEST_EXTENSION: _request_extension,
     Action.GRANT_EXTENSION: _grant_extension,
     Action.REFUSE_EXTENSION: _note_only,

@@ -151,7 +151,7 @@ def plan_move(
     role: Role | str,
     *,
     is_lead: bool = False,
-    satisfaction: Satisfaction | None = None,
+    satisfaction: Satisfaction | str | None = None,
 ) -> Status:
     """The status after `action`, or IllegalMove saying why not and what is allowed."""
     status = Status(status)
@@ -194,5 +194,12 @@ def plan_move(
     if act is Action.FOLLOW_UP:
         if satisfaction is None:
             raise IllegalMove(act, status, role, allowed, "a follow-up needs a satisfaction")
-        return Status.REOPENED if satisfaction is Satisfaction.UNSATISFIED else Status.CLOSED
+        # coerced like action/status/role: a plain "unsatisfied" must not close the ticket
+        try:
+            sat = Satisfaction(satisfaction)
+        except ValueError:
+            raise IllegalMove(
+                act, status, role, allowed, f"unknown satisfaction {satisfaction!r}"
+            ) from None
+        return Status.REOPENED if sat is Satisfaction.UNSATISFIED else Status.CLOSED
     return move.target if move.target is not None else status

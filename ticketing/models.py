@@ -128,7 +128,7 @@ class Ticket(SQLModel, table=True):
     lat: float | None = None
     lon: float | None = None
     merged_into: str | None = Field(default=None, max_length=20, index=True)
-    satisfaction: str | None = Field(default=None, max_length=16)
+    satisfaction: str | None = Field(default=None, max_length=24)  # "basically_satisfied"
     reply_text: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
     supervision_count: int = Field(default=0)
     reopen_count: int = Field(default=0)

@@ -192,7 +192,13 @@ def ticket_routes(
             created_from=_time(q.get("from"), "from"),
             created_to=_time(q.get("to"), "to"),
         )
-        page = await h.list_tickets(deps, who, flt, limit=limit, cursor=q.get("cursor") or None)
+        cursor = q.get("cursor") or None
+        if cursor:
+            # only a cursor this API issued: aware time, an id the column can hold
+            at, tid = h.decode_cursor(cursor)
+            if at.tzinfo is None or not 0 < tid < 2**31:
+                raise h.InvalidRequest("cursor is not one this API issued", "cursor")
+        page = await h.list_tickets(deps, who, flt, limit=limit, cursor=cursor)
         return json_response(page)
 
     @_domain_errors
@@ -269,7 +275,7 @@ def ticket_routes(
             sha256=sha,
             storage_key=f"{sha[:2]}/{sha}",
         )
-        return json_response(row, status=201)
+        return json_response(row, status=200 if row.pop("duplicate", False) else 201)
 
     @_domain_errors
     async def list_attachments(request: web.Request) -> web.StreamResponse:

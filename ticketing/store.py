@@ -96,14 +96,23 @@ class Database:
         rows: Sequence[dict[str, Any]],
         keys: Sequence[str],
         update: Sequence[str],
+        keep_if_same: tuple[Sequence[str], Sequence[str]] | None = None,
     ) -> sa.Insert:
-        """INSERT ... ON CONFLICT (keys) DO UPDATE, in this database's dialect."""
+        """INSERT ... ON CONFLICT (keys) DO UPDATE, in this database's dialect.
+
+        `keep_if_same=(watched, kept)`: the `kept` columns keep their stored values when
+        none of the `watched` columns change (e.g. a claim survives a priority bump).
+        """
         ins: Any = (sqlite.insert if self.is_sqlite else postgresql.insert)(table).values(
             list(rows)
         )
-        return ins.on_conflict_do_update(
-            index_elements=list(keys), set_={c: ins.excluded[c] for c in update}
-        )
+        set_: dict[str, Any] = {c: ins.excluded[c] for c in update}
+        if keep_if_same:
+            watched, kept = keep_if_same
+            same = sa.and_(*(table.c[w] == ins.excluded[w] for w in watched))
+            for k in kept:
+                set_[k] = sa.case((same, table.c[k]), else_=ins.excluded[k])
+        return ins.on_conflict_do_update(index_elements=list(keys), set_=set_)
 
     def insert_ignore(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> sa.Insert:
         ins: Any = (sqlite.insert if self.is_sqlite else postgresql.insert)(table).values(

@@ -82,7 +82,8 @@ M = TypeVar("M", bound=BaseModel)
 
 async def read_body(request: web.Request, model: type[M]) -> M:
     """Strict JSON: declared content type, UTF-8, an object, no unknown fields."""
-    ctype = request.content_type
+    # aiohttp reports a missing Content-Type as application/octet-stream
+    ctype = request.content_type if "Content-Type" in request.headers else ""
     if ctype not in ("application/json", "") and not ctype.endswith("+json"):
         raise problem("unsupported-media-type", f"send application/json, not {ctype}")
     raw = await request.read()
@@ -93,6 +94,8 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise problem("malformed-body", "the body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise problem("malformed-body", f"invalid JSON: {exc.msg} at {exc.pos}") from None
+    except RecursionError:
+        raise problem("malformed-body", "the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise problem("malformed-body", "the body must be a JSON object")
     try:

@@ -104,6 +104,8 @@ async def sync_ticket_item(
             [row],
             ["kind", "ref"],
             ["audience", "action", "priority", "due_at", "claimed_by", "claim_expires_at"],
+            # a claim survives changes that leave the same person the same job
+            keep_if_same=(["audience", "action"], ["claimed_by", "claim_expires_at"]),
         )
     )
 

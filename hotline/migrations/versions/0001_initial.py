@@ -124,7 +124,7 @@ def upgrade() -> None:
         sa.Column("lat", sa.Float(), nullable=True),
         sa.Column("lon", sa.Float(), nullable=True),
         sa.Column("merged_into", sa.String(length=20), nullable=True),
-        sa.Column("satisfaction", sa.String(length=16), nullable=True),
+        sa.Column("satisfaction", sa.String(length=24), nullable=True),
         sa.Column("reply_text", sa.Text(), nullable=True),
         sa.Column("supervision_count", sa.Integer(), nullable=False),
         sa.Column("reopen_count", sa.Integer(), nullable=False),
