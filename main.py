@@ -102,6 +102,16 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card_root_key(args: argparse.Namespace) -> int:
+    """Print the root public key partners pin (creating the keyring on first use)."""
+    from citizen_card.keystore import load_or_create_keyring
+
+    settings = _settings(args)
+    ring = load_or_create_keyring(settings.card_keyring_file, issuer=settings.city_code)
+    sys.stdout.write(ring.root_public_pem().decode())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="main.py",
@@ -124,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_create_user)
     d = sub.add_parser("seed-demo", help="load the default taxonomy, demo users and tickets")
     d.set_defaults(func=cmd_seed_demo)
+    k = sub.add_parser("card-root-key", help="print the citizen-card root public key (PEM)")
+    k.set_defaults(func=cmd_card_root_key)
     return p
 
 

@@ -14,9 +14,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
+from citizen_card.medical_routes import medical_admin_routes, medical_routes
+from citizen_card.partner_auth import CitySigner, SqlNonceStore, SqlPartnerRegistry
+from citizen_card.partner_routes import partner_admin_routes, partner_app
+from citizen_card.routes import CardRoute, card_routes
+from citizen_card.service import CardDeps
 from hotline import appkeys
 from hotline.auth import SessionStore, auth_middleware, auth_routes
-from hotline.bootstrap import build_deps
+from hotline.bootstrap import build_card_deps, build_deps
 from hotline.errors import problem_middleware
 from hotline.idempotency import idempotency_middleware
 from hotline.metrics import Metrics
@@ -28,8 +33,10 @@ from ticketing import deadline_watcher
 from ticketing.events import CatalogChanged, DomainEvent
 from ticketing.handlers import Deps
 from ticketing.intake import Intake
+from ticketing.lifecycle import Role
+from ticketing.ports import Principal
 from ticketing.routes import ticket_routes
-from ticketing.webkit import RouteSpec
+from ticketing.webkit import RouteSpec, principal_of
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +52,12 @@ def create_app(
     settings: Settings,
     *,
     deps: Deps | None = None,
+    card_deps: CardDeps | None = None,
     migrate: bool = True,
     watch_deadlines: bool = True,
 ) -> web.Application:
     deps = deps or build_deps(settings)
+    card_deps = card_deps or build_card_deps(settings, deps.db, deps.cipher)
     metrics = Metrics()
     deps.observers.append(metrics.observe)
     sessions = SessionStore(deps, settings.session_ttl_s)
@@ -64,6 +73,7 @@ def create_app(
     )
     app[appkeys.SETTINGS] = settings
     app[appkeys.DEPS] = deps
+    app[appkeys.CARD_DEPS] = card_deps
     app[appkeys.INTAKE] = intake
     app[appkeys.SESSIONS] = sessions
     app[appkeys.METRICS] = metrics
@@ -75,6 +85,21 @@ def create_app(
         intake,
         settings.attachment_dir,
         {"max_bytes": settings.attachment_max_bytes, "types": settings.allowed_attachment_types},
+    )
+    specs += [_card_spec(r) for r in card_routes(card_deps, _staff)]
+    partners = SqlPartnerRegistry(card_deps.engine, card_deps.cipher)
+    specs += [_card_spec(r) for r in partner_admin_routes(card_deps, partners, _staff)]
+    specs += [_card_spec(r) for r in medical_admin_routes(card_deps, _staff)]
+    city_signer = CitySigner(f"{settings.city_code.lower()}-service", card_deps.service_key)
+    app.add_subapp(  # signed partner API: documented in docs/partner-api.md, not OpenAPI
+        "/partner/v1",
+        partner_app(
+            card_deps,
+            registry=partners,
+            nonce_store=SqlNonceStore(card_deps.engine),
+            city_signer=city_signer,
+            medical_routes=medical_routes(card_deps, hospital_levels=settings.hospital_level_map),
+        ),
     )
     openapi: dict = {}
     specs += service_routes(deps, metrics, openapi)
@@ -119,5 +144,43 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app.cleanup_ctx.extend([store_and_bus, intake_writer, watcher])
+    async def ledger_settler(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_settle_forever(card_deps), name="ledger-settler")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.extend([store_and_bus, intake_writer, watcher, ledger_settler])
     return app
+
+
+def _staff(request: web.Request, roles: tuple[str, ...]) -> Principal:
+    return principal_of(request, *(Role(r) for r in roles))
+
+
+def _card_spec(r: CardRoute) -> RouteSpec:
+    roles = None if r.roles is None else tuple(Role(x) for x in r.roles)
+    return RouteSpec(
+        r.method,
+        r.path,
+        r.handler,
+        r.summary,
+        r.body,
+        roles,
+        tag="citizen-card",
+        query=r.query,
+        responses=r.responses,
+    )
+
+
+async def _settle_forever(card_deps: CardDeps, interval_s: float = 5.0) -> None:
+    """Fold buffered merchant credits into balances (the ledger keeps hot rows unlocked)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await card_deps.ledger.settle()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ledger settle failed; retrying")

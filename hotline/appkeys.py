@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from citizen_card.service import CardDeps
 from hotline.auth import SessionStore
 from hotline.metrics import Metrics
 from hotline.settings import Settings
@@ -12,6 +13,7 @@ from ticketing.intake import Intake
 
 SETTINGS = web.AppKey("settings", Settings)
 DEPS = web.AppKey("deps", Deps)
+CARD_DEPS = web.AppKey("card_deps", CardDeps)
 INTAKE = web.AppKey("intake", Intake)
 SESSIONS = web.AppKey("sessions", SessionStore)
 METRICS = web.AppKey("metrics", Metrics)

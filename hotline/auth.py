@@ -112,6 +112,9 @@ class SessionStore:
         self.deps = deps
         self.ttl_s = ttl_s
         self._cache: dict[str, _Cached] = {}
+        # token hash -> the lookup in flight: concurrent misses on one token share it
+        self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
+        self._generation = 0  # bumped by every revocation seen
 
     async def login(self, username: str, password: str) -> tuple[str, Principal] | None:
         async with self.deps.db.read() as conn:
@@ -140,6 +143,38 @@ class SessionStore:
         hit = self._cache.get(th)
         if hit and hit.cached_until > now and hit.expires_at > now:
             return hit.principal
+        # Single flight: when many requests with one token miss the cache at once (a
+        # console's burst, the cache entry just expired), one queries, the rest wait.
+        pending = self._lookups.get(th)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # we were cancelled ourselves
+                # the request that was looking it up went away: one of us takes over
+                return await self.resolve(token)
+        fut: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[th] = fut
+        try:
+            principal = await self._lookup(th, now)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()  # the waiters then look it up themselves (above)
+            else:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            fut.set_result(principal)
+        finally:
+            if self._lookups.get(th) is fut:
+                del self._lookups[th]
+        return principal
+
+    async def _lookup(self, th: str, now: float) -> Principal | None:
+        generation = self._generation
         async with self.deps.db.read() as conn:
             row = (
                 await conn.execute(
@@ -151,22 +186,28 @@ class SessionStore:
         if row is None or not row.active or row.expires_at.timestamp() <= now:
             self._cache.pop(th, None)
             return None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
         principal = _principal(row)
-        self._cache[th] = _Cached(principal, row.expires_at.timestamp(), now + CACHE_TTL_S)
+        if generation == self._generation:  # no logout raced with this read
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[th] = _Cached(principal, row.expires_at.timestamp(), now + CACHE_TTL_S)
         return principal
 
     async def logout(self, token: str) -> None:
         th = token_hash(token)
         async with self.deps.db.write() as conn:
             await conn.execute(sa.delete(session_t).where(session_t.c.token_hash == th))
-        self._cache.pop(th, None)
+        self._revoked(th)
         await announce(self.deps, [SessionRevoked(th)])
 
     async def on_event(self, event: DomainEvent) -> None:
         if isinstance(event, SessionRevoked):
-            self._cache.pop(event.token_hash, None)
+            self._revoked(event.token_hash)
+
+    def _revoked(self, th: str) -> None:
+        self._generation += 1  # a lookup that read before the revocation must not cache
+        self._lookups.pop(th, None)  # nor may later requests join it
+        self._cache.pop(th, None)
 
 
 def _principal(row: Any) -> Principal:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 
+from citizen_card.keystore import load_or_create_keyring, load_or_create_service_key
+from citizen_card.ledger import Ed25519Signer, Ledger
+from citizen_card.service import CardDeps, PiiCipher
 from hotline.pii import AesGcmCipher, load_keys
 from hotline.settings import Settings
 from ticketing.bus import make_bus
@@ -31,4 +34,25 @@ def build_deps(settings: Settings) -> Deps:
         cipher=cipher,
         catalog=Catalog(),
         claim_ttl_s=settings.claim_ttl_s,
+    )
+
+
+def build_card_deps(settings: Settings, db: Database, cipher: PiiCipher) -> CardDeps:
+    """The citizen card shares the store (and SQLite's writer lock) with the tickets."""
+    keyring = load_or_create_keyring(settings.card_keyring_file, issuer=settings.city_code)
+    service_key = load_or_create_service_key(settings.card_service_key_file)
+    ledger = Ledger(
+        db.engine,
+        Ed25519Signer(service_key, key_id=f"{settings.city_code.lower()}-service"),
+        write_lock=db.write_lock,
+    )
+    return CardDeps(
+        engine=db.engine,
+        cipher=cipher,
+        keyring=keyring,
+        ledger=ledger,
+        service_key=service_key,
+        tz=settings.tz,
+        write_lock=db.write_lock,
+        city_code=settings.city_code,
     )

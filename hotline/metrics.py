@@ -33,6 +33,7 @@ from ticketing.handlers import Deps, overdue_clause, ticket_t
 from ticketing.lifecycle import Status
 
 SCRAPE_CACHE_S = 5.0
+MAX_CACHED_CHILDREN = 4096  # label combinations remembered per metric (methods are client input)
 
 
 class Metrics:
@@ -64,16 +65,28 @@ class Metrics:
             registry=r,
         )
         self._refreshed = 0.0
+        # `labels()` validates and hashes its arguments under a lock on every call; the
+        # children never change, so look each combination up once.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= MAX_CACHED_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, ev: DomainEvent) -> None:
         if isinstance(ev, TicketCreated):
-            self.created.labels(ev.channel, ev.kind).inc()
+            self._child(self.created, ev.channel, ev.kind).inc()
         elif isinstance(ev, TicketTransitioned):
-            self.transitions.labels(ev.action, ev.to_status).inc()
+            self._child(self.transitions, ev.action, ev.to_status).inc()
         elif isinstance(ev, DeadlineWarning):
-            self.deadline_warnings.labels(ev.deadline).inc()
+            self._child(self.deadline_warnings, ev.deadline).inc()
         elif isinstance(ev, DeadlineBreached):
-            self.deadline_breaches.labels(ev.deadline).inc()
+            self._child(self.deadline_breaches, ev.deadline).inc()
 
     async def render(self, deps: Deps) -> bytes:
         if time.monotonic() - self._refreshed > SCRAPE_CACHE_S:
@@ -115,7 +128,7 @@ class Metrics:
             finally:
                 info = request.match_info.route.resource
                 route = info.canonical if info is not None else "unmatched"
-                self.latency.labels(request.method, route, str(status)).observe(
+                self._child(self.latency, request.method, route, str(status)).observe(
                     time.perf_counter() - start
                 )
 

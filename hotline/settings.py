@@ -65,6 +65,20 @@ class Settings(BaseSettings):
         repr=False,
     )
     pii_key_file: Path = Field(Path("./var/pii.key"), description="Key file used when unset")
+    city_code: str = Field("CITY", description="Issuer code in citizen-card tokens and receipts")
+    card_keyring_file: Path = Field(
+        Path("./var/citycard-keyring.json"),
+        description="Citizen-card root and token-signing keys (created on first start)",
+    )
+    card_service_key_file: Path = Field(
+        Path("./var/citycard-service.pem"),
+        description="Ed25519 key signing freeze receipts, ledger receipts, partner answers",
+    )
+    hospital_levels: str = Field(
+        "",
+        description="Hospital partner id -> level for the insurance ratio, e.g. "
+        "'hosp-a:tertiary,hosp-b:secondary' (unlisted hospitals cannot settle bills)",
+    )
     log_level: str = Field("INFO", description="Python logging level")
 
     @field_validator("timezone")
@@ -93,6 +107,20 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def hospital_level_map(self) -> dict[str, str]:
+        pairs = (p.split(":", 1) for p in self.hospital_levels.split(",") if p.strip())
+        return {k.strip(): v.strip() for k, v in pairs}
+
+    @field_validator("hospital_levels")
+    @classmethod
+    def _levels(cls, v: str) -> str:
+        for part in filter(None, (p.strip() for p in v.split(","))):
+            key, _, level = part.partition(":")
+            if not key or level not in ("primary", "secondary", "tertiary"):
+                raise ValueError(f"{part!r}: use partner-id:primary|secondary|tertiary")
+        return v
 
     @property
     def is_postgres(self) -> bool:

@@ -100,13 +100,16 @@ STAFF = {
 def make_settings(tmp_path, database_url: str, **overrides):  # type: ignore[no-untyped-def]
     from hotline.settings import load_settings
 
-    return load_settings(
-        database_url=database_url,
-        pii_keys=PII_KEY,
-        attachment_dir=tmp_path / "attachments",
-        holiday_override_file=tmp_path / "no-holidays.yaml",
+    values = {
+        "database_url": database_url,
+        "pii_keys": PII_KEY,
+        "attachment_dir": tmp_path / "attachments",
+        "holiday_override_file": tmp_path / "no-holidays.yaml",
+        "card_keyring_file": tmp_path / "citycard-keyring.json",
+        "card_service_key_file": tmp_path / "citycard-service.pem",
         **overrides,
-    )
+    }
+    return load_settings(**values)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -155,17 +155,22 @@ class PostgresBus(_Subscribers):
         self._supervisor = asyncio.create_task(self._supervise(conn), name="PostgresBus.listen")
 
     async def stop(self) -> None:
+        # First, so that no publish starts and no NOTIFY retry dials a new connection.
+        self._started = False
         for task in (self._supervisor, self._dispatcher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._supervisor = self._dispatcher = None
-        self._started = False
-        for conn in (self._conn, self._publisher):
-            if conn is not None:
-                await self._close_quietly(conn)
-        self._conn = self._publisher = None
+        listener, self._conn = self._conn, None
+        if listener is not None:
+            await self._close_quietly(listener)
+        # a NOTIFY in flight finishes first (bounded by its timeout); then nobody uses it
+        async with self._publish_lock:
+            publisher, self._publisher = self._publisher, None
+            if publisher is not None:
+                await self._close_quietly(publisher)
 
     async def publish(self, event: DomainEvent) -> None:
         """Raises ValueError for an oversized event, before anyone sees it.
@@ -179,12 +184,16 @@ class PostgresBus(_Subscribers):
         await self.deliver(event)
         try:
             await self._notify(payload)
+        except _Stopped:
+            log.warning("NOTIFY %s dropped: the bus was stopped meanwhile", event.name)
         except Exception:
             log.exception("NOTIFY %s failed; other instances miss it", event.name)
 
     async def _notify(self, payload: str) -> None:
         async with self._publish_lock:
             for attempt in (1, 2):
+                if not self._started:
+                    raise _Stopped  # never dial a connection that stop() will not close
                 conn = self._publisher
                 try:
                     async with asyncio.timeout(self._timeout):
@@ -288,6 +297,10 @@ class PostgresBus(_Subscribers):
         while True:
             event = await self._inbox.get()
             await self.deliver(event)
+
+
+class _Stopped(Exception):
+    """PostgresBus.stop() ran while a publish waited for the publisher connection."""
 
 
 def make_bus(database_url: str) -> EventBus:

@@ -184,10 +184,16 @@ def mask_phone(e164: str) -> str:
     return national[:3] + "*" * (len(national) - 7) + national[-4:]
 
 
-def ticket_view(deps: Deps, row: Any, principal: Principal | None = None) -> dict[str, Any]:
+def ticket_view(
+    deps: Deps, row: Any, principal: Principal | None = None, *, phone: str | None = None
+) -> dict[str, Any]:
+    """The API's ticket. `phone`: the contact's masked phone when the caller already has
+    it (the intake, which just encrypted it); otherwise it is decrypted from the row."""
     now = deps.clock()
     status = Status(row.status)
-    phone = deps.cipher.decrypt(row.contact_phone_enc) if row.contact_phone_enc else None
+    if phone is None and row.contact_phone_enc:
+        plain = deps.cipher.decrypt(row.contact_phone_enc)
+        phone = mask_phone(plain) if plain else None
     cat = deps.catalog.categories.get(row.category_code or "")
     overdue = is_overdue(status, row.dispatch_due_at, row.feedback_due_at, now)
     view: dict[str, Any] = {
@@ -204,7 +210,7 @@ def ticket_view(deps: Deps, row: Any, principal: Principal | None = None) -> dic
         "assist_departments": list(row.assist_departments or []),
         "contact": {
             "name": row.contact_name,
-            "phone": mask_phone(phone) if phone else None,
+            "phone": phone,
             "channel_ids": dict(row.contact_ids or {}),
         },
         "location": {

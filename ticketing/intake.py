@@ -2,22 +2,38 @@
 
 Every new ticket must be on disk before its 201 goes out, but one commit per
 ticket through the ORM tops out near a thousand a second. So request tasks do all
-per-ticket work (validation, deadlines, encryption) themselves and hand a ready
-row to one writer task, which takes whatever has queued up, numbers it, writes
-tickets, first audit events, queue items and idempotency records in one
-transaction, commits, and only then wakes the waiting requests.
+per-ticket work (validation, deadlines, encryption, and afterwards the API view)
+themselves and hand a ready row to one writer task, which takes whatever has
+queued up, numbers it, writes tickets, first audit events, queue items and
+idempotency records in one transaction, commits, and only then wakes the waiting
+requests.
+
+On SQLite the writer does not go through SQLAlchemy and aiosqlite (about seven
+thread round trips per batch): each batch is one call into a thread of our own
+that owns a plain `sqlite3` connection (same pragmas: WAL, synchronous=FULL) and
+runs BEGIN IMMEDIATE, the counter upsert, one executemany per table and COMMIT.
+Values are converted as SQLAlchemy would store them, column lists come from the
+tables, and the process-wide write lock is held around the call, so for everyone
+else it is just another writer. PostgreSQL keeps the SQLAlchemy path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import operator
+import sqlite3
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 import sqlalchemy as sa
@@ -35,12 +51,14 @@ from ticketing.handlers import (
     chain_event,
     event_t,
     limits_for,
+    mask_phone,
     ticket_t,
     ticket_view,
 )
 from ticketing.lifecycle import Kind, Status
-from ticketing.models import IdempotencyRecord
+from ticketing.models import IdempotencyRecord, UTCDateTime
 from ticketing.ports import Principal
+from ticketing.store import StoreUnavailable, is_unavailable, sqlite_pragmas
 
 log = logging.getLogger(__name__)
 idem_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
@@ -48,6 +66,10 @@ work_t = workqueue.work_item
 
 CHANNELS = frozenset({"phone", "wechat", "telegram", "app", "web", "open311", "email", "walk_in"})
 MAX_BATCH = 256
+import os as _os  # TEMPORARY A/B
+_MULTI = _os.environ.get("INTAKE_MULTI", "1") == "1"
+STOP_PUBLISH_TIMEOUT_S = 5.0  # stop() waits this long for ticket.created to go out
+STOP_WRITE_TIMEOUT_S = 35.0  # a batch already in SQLite's hands (busy_timeout is 30 s)
 
 
 @dataclass(frozen=True)
@@ -78,24 +100,39 @@ class IdempotencySpec:
 @dataclass
 class _Pending:
     row: dict[str, Any]
+    phone: str | None  # masked, for the view (never decrypt what was just encrypted)
     principal: Principal
     idem: IdempotencySpec | None
-    future: asyncio.Future[dict[str, Any]]
+    # the view when the writer had to build it (idempotency record), else None
+    future: asyncio.Future[dict[str, Any] | None]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_phone(raw: str) -> tuple[str | None, str | None]:
+    """(E.164, None) or (None, why not): pure, so cached (callers repeat themselves)."""
+    try:
+        num = phonenumbers.parse(raw, "CN")
+    except phonenumbers.NumberParseException as exc:
+        return None, f"not a phone number: {exc}"
+    if not phonenumbers.is_valid_number(num):
+        return None, "not a valid phone number"
+    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164), None
 
 
 def normalise_phone(raw: str) -> str:
     """E.164 inside; residents type 138 1234 5678, 0755-12345678 or +86..."""
-    try:
-        num = phonenumbers.parse(raw, "CN")
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidRequest(f"not a phone number: {exc}", "contact.phone") from None
-    if not phonenumbers.is_valid_number(num):
-        raise InvalidRequest("not a valid phone number", "contact.phone")
-    return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    e164, error = _parse_phone(raw)
+    if e164 is None:
+        raise InvalidRequest(error or "not a phone number", "contact.phone")
+    return e164
 
 
-def prepare(deps: Deps, cmd: NewTicket, now: datetime) -> dict[str, Any]:
-    """All per-ticket work that needs no database: done in the request's own task."""
+def prepare(deps: Deps, cmd: NewTicket, now: datetime) -> tuple[dict[str, Any], str | None]:
+    """All per-ticket work that needs no database: done in the request's own task.
+
+    Returns the ticket row (every column but `id`, `number`, `event_seq` and
+    `last_hash`, which the writer fills in) and the masked phone for the view.
+    """
     try:
         Kind(cmd.kind)
     except ValueError:
@@ -120,7 +157,7 @@ def prepare(deps: Deps, cmd: NewTicket, now: datetime) -> dict[str, Any]:
         urgency = Urgency(cat["urgency"]) if cat else Urgency.NORMAL
     dispatch, _ = limits_for(deps, cmd.category, urgency)
     phone = normalise_phone(cmd.contact_phone) if cmd.contact_phone else None
-    return {
+    row = {
         "kind": cmd.kind,
         "title": cmd.title,
         "description": cmd.description,
@@ -139,12 +176,40 @@ def prepare(deps: Deps, cmd: NewTicket, now: datetime) -> dict[str, Any]:
         "district": cmd.district,
         "lat": cmd.lat,
         "lon": cmd.lon,
+        "merged_into": None,
+        "satisfaction": None,
+        "reply_text": None,
+        "supervision_count": 0,
+        "reopen_count": 0,
         "created_by": cmd.principal.username,
         "created_at": now,
         "updated_at": now,
+        "dispatched_at": None,
         "dispatch_due_at": due_at(now, dispatch, deps.calendar, deps.tz),
+        "feedback_due_at": None,
+        "dispatch_warned_at": None,
+        "dispatch_breached_at": None,
+        "feedback_warned_at": None,
+        "feedback_breached_at": None,
+        "closed_at": None,
         "version": 1,
     }
+    return row, mask_phone(phone) if phone else None
+
+
+@dataclass
+class _Rows:
+    """One batch, numbered and ready to insert (the same on both backends)."""
+
+    tickets: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    works: list[dict[str, Any]]
+    idems: list[dict[str, Any]]
+    views: list[dict[str, Any] | None]
+
+
+_Statements = list[tuple[str, list[Any]]]  # (INSERT ... VALUES (...), (...), its parameters)
+_Built = tuple[_Rows, _Statements]
 
 
 class Intake:
@@ -157,11 +222,14 @@ class Intake:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # for the benchmark's report
         self._publishing: set[asyncio.Task[None]] = set()
+        self._sqlite: _SqliteWriter | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ticket-intake-writer")
 
     async def stop(self) -> None:
+        """Stop writing (a batch in flight fails), fail what is queued, let the
+        ticket.created announcements of committed batches go out, close the connection."""
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -171,15 +239,28 @@ class Intake:
             p = self._queue.get_nowait()
             if not p.future.done():
                 p.future.set_exception(RuntimeError("service shutting down"))
+        if self._publishing:
+            _, late = await asyncio.wait(set(self._publishing), timeout=STOP_PUBLISH_TIMEOUT_S)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("gave up waiting for %d ticket.created announcements", len(late))
+                await asyncio.wait(late)
+        if self._sqlite is not None:
+            writer, self._sqlite = self._sqlite, None
+            await writer.close()
 
     async def create(self, cmd: NewTicket, idem: IdempotencySpec | None = None) -> dict[str, Any]:
         """Returns the stored ticket's view once its transaction has committed."""
         if self._task is None:
             raise RuntimeError("intake not started")
-        row = prepare(self.deps, cmd, self.deps.clock())
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(row, cmd.principal, idem, fut))
-        return await fut
+        row, phone = prepare(self.deps, cmd, self.deps.clock())
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(row, phone, cmd.principal, idem, fut))
+        view = await fut
+        if view is None:  # built here, not in the single writer
+            view = ticket_view(self.deps, _RowView(row), cmd.principal, phone=phone)
+        return view
 
     async def _run(self) -> None:
         while True:
@@ -189,12 +270,18 @@ class Intake:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._commit_isolating(batch)
+            except asyncio.CancelledError:
+                # stopped mid-batch: nobody may wait forever for an answer
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(RuntimeError("service shutting down"))
+                raise
             except Exception:  # never let the writer die
                 log.exception("intake writer failed on a batch of %d", len(batch))
 
     async def _commit_isolating(self, batch: list[_Pending]) -> None:
         try:
-            done = await self._commit(batch)
+            views = await self._commit(batch)
         except Exception as exc:
             if len(batch) == 1:
                 if not batch[0].future.done():
@@ -206,11 +293,11 @@ class Intake:
             await self._commit_isolating(batch[mid:])
             return
         self.batches += 1
-        for p, view in done:
+        for p, view in zip(batch, views, strict=True):
             if not p.future.done():
                 p.future.set_result(view)
         # the bus may be a network hop (NOTIFY): never hold the next batch for it
-        task = asyncio.create_task(self._publish([p.row for p, _ in done]))  # noqa: RUF006
+        task = asyncio.create_task(self._publish([p.row for p in batch]))
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
@@ -224,88 +311,110 @@ class Intake:
         except Exception:
             log.exception("could not publish ticket.created for %d tickets", len(rows))
 
-    async def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, dict[str, Any]]]:
-        deps = self.deps
-        async with deps.db.write() as conn:
-            by_day: dict[str, list[_Pending]] = defaultdict(list)
-            for p in batch:
-                by_day[p.row["created_at"].astimezone(deps.tz).strftime("%Y%m%d")].append(p)
-            for day, items in by_day.items():
-                last = await _allocate(conn, day, len(items))
-                for i, p in enumerate(items):
-                    p.row["number"] = format_number(day, last - len(items) + 1 + i)
-            tickets, events, works, idems, out = [], [], [], [], []
-            for p in batch:
-                r = p.row
-                ev = chain_event(
-                    r["number"],
-                    1,
-                    GENESIS,
-                    r["created_at"],
-                    p.principal,
-                    "create",
-                    None,
-                    Status.NEW.value,
-                    {
-                        "channel": r["channel"],
-                        "kind": r["kind"],
-                        "category": r["category_code"],
-                        "urgency": r["urgency"],
-                    },
-                )
-                r["event_seq"], r["last_hash"] = 1, ev["hash"]
-                tickets.append(r)
-                events.append(ev)
-                need = workqueue.ticket_need(Status.NEW, None, r["dispatch_due_at"], None)
-                assert need is not None
-                works.append(
-                    workqueue.ticket_item_row(r["number"], need, r["priority"], r["created_at"])
-                )
-            await conn.execute(sa.insert(ticket_t), tickets)
-            ids = await conn.execute(
-                sa.select(ticket_t.c.number, ticket_t.c.id).where(
-                    ticket_t.c.number.in_([t["number"] for t in tickets])
-                )
+    async def _commit(self, batch: list[_Pending]) -> list[dict[str, Any] | None]:
+        """Writes one batch in one transaction; returns the views the writer built
+        (for idempotency records, stored with the ticket), None for the others."""
+        db = self.deps.db
+        by_day: dict[str, list[_Pending]] = defaultdict(list)
+        tz = self.deps.tz
+        for p in batch:
+            by_day[p.row["created_at"].astimezone(tz).strftime("%Y%m%d")].append(p)
+        path = db.sqlite_file if db.is_sqlite else None
+        if path is None:
+            return await self._commit_sqlalchemy(batch, by_day)
+        if self._sqlite is None or self._sqlite.path != path:
+            if self._sqlite is not None:
+                await self._sqlite.close()
+            self._sqlite = _SqliteWriter(path, db.engine.dialect)
+        writer = self._sqlite
+        counts = [(day, len(items)) for day, items in by_day.items()]
+
+        def build(lasts: dict[str, int]) -> _Built:
+            rows = self._number_and_build(batch, by_day, lasts)
+            return rows, writer.statements(rows)
+
+        # numbering needs the counter, read inside the transaction: rows are built there
+        lock = db.write_lock or contextlib.nullcontext()
+        async with lock:
+            rows = await writer.transaction(counts, build)
+        return rows.views
+
+    async def _commit_sqlalchemy(
+        self, batch: list[_Pending], by_day: dict[str, list[_Pending]]
+    ) -> list[dict[str, Any] | None]:
+        async with self.deps.db.write() as conn:
+            lasts = {day: await _allocate(conn, day, len(items)) for day, items in by_day.items()}
+            rows = self._number_and_build(batch, by_day, lasts)
+            await conn.execute(sa.insert(ticket_t), rows.tickets)
+            await conn.execute(sa.insert(event_t), rows.events)
+            await conn.execute(sa.insert(work_t), rows.works)
+            if rows.idems:
+                await conn.execute(sa.insert(idem_t), rows.idems)
+        return rows.views
+
+    def _number_and_build(
+        self, batch: list[_Pending], by_day: dict[str, list[_Pending]], lasts: dict[str, int]
+    ) -> _Rows:
+        """Inside the transaction, once the day counters are reserved (plain CPU work:
+        on SQLite it runs in the writer thread)."""
+        for day, items in by_day.items():
+            first = lasts[day] - len(items) + 1
+            for i, p in enumerate(items):
+                p.row["number"] = format_number(day, first + i)
+        rows = _Rows([], [], [], [], [])
+        for p in batch:
+            r = p.row
+            ev = chain_event(
+                r["number"],
+                1,
+                GENESIS,
+                r["created_at"],
+                p.principal,
+                "create",
+                None,
+                Status.NEW.value,
+                {
+                    "channel": r["channel"],
+                    "kind": r["kind"],
+                    "category": r["category_code"],
+                    "urgency": r["urgency"],
+                },
             )
-            id_by_number = {n: i for n, i in ids}
-            for p in batch:
-                p.row["id"] = id_by_number[p.row["number"]]
-                view = ticket_view(deps, _RowView(p.row), p.principal)
-                out.append((p, view))
-                if p.idem:
-                    idems.append(
-                        {
-                            "principal": p.idem.principal,
-                            "key": p.idem.key,
-                            "request_hash": p.idem.request_hash,
-                            "status": 201,
-                            "body": json.dumps(view, ensure_ascii=False),
-                            "created_at": p.row["created_at"],
-                        }
-                    )
-            await conn.execute(sa.insert(event_t), events)
-            await conn.execute(sa.insert(work_t), works)
-            if idems:
-                await conn.execute(sa.insert(idem_t), idems)
-        return out
+            r["event_seq"], r["last_hash"] = 1, ev["hash"]
+            rows.tickets.append(r)
+            rows.events.append(ev)
+            need = workqueue.ticket_need(Status.NEW, None, r["dispatch_due_at"], None)
+            assert need is not None
+            rows.works.append(
+                workqueue.ticket_item_row(r["number"], need, r["priority"], r["created_at"])
+            )
+            view = None
+            if p.idem:
+                # the replayed answer must be the answer: build it with the record
+                view = ticket_view(self.deps, _RowView(r), p.principal, phone=p.phone)
+                rows.idems.append(
+                    {
+                        "principal": p.idem.principal,
+                        "key": p.idem.key,
+                        "request_hash": p.idem.request_hash,
+                        "status": 201,
+                        "body": json.dumps(view, ensure_ascii=False),
+                        "created_at": r["created_at"],
+                    }
+                )
+            rows.views.append(view)
+        return rows
 
 
 class _RowView:
-    """Attribute access over a dict, so the view code reads rows and dicts alike."""
+    """Attribute access over a row dict, so the view code reads rows and dicts alike.
 
-    __slots__ = ("_d",)
+    The dict *is* the instance's __dict__: plain attribute lookups, no __getattr__
+    (which Python reaches only after raising and discarding an AttributeError).
+    """
 
     def __init__(self, d: dict[str, Any]) -> None:
-        self._d = d
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._d[name]
-        except KeyError:
-            return _ROW_DEFAULTS.get(name)
-
-
-_ROW_DEFAULTS: dict[str, Any] = {"supervision_count": 0, "reopen_count": 0}
+        self.__dict__ = d
 
 
 def format_number(day: str, seq: int) -> str:
@@ -313,14 +422,286 @@ def format_number(day: str, seq: int) -> str:
     return f"{day}{seq:05d}"
 
 
+_ALLOCATE_SQL = (
+    "INSERT INTO ticket_counter (day, value) VALUES (:day, :n) "
+    "ON CONFLICT (day) DO UPDATE SET value = ticket_counter.value + :n "
+    "RETURNING value"
+)
+
+
 async def _allocate(conn: AsyncConnection, day: str, n: int) -> int:
     """Reserve n numbers for `day`; returns the last one (same SQL on both backends)."""
-    res = await conn.execute(
-        sa.text(
-            "INSERT INTO ticket_counter (day, value) VALUES (:day, :n) "
-            "ON CONFLICT (day) DO UPDATE SET value = ticket_counter.value + :n "
-            "RETURNING value"
-        ),
-        {"day": day, "n": n},
-    )
+    res = await conn.execute(sa.text(_ALLOCATE_SQL), {"day": day, "n": n})
     return int(res.scalar_one())
+
+
+# ---------------------------------------------------------------- SQLite, one hop a batch
+
+
+_DATETIME_TEXT: dict[datetime, str] = {}  # writer thread only; a ticket's times repeat
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    """UTCDateTime on SQLite: naive UTC in SQLAlchemy's storage format.
+
+    Memoised: aware datetimes are equal exactly when they are the same instant, which
+    is all the stored text depends on (a naive one never equals an aware one).
+    """
+    text = _DATETIME_TEXT.get(value)
+    if text is None:
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        utc = value.astimezone(UTC)
+        text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+        if len(_DATETIME_TEXT) >= 4096:
+            _DATETIME_TEXT.clear()
+        _DATETIME_TEXT[value] = text
+    return text
+
+
+_DATETIME_SAMPLES = (
+    datetime(2026, 4, 20, 15, 59, 59, 123456, tzinfo=UTC),
+    datetime(2026, 4, 20, 8, 0, tzinfo=ZoneInfo("Asia/Shanghai")),
+    datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+)
+_JSON_SAMPLES: tuple[Any, ...] = (
+    [],
+    {},
+    ["urban-mgmt", "water"],
+    {"channel": "phone", "category": None, "n": 1.5, "name": "王女士", "nested": {"a": [1]}},
+)
+
+
+def _converter(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    """How SQLAlchemy turns a Python value into what the driver stores for `column`.
+
+    SQLAlchemy's own bind processor (Float -> float, ...), except for UTCDateTime and
+    JSON, whose shortcuts are used only if they give what that processor gives.
+    """
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None:
+        return None
+    if isinstance(column.type, UTCDateTime):
+        fast: Callable[[Any], Any] = _sqlite_datetime
+        samples: tuple[Any, ...] = _DATETIME_SAMPLES
+    elif isinstance(column.type, sa.JSON):
+        fast, samples = json.dumps, _JSON_SAMPLES
+    else:
+        return process
+    return fast if all(fast(v) == process(v) for v in samples) else process
+
+
+class _TablePlan:
+    """INSERT statement and row -> parameters conversion for one table, from its columns.
+
+    Every column must get a value from the rows, or be filled by the database
+    (autoincrement key, server default), or have a constant Python default that
+    SQLAlchemy would have applied: a column nobody provides fails loudly instead of
+    going in as NULL.
+    """
+
+    def __init__(self, table: sa.Table, keys: frozenset[str], dialect: sa.Dialect) -> None:
+        unknown = keys - set(table.columns.keys())
+        if unknown:
+            raise ValueError(f"intake rows for {table.name} have unknown keys {sorted(unknown)}")
+        given: list[str] = []
+        converters: list[tuple[int, Callable[[Any], Any]]] = []
+        constants: list[tuple[str, Any]] = []
+        for column in table.columns:
+            if column.name in keys:
+                process = _converter(column, dialect)
+                if process is not None:
+                    converters.append((len(given), process))
+                given.append(column.name)
+            elif column is table.autoincrement_column or column.server_default is not None:
+                continue
+            elif column.default is not None and getattr(column.default, "is_scalar", False):
+                value = column.default.arg  # type: ignore[attr-defined]
+                process = _converter(column, dialect)
+                constants.append((column.name, process(value) if process else value))
+            else:
+                raise ValueError(
+                    f"intake rows for {table.name} give no value for column {column.name!r}, "
+                    "which has no server default: decide its value in ticketing/intake.py"
+                )
+        names = given + [name for name, _ in constants]
+        self.width = len(names)
+        self._head = f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) "
+        self._values = f"({', '.join('?' * len(names))})"
+        self._sql: dict[int, str] = {}
+        self._get = operator.itemgetter(*given) if len(given) > 1 else None
+        self._given = given
+        self._converters = converters
+        self._constants = tuple(value for _, value in constants)
+
+    def statements(self, rows: Sequence[dict[str, Any]], max_params: int) -> _Statements:
+        """Multi-row INSERTs (as few as SQLite's parameter limit allows) with their
+        parameters. One statement is one step: the thread gives up the GIL once per
+        statement instead of once per row, and each time it wants the GIL back it
+        waits for the event loop."""
+        per = max(1, max_params // self.width)
+        out = []
+        if not _MULTI:
+            flat = self._params(rows)
+            w = self.width
+            return [(self._head + "VALUES " + self._values, [tuple(flat[i : i + w]) for i in range(0, len(flat), w)])]
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            sql = self._sql.get(len(chunk))
+            if sql is None:
+                sql = self._sql[len(chunk)] = (
+                    self._head + "VALUES " + ", ".join([self._values] * len(chunk))
+                )
+            out.append((sql, self._params(chunk)))
+        return out
+
+    def _params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        out: list[Any] = []
+        get, converters, constants = self._get, self._converters, self._constants
+        for row in rows:
+            values = list(get(row)) if get else [row[self._given[0]]]
+            for i, process in converters:
+                v = values[i]
+                if v is not None:
+                    values[i] = process(v)
+            out += values
+            out += constants
+        return out
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _SqliteWriter:
+    """A `sqlite3` connection owned by one thread; each batch is one call into it."""
+
+    def __init__(self, path: Path, dialect: sa.Dialect) -> None:
+        self.path = path
+        self.dialect = dialect
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="intake-sqlite")
+        self._conn: sqlite3.Connection | None = None  # only ever touched in that thread
+        self._plans: dict[tuple[str, frozenset[str]], _TablePlan] = {}
+        self._max_params = 999  # SQLite's historic default, until the connection says
+
+    def statements(self, rows: _Rows) -> _Statements:
+        out = []
+        for table, data in (
+            (ticket_t, rows.tickets),
+            (event_t, rows.events),
+            (work_t, rows.works),
+            (idem_t, rows.idems),
+        ):
+            if data:
+                out += self._plan(table, data[0]).statements(data, self._max_params)
+        return out
+
+    def _plan(self, table: sa.Table, row: dict[str, Any]) -> _TablePlan:
+        keys = frozenset(row)
+        plan = self._plans.get((table.name, keys))
+        if plan is None:
+            plan = self._plans[(table.name, keys)] = _TablePlan(table, keys, self.dialect)
+        return plan
+
+    async def transaction(
+        self, counts: list[tuple[str, int]], build: Callable[[dict[str, int]], _Built]
+    ) -> _Rows:
+        """Reserve numbers (`counts`: tickets per day), build the rows for them, insert
+        them and COMMIT: one call into the thread.
+
+        If the caller is cancelled meanwhile, the thread rolls back unless COMMIT has
+        begun, and we wait for it either way (the write lock stays held till then).
+        """
+        abort = _Abort()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, self._transaction, counts, build, abort)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            abort.requested = True
+            await asyncio.wait([fut], timeout=STOP_WRITE_TIMEOUT_S)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # seen: a rollback we asked for is no news
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            if is_unavailable(exc):
+                raise StoreUnavailable(str(exc)) from exc
+            raise
+
+    def _transaction(
+        self,
+        counts: list[tuple[str, int]],
+        build: Callable[[dict[str, int]], _Built],
+        abort: _Abort,
+    ) -> _Rows:
+        conn = self._conn
+        if conn is None:
+            conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                lasts = {}
+                for day, n in counts:
+                    (lasts[day],) = conn.execute(_ALLOCATE_SQLITE, (day, n, n)).fetchone()
+                rows, statements = build(lasts)
+                for sql, params in statements:
+                    if _MULTI:
+                        conn.execute(sql, params)
+                    else:
+                        conn.executemany(sql, params)
+                if abort.requested:
+                    raise _Aborted("intake stopped before COMMIT; rolled back")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            if is_unavailable(exc) or isinstance(exc, sqlite3.InterfaceError):
+                self._disconnect()  # a fresh connection for the next batch
+            raise
+        return rows
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            sqlite_pragmas(conn)
+            self._max_params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self._disconnect), STOP_WRITE_TIMEOUT_S
+            )
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+_ALLOCATE_SQLITE = (
+    "INSERT INTO ticket_counter (day, value) VALUES (?, ?) "
+    "ON CONFLICT (day) DO UPDATE SET value = ticket_counter.value + ? "
+    "RETURNING value"
+)
+
+
+class _Abort:
+    __slots__ = ("requested",)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+class _Aborted(Exception):
+    pass

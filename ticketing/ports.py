@@ -28,5 +28,9 @@ class Principal:
     user_id: int | None = None
 
     @property
+    def role_name(self) -> str:
+        return self.role.value
+
+    @property
     def is_floor(self) -> bool:
         return self.role in (Role.AGENT, Role.SUPERVISOR)

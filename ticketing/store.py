@@ -45,11 +45,25 @@ class Database:
                 path.parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         else:
+            # Pre-ping stays (one round trip per checkout, i.e. per write batch for the
+            # intake): without it, the first use of a pooled connection whose backend was
+            # terminated fails with asyncpg's "cannot switch to state 15; another operation
+            # is in progress" (InternalClientError), which is a 500, not a 503.
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The database file on SQLite (None for PostgreSQL or an in-memory database)."""
+        return _sqlite_path(self.url) if self.url.startswith("sqlite") else None
+
+    @property
+    def write_lock(self) -> asyncio.Lock | None:
+        """The process-wide SQLite writer lock, for other writers on the same file."""
+        return self._write_lock
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -60,7 +74,7 @@ class Database:
                 async with self.engine.begin() as conn:
                     yield conn
             except (OperationalError, DBAPIError, OSError) as exc:
-                if _is_unavailable(exc):
+                if is_unavailable(exc):
                     raise StoreUnavailable(str(exc)) from exc
                 raise
 
@@ -70,7 +84,7 @@ class Database:
             async with self.engine.connect() as conn:
                 yield conn
         except (OperationalError, DBAPIError, OSError) as exc:
-            if _is_unavailable(exc):
+            if is_unavailable(exc):
                 raise StoreUnavailable(str(exc)) from exc
             raise
 
@@ -121,7 +135,8 @@ class Database:
         return ins.on_conflict_do_nothing()
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_conn: Any, _record: Any = None) -> None:
+    """What every SQLite connection of the service runs first (also used by the intake)."""
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     # FULL: a ticket acknowledged is on disk even after a power cut; group commit
@@ -132,7 +147,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached (answer 503), not a bug."""
     text = str(exc).lower()
     needles = (
         "connection refused",

@@ -22,8 +22,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
-import ticketing.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from ticketing.models import UTCDateTime
+# Importing the model modules registers their tables on SQLModel.metadata.
+import citizen_card.dbtypes
+import citizen_card.ledger_models
+import citizen_card.medical
+import citizen_card.models
+import citizen_card.partner_models
+import ticketing.models
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -43,9 +48,12 @@ def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | 
     """Render our column types so generated revisions import what they use."""
     if type_ != "type":
         return False
-    if isinstance(obj, UTCDateTime):
+    if isinstance(obj, ticketing.models.UTCDateTime):
         autogen_context.imports.add("import ticketing.models")
         return "ticketing.models.UTCDateTime()"
+    if isinstance(obj, citizen_card.dbtypes.UTCDateTime):
+        autogen_context.imports.add("import citizen_card.dbtypes")
+        return "citizen_card.dbtypes.UTCDateTime()"
     if isinstance(obj, AutoString):
         # sqlmodel's AutoString is a plain VARCHAR; keep revisions free of sqlmodel.
         return f"sa.String(length={obj.length!r})" if obj.length is not None else "sa.String()"

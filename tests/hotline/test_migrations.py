@@ -1,4 +1,8 @@
-"""Alembic migrations shipped in `hotline.migrations` match `SQLModel.metadata`."""
+"""Alembic migrations shipped in `hotline.migrations` match `SQLModel.metadata`.
+
+Every model module the migrations cover is imported here, so `SQLModel.metadata`
+holds all their tables whatever order the tests run in.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-import ticketing.models  # noqa: F401  (registers the tables)
+# Importing the model modules registers their tables on SQLModel.metadata.
+import citizen_card.ledger_models
+import citizen_card.medical
+import citizen_card.models
+import citizen_card.partner_models  # noqa: F401
+import ticketing.models  # noqa: F401
+from citizen_card.ledger import Ed25519Signer, Ledger
+from citizen_card.ledger_models import LEDGER_SEQUENCE_NAME, entry_t, transfer_t
 from hotline.migrate import (
     MIGRATIONS_DIR,
     alembic_config,
@@ -25,7 +36,26 @@ from hotline.migrate import (
     upgrade_head_async,
 )
 
+HEAD = "0002"
 MODEL_TABLES = set(SQLModel.metadata.tables)
+# Created by revision 0002 (citizen_card); 0001 holds the ticketing tables.
+CARD_TABLES = {
+    "medical_grant",
+    "resident",
+    "card",
+    "hospital_card",
+    "card_event",
+    "freeze_receipt",
+    "card_counter",
+    "partner",
+    "partner_nonce",
+    "ledger_account",
+    "ledger_transfer",
+    "ledger_entry",
+    "ledger_pending",
+    "ledger_sequence",
+}
+TICKETING_TABLES = MODEL_TABLES - CARD_TABLES
 
 
 def _sqlite_urls(path: Path) -> tuple[str, str]:
@@ -68,7 +98,7 @@ def test_package_ships_script_template_and_versions() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
     heads = ScriptDirectory.from_config(alembic_config("sqlite+aiosqlite://")).get_heads()
-    assert heads == ["0001"]
+    assert heads == [HEAD]
 
 
 def test_alembic_config_keeps_percent_in_url() -> None:
@@ -85,7 +115,7 @@ def test_upgrade_creates_every_table(tmp_path: Path) -> None:
     assert db.is_file()
     tables = _inspect_sqlite(sync_url, _table_names)
     assert tables == MODEL_TABLES | {"alembic_version"}
-    assert _inspect_sqlite(sync_url, _version_rows) == ["0001"]
+    assert _inspect_sqlite(sync_url, _version_rows) == [HEAD]
 
 
 def test_upgrade_twice_is_noop(tmp_path: Path) -> None:
@@ -105,7 +135,7 @@ def test_upgrade_twice_is_noop(tmp_path: Path) -> None:
 
     tables, versions, rows = _inspect_sqlite(sync_url, state)
     assert tables == MODEL_TABLES | {"alembic_version"}
-    assert versions == ["0001"]
+    assert versions == [HEAD]
     assert [tuple(r) for r in rows] == [("20250101", 7)]
 
 
@@ -149,6 +179,11 @@ def test_offline_sql_for_postgres(capsys: pytest.CaptureFixture[str]) -> None:
     assert "CREATE TABLE ticket (" in out
     assert "TIMESTAMP WITH TIME ZONE" in out
     assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in out
+    assert f"UPDATE alembic_version SET version_num='{HEAD}'" in out
+    assert "CREATE TABLE ledger_transfer (" in out
+    assert f"CREATE SEQUENCE {LEDGER_SEQUENCE_NAME}" in out
+    assert "'ledger rows of % are immutable'" in out
+    assert "CREATE TRIGGER ledger_entry_immutable BEFORE UPDATE OR DELETE ON ledger_entry" in out
 
 
 @pytest.mark.postgres
@@ -158,7 +193,7 @@ async def test_postgres_upgrade_matches_models(pg_url: str) -> None:
     await upgrade_head_async(pg_url)  # second run is a no-op
     assert await needs_migration(pg_url) is False
     assert await _inspect_async(pg_url, _table_names) == MODEL_TABLES | {"alembic_version"}
-    assert await _inspect_async(pg_url, _version_rows) == ["0001"]
+    assert await _inspect_async(pg_url, _version_rows) == [HEAD]
     assert await _inspect_async(pg_url, _diff) == []
 
 
@@ -167,6 +202,173 @@ async def test_postgres_downgrade_to_base(pg_url: str) -> None:
     await upgrade_head_async(pg_url)
     cfg = alembic_config(pg_url)
     # Alembic's async env.py drives its own loop: keep it off this one.
+    await asyncio.to_thread(command.downgrade, cfg, "0001")
+    assert await _inspect_async(pg_url, _table_names) == TICKETING_TABLES | {"alembic_version"}
+    assert await _inspect_async(pg_url, _pg_ledger_objects) == ([], [], [])
     await asyncio.to_thread(command.downgrade, cfg, "base")
     assert await _inspect_async(pg_url, _table_names) == {"alembic_version"}
     assert await needs_migration(pg_url) is True
+    await upgrade_head_async(pg_url)  # and back up again
+    assert await _inspect_async(pg_url, _diff) == []
+
+
+# ----------------------------------------------------------------------------- citizen card
+#
+# compare_metadata sees tables, columns, indexes, unique constraints and foreign keys,
+# not CHECK constraints, server defaults, sequences or triggers. So a database at
+# head is also compared with one made by `create_all` (the models' own DDL, with the
+# LEDGER_GUARDS triggers attached to table creation), and the Ledger is run on it.
+
+
+def _card_schema(conn: Connection) -> dict[str, Any]:
+    """What the citizen card tables look like, constraint names aside where the
+    models leave them unnamed (the migration names them as PostgreSQL would)."""
+    insp = sa.inspect(conn)
+    schema: dict[str, Any] = {}
+    for table in sorted(CARD_TABLES):
+        schema[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                for c in insp.get_columns(table)
+            ],
+            "pk": insp.get_pk_constraint(table)["constrained_columns"],
+            "fks": sorted(
+                (tuple(fk["constrained_columns"]), fk["referred_table"], *fk["referred_columns"])
+                for fk in insp.get_foreign_keys(table)
+            ),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in insp.get_indexes(table)
+            ),
+            "uniques": sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table)),
+            "checks": sorted((c["name"], c["sqltext"]) for c in insp.get_check_constraints(table)),
+        }
+    if conn.dialect.name == "sqlite":
+        schema["triggers"] = [
+            tuple(row)
+            for row in conn.execute(
+                sa.text("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'")
+            )
+        ]
+        schema["triggers"].sort()
+    else:
+        schema["ledger_objects"] = _pg_ledger_objects(conn)
+    return schema
+
+
+def _pg_ledger_objects(conn: Connection) -> tuple[list[Any], list[Any], list[Any]]:
+    """(triggers, the trigger function, the ledger's SEQUENCE) on PostgreSQL."""
+    triggers = conn.execute(
+        sa.text(
+            "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+            "WHERE NOT tgisinternal ORDER BY tgname"
+        )
+    ).all()
+    functions = conn.execute(
+        sa.text(
+            "SELECT pg_get_functiondef(p.oid) FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = current_schema() AND p.proname = 'ledger_immutable'"
+        )
+    ).all()
+    sequences = conn.execute(
+        sa.text(
+            "SELECT sequencename, data_type::text, start_value, increment_by, max_value, cycle "
+            "FROM pg_sequences WHERE schemaname = current_schema() AND sequencename = :name"
+        ),
+        {"name": LEDGER_SEQUENCE_NAME},
+    ).all()
+    return (
+        [tuple(r) for r in triggers],
+        [tuple(r) for r in functions],
+        [tuple(r) for r in sequences],
+    )
+
+
+def _create_card_tables(conn: Connection) -> None:
+    tables = [SQLModel.metadata.tables[name] for name in CARD_TABLES]
+    SQLModel.metadata.create_all(conn, tables=tables)
+    conn.commit()
+
+
+def test_sqlite_card_schema_matches_create_all(tmp_path: Path) -> None:
+    url, sync_url = _sqlite_urls(tmp_path / "migrated.db")
+    upgrade_head(url)
+    _, ref_url = _sqlite_urls(tmp_path / "create_all.db")
+    _inspect_sqlite(ref_url, _create_card_tables)
+    migrated = _inspect_sqlite(sync_url, _card_schema)
+    assert len(migrated["triggers"]) == 4
+    assert migrated == _inspect_sqlite(ref_url, _card_schema)
+
+
+def test_sqlite_downgrade_to_0001_drops_card_tables(tmp_path: Path) -> None:
+    url, sync_url = _sqlite_urls(tmp_path / "hotline.db")
+    upgrade_head(url)
+    command.downgrade(alembic_config(url), "0001")
+    assert _inspect_sqlite(sync_url, _table_names) == TICKETING_TABLES | {"alembic_version"}
+    assert _inspect_sqlite(sync_url, _version_rows) == ["0001"]
+
+    def triggers(conn: Connection) -> list[Any]:
+        return conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).all()
+
+    assert _inspect_sqlite(sync_url, triggers) == []
+    upgrade_head(url)
+    assert _inspect_sqlite(sync_url, _diff) == []
+
+
+@pytest.mark.postgres
+async def test_postgres_card_schema_matches_create_all(pg_url: str) -> None:
+    engine = create_async_engine(pg_url, poolclass=sa.pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(_create_card_tables)
+            reference = await conn.run_sync(_card_schema)
+            await conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            await conn.execute(sa.text("CREATE SCHEMA public"))
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    await upgrade_head_async(pg_url)
+    migrated = await _inspect_async(pg_url, _card_schema)
+    triggers, functions, sequences = migrated["ledger_objects"]
+    assert (len(triggers), len(functions), len(sequences)) == (3, 1, 1)
+    assert migrated == reference
+
+
+async def _ledger_round_trip(url: str) -> None:
+    """One top-up and one payment through the Ledger, then a refused UPDATE of an entry."""
+    engine = create_async_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        ledger = Ledger(engine, Ed25519Signer(key_id="city-test-1"))
+        wallet = await ledger.open_account("wallet", "w:migrated")
+        shop = await ledger.open_account("merchant", "m:migrated")
+        top_up = await ledger.top_up(wallet, 10_000, "topup-1")
+        payment = await ledger.pay(wallet, shop, 2_500, "pay-1", partner_id="metro")
+        assert payment.seq > top_up.seq
+        assert await ledger.balance(wallet) == 7_500
+        assert await ledger.balance(shop) == 2_500
+        assert await ledger.get_transfer(payment.id) == payment
+
+        stmt = sa.update(entry_t).where(entry_t.c.transfer_id == payment.id).values(amount=1)
+        with pytest.raises(sa.exc.DBAPIError, match="immutable"):
+            async with engine.begin() as conn:
+                await conn.execute(stmt)
+        stmt = sa.update(transfer_t).where(transfer_t.c.id == payment.id).values(amount=1)
+        with pytest.raises(sa.exc.DBAPIError, match="immutable"):
+            async with engine.begin() as conn:
+                await conn.execute(stmt)
+        assert await ledger.get_transfer(payment.id) == payment
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_ledger_works_after_upgrade(tmp_path: Path) -> None:
+    url, _ = _sqlite_urls(tmp_path / "fresh.db")
+    await upgrade_head_async(url)
+    await _ledger_round_trip(url)
+
+
+@pytest.mark.postgres
+async def test_postgres_ledger_works_after_upgrade(pg_url: str) -> None:
+    await upgrade_head_async(pg_url)
+    await _ledger_round_trip(pg_url)

@@ -1,0 +1,399 @@
+"""HTTP routes of the citizen card: staff API under /api/v1 and the published lists.
+
+This package imports nothing of the hotline, so the caller hands in `staff`, a
+function that returns the signed-in staff member (or raises the hotline's 401/403),
+and turns these `CardRoute`s into its own route table and OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import segno
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from citizen_card import service as svc
+from citizen_card.service import CardDeps, CardError
+
+PROBLEM_JSON = "application/problem+json"
+STAFF_READ = ("agent", "supervisor", "admin")
+COUNTER = ("agent", "supervisor", "admin")
+
+
+class Staff(Protocol):
+    username: str
+
+    @property
+    def role_name(self) -> str: ...
+
+
+StaffOf = Callable[[web.Request, tuple[str, ...]], Staff]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class CardRoute:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    roles: tuple[str, ...] | None = None  # None: public
+    query: tuple[tuple[str, str], ...] = ()
+    responses: dict[int, str] = field(default_factory=lambda: {200: "OK"})
+
+
+def problem(
+    status: int, slug: str, title: str, detail: str | None = None, **ext: Any
+) -> web.HTTPException:
+    body: dict[str, Any] = {"type": f"/problems/{slug}", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body.update(ext)
+    exc = web.HTTPException(text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_JSON)
+    exc.set_status(status)
+    return exc
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        content_type="application/json",
+    )
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ResidentIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    id_number: str = Field(min_length=18, max_length=18)
+    phone: str | None = Field(None, max_length=32)
+    address: str | None = Field(None, max_length=300)
+    verified_source: str | None = Field(None, max_length=64, description="e.g. 'counter-id-check'")
+
+
+class CardIn(Strict):
+    concession: str = "adult"
+    social_security_no: str | None = Field(None, max_length=32)
+    health_card_no: str | None = Field(None, max_length=32)
+    pin: str | None = Field(None, min_length=6, max_length=6)
+
+
+class ReportLostIn(Strict):
+    channel: str = Field("counter", pattern=r"^(counter|phone|ivr|app|wechat|api)$")
+
+
+class CardReasonIn(Strict):
+    reason: str | None = Field(None, max_length=500)
+
+
+class HospitalCardIn(Strict):
+    hospital_code: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$")
+    hospital_card_no: str = Field(min_length=1, max_length=64)
+
+
+async def _body(request: web.Request, model: type[Strict]) -> Any:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"]) or "(body)",
+                "message": "unknown field" if e["type"] == "extra_forbidden" else e["msg"],
+            }
+            for e in exc.errors(include_url=False)
+        ]
+        if any(e["type"] in ("json_invalid", "json_type") for e in exc.errors()):
+            raise problem(400, "malformed-body", "The request body could not be read") from None
+        raise problem(422, "validation-error", "Some fields are not valid", errors=errors) from None
+
+
+def _card_errors(fn: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await fn(request)
+        except CardError as exc:
+            ext: dict[str, Any] = {}
+            if exc.field:
+                ext["errors"] = [{"field": exc.field, "message": str(exc)}]
+            slug = exc.code if exc.code in ("not-found", "validation-error") else f"card-{exc.code}"
+            if exc.code == "validation":
+                slug = "validation-error"
+            raise problem(exc.status, slug, str(exc), str(exc), **ext) from None
+
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
+    @_card_errors
+    async def create_resident(request: web.Request) -> web.StreamResponse:
+        who = staff(request, COUNTER)
+        body = await _body(request, ResidentIn)
+        row = await svc.register_resident(deps, **body.model_dump())
+        view = svc.resident_view(deps, row, full_name=who.role_name == "admin")
+        return _json(view, 201)
+
+    def _resident_id(request: web.Request) -> int:
+        try:
+            return int(request.match_info["id"])
+        except ValueError:
+            raise problem(404, "not-found", "Not found") from None
+
+    @_card_errors
+    async def get_resident(request: web.Request) -> web.StreamResponse:
+        who = staff(request, STAFF_READ)
+        row = await svc.get_resident(deps, _resident_id(request))
+        return _json(svc.resident_view(deps, row, full_name=who.role_name == "admin"))
+
+    @_card_errors
+    async def issue_card(request: web.Request) -> web.StreamResponse:
+        who = staff(request, COUNTER)
+        body = await _body(request, CardIn)
+        row = await svc.issue_card(
+            deps, _resident_id(request), actor=who.username, **body.model_dump()
+        )
+        return _json(svc.card_view(row), 201)
+
+    @_card_errors
+    async def link_hospital(request: web.Request) -> web.StreamResponse:
+        staff(request, COUNTER)
+        body = await _body(request, HospitalCardIn)
+        await svc.link_hospital_card(
+            deps, _resident_id(request), body.hospital_code, body.hospital_card_no
+        )
+        return _json({"linked": True}, 201)
+
+    @_card_errors
+    async def get_card(request: web.Request) -> web.StreamResponse:
+        staff(request, STAFF_READ)
+        return _json(svc.card_view(await svc.get_card(deps, request.match_info["card_no"])))
+
+    @_card_errors
+    async def report_lost(request: web.Request) -> web.StreamResponse:
+        who = staff(request, COUNTER)
+        body = await _body(request, ReportLostIn)
+        receipt = await svc.report_lost(
+            deps, request.match_info["card_no"], actor=who.username, channel=body.channel
+        )
+        return _json(receipt)
+
+    def status_move(action: str) -> Handler:
+        @_card_errors
+        async def handler(request: web.Request) -> web.StreamResponse:
+            who = staff(request, ("supervisor", "admin") if action == "freeze" else COUNTER)
+            body = await _body(request, CardReasonIn)
+            row = await svc.change_status(
+                deps,
+                request.match_info["card_no"],
+                action,
+                actor=who.username,
+                channel="counter",
+                reason=body.reason,
+            )
+            return _json(svc.card_view(row))
+
+        handler.__name__ = action
+        return handler
+
+    @_card_errors
+    async def replace(request: web.Request) -> web.StreamResponse:
+        who = staff(request, COUNTER)
+        row = await svc.replace_card(
+            deps, request.match_info["card_no"], actor=who.username, channel="counter"
+        )
+        return _json(svc.card_view(row), 201)
+
+    @_card_errors
+    async def cancel(request: web.Request) -> web.StreamResponse:
+        who = staff(request, ("supervisor", "admin"))
+        return _json(
+            await svc.cancel_card(
+                deps, request.match_info["card_no"], actor=who.username, channel="counter"
+            )
+        )
+
+    @_card_errors
+    async def token(request: web.Request) -> web.StreamResponse:
+        staff(request, COUNTER)
+        purpose = request.query.get("purpose", "id")
+        tok = await svc.make_token(deps, request.match_info["card_no"], purpose)
+        return _json({"token": tok, "purpose": purpose, "expires_in": 60})
+
+    def qr(kind: str) -> Handler:
+        @_card_errors
+        async def handler(request: web.Request) -> web.StreamResponse:
+            staff(request, COUNTER)
+            tok = await svc.make_token(
+                deps, request.match_info["card_no"], request.query.get("purpose", "id")
+            )
+            # alphanumeric mode: Base45 was chosen for exactly this
+            code = segno.make(tok, error="m", mode="alphanumeric")
+            buf = io.BytesIO()
+            if kind == "png":
+                code.save(buf, kind="png", scale=4, border=4)
+                return web.Response(
+                    body=buf.getvalue(),
+                    content_type="image/png",
+                    headers={"Cache-Control": "no-store"},
+                )
+            code.save(buf, kind="svg", scale=4, border=4)
+            return web.Response(
+                body=buf.getvalue(),
+                content_type="image/svg+xml",
+                headers={"Cache-Control": "no-store"},
+            )
+
+        handler.__name__ = f"qr_{kind}"
+        return handler
+
+    async def trust_list(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=svc.trust_list(deps),
+            content_type="application/cose",
+            headers={"Cache-Control": "public, max-age=60"},
+        )
+
+    async def status_list(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=await svc.status_list(deps),
+            content_type="application/cose",
+            headers={"Cache-Control": "public, max-age=30"},
+        )
+
+    async def root_key(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=deps.keyring.root_public_pem(), content_type="application/x-pem-file"
+        )
+
+    async def receipt_key(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=svc.receipt_public_pem(deps), content_type="application/x-pem-file"
+        )
+
+    c = "/api/v1/cards/{card_no}"
+    r = "/api/v1/residents/{id}"
+    wk = "/.well-known/citizen-card"
+    moved = {200: "the card", 404: "no such card", 409: "not allowed in the card's status"}
+    return [
+        CardRoute(
+            "POST",
+            "/api/v1/residents",
+            create_resident,
+            "Register a resident (ID number validated, PII encrypted)",
+            ResidentIn,
+            COUNTER,
+            responses={201: "registered", 409: "exists", 422: "invalid"},
+        ),
+        CardRoute("GET", r, get_resident, "A resident (masked by role)", roles=STAFF_READ),
+        CardRoute(
+            "POST",
+            r + "/cards",
+            issue_card,
+            "Issue a citizen card",
+            CardIn,
+            COUNTER,
+            responses={201: "issued", 404: "no such resident"},
+        ),
+        CardRoute(
+            "POST",
+            r + "/hospital-cards",
+            link_hospital,
+            "Map a hospital visit card to the resident",
+            HospitalCardIn,
+            COUNTER,
+            responses={201: "linked"},
+        ),
+        CardRoute("GET", c, get_card, "A card and its status", roles=STAFF_READ),
+        CardRoute(
+            "POST",
+            c + "/report-lost",
+            report_lost,
+            "Report lost: freeze now, signed freeze receipt",
+            ReportLostIn,
+            COUNTER,
+            responses=moved,
+        ),
+        CardRoute(
+            "POST",
+            c + "/freeze",
+            status_move("freeze"),
+            "Freeze",
+            CardReasonIn,
+            ("supervisor", "admin"),
+            responses=moved,
+        ),
+        CardRoute(
+            "POST",
+            c + "/unfreeze",
+            status_move("unfreeze"),
+            "Unfreeze (found, or freeze lifted)",
+            CardReasonIn,
+            COUNTER,
+            responses=moved,
+        ),
+        CardRoute(
+            "POST",
+            c + "/activate",
+            status_move("activate"),
+            "Activate an issued card",
+            CardReasonIn,
+            COUNTER,
+            responses=moved,
+        ),
+        CardRoute(
+            "POST",
+            c + "/replace",
+            replace,
+            "Replace: new number, balance and links move",
+            roles=COUNTER,
+            responses={201: "the new card", 409: "not allowed"},
+        ),
+        CardRoute(
+            "POST",
+            c + "/cancel",
+            cancel,
+            "Cancel; the balance is refunded",
+            roles=("supervisor", "admin"),
+            responses=moved,
+        ),
+        CardRoute(
+            "GET",
+            c + "/token",
+            token,
+            "A dynamic QR token (CC1:...)",
+            roles=COUNTER,
+            query=(("purpose", "id | transit | pay | medical"),),
+        ),
+        CardRoute(
+            "GET",
+            c + "/qr.png",
+            qr("png"),
+            "The dynamic QR code as PNG",
+            roles=COUNTER,
+            query=(("purpose", "id | transit | pay | medical"),),
+        ),
+        CardRoute(
+            "GET",
+            c + "/qr.svg",
+            qr("svg"),
+            "The dynamic QR code as SVG",
+            roles=COUNTER,
+            query=(("purpose", "id | transit | pay | medical"),),
+        ),
+        CardRoute(
+            "GET", wk + "/trust-list", trust_list, "Signed trust list (COSE_Sign1, root key)"
+        ),
+        CardRoute("GET", wk + "/status-list", status_list, "Signed status list of revoked cards"),
+        CardRoute("GET", wk + "/root-key.pem", root_key, "The city's root public key (pin it)"),
+        CardRoute("GET", wk + "/receipt-key.pem", receipt_key, "Public key of freeze receipts"),
+    ]
