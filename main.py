@@ -49,7 +49,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _with_deps(settings: Settings, work):  # type: ignore[no-untyped-def]
-    from hotline.bootstrap import build_deps
+    from hotline.bootstrap import build_card_deps, build_deps
     from hotline.migrate import upgrade_head_async
 
     await upgrade_head_async(settings.database_url)
@@ -57,7 +57,7 @@ async def _with_deps(settings: Settings, work):  # type: ignore[no-untyped-def]
     await deps.bus.start()
     try:
         await deps.catalog.reload(deps.db)
-        return await work(deps)
+        return await work(deps, build_card_deps(settings, deps.db, deps.cipher))
     finally:
         await deps.bus.stop()
         await deps.db.dispose()
@@ -69,7 +69,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
 
-    async def work(deps):  # type: ignore[no-untyped-def]
+    async def work(deps, _card):  # type: ignore[no-untyped-def]
         return await create_user(
             deps, args.username, args.password, Role(args.role), args.department, args.name or ""
         )
@@ -96,7 +96,7 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     result = asyncio.run(_with_deps(settings, seed_demo))
     print(
         f"demo data: {result['categories']} categories, {result['users']} users, "
-        f"{result['tickets']} tickets added"
+        f"{result['tickets']} tickets, {result['residents']} residents with cards added"
     )
     print("sign in as " + ", ".join(u for u, *_ in USERS) + f" with password {DEMO_PASSWORD!r}")
     return 0

@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from citizen_card import service as svc
+from citizen_card.ledger import IdempotencyConflict, InsufficientFunds, LedgerError
 from citizen_card.service import CardDeps, CardError
 
 PROBLEM_JSON = "application/problem+json"
@@ -95,6 +96,20 @@ class CardReasonIn(Strict):
     reason: str | None = Field(None, max_length=500)
 
 
+class TopUpIn(Strict):
+    amount: int = Field(gt=0, le=5_000_000, description="fen")
+    source: str = Field("counter-cash", max_length=32)
+
+
+class BenefitItem(Strict):
+    resident_id: int = Field(gt=0)
+    amount: int = Field(gt=0, le=5_000_000, description="fen")
+
+
+class BenefitBatchIn(Strict):
+    payments: list[BenefitItem] = Field(min_length=1, max_length=10_000)
+
+
 class HospitalCardIn(Strict):
     hospital_code: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$")
     hospital_card_no: str = Field(min_length=1, max_length=64)
@@ -129,6 +144,19 @@ def _card_errors(fn: Handler) -> Handler:
             if exc.code == "validation":
                 slug = "validation-error"
             raise problem(exc.status, slug, str(exc), str(exc), **ext) from None
+        except IdempotencyConflict as exc:
+            raise problem(
+                422,
+                "idempotency-key-reuse",
+                "This Idempotency-Key was used for a different request",
+                str(exc),
+            ) from None
+        except InsufficientFunds as exc:
+            raise problem(
+                402, "card-insufficient-funds", "The balance is too low", str(exc)
+            ) from None
+        except LedgerError as exc:
+            raise problem(422, "ledger-refused", "The ledger refused this", str(exc)) from None
 
     wrapped.__name__ = fn.__name__
     return wrapped
@@ -256,6 +284,81 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
         handler.__name__ = f"qr_{kind}"
         return handler
 
+    @_card_errors
+    async def wallet(request: web.Request) -> web.StreamResponse:
+        staff(request, STAFF_READ)
+        resident = await svc.get_resident(deps, _resident_id(request))
+        page = await deps.ledger.statement(
+            resident.wallet_account_id, limit=20, cursor=request.query.get("cursor") or None
+        )
+        return _json(
+            {
+                "balance_fen": await deps.ledger.balance(resident.wallet_account_id),
+                "currency": "CNY",
+                "lines": [
+                    {
+                        "seq": ln.seq,
+                        "transfer_id": str(ln.transfer_id),
+                        "kind": ln.kind,
+                        "amount_fen": ln.amount,
+                        "balance_after_fen": ln.balance_after,
+                        "at": ln.at.isoformat().replace("+00:00", "Z"),
+                        "partner": ln.partner_id,
+                    }
+                    for ln in page.lines
+                ],
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+    def _idem_key(request: web.Request) -> str:
+        key = request.headers.get("Idempotency-Key", "")
+        if not (1 <= len(key) <= 128 and key.isascii() and key.isprintable()):
+            raise problem(
+                400,
+                "idempotency-key-required",
+                "Money moves need an Idempotency-Key header",
+                "send a unique Idempotency-Key (1-128 printable ASCII characters)",
+            )
+        return key
+
+    @_card_errors
+    async def top_up(request: web.Request) -> web.StreamResponse:
+        who = staff(request, ("supervisor", "admin"))
+        body = await _body(request, TopUpIn)
+        key = _idem_key(request)
+        resident = await svc.get_resident(deps, _resident_id(request))
+        t = await deps.ledger.top_up(
+            resident.wallet_account_id,
+            body.amount,
+            f"staff:{key}",
+            meta={"source": body.source, "by": who.username},
+        )
+        return _json(
+            {"transfer_id": str(t.id), "seq": t.seq, "amount_fen": t.amount, "receipt": t.receipt},
+            201,
+        )
+
+    @_card_errors
+    async def benefits(request: web.Request) -> web.StreamResponse:
+        staff(request, ("admin",))
+        body = await _body(request, BenefitBatchIn)
+        batch = request.match_info["batch_id"]
+        wallets = []
+        for item in body.payments:
+            r = await svc.get_resident(deps, item.resident_id)
+            wallets.append((r.wallet_account_id, item.amount))
+        done = await deps.ledger.disburse(batch, wallets)
+        return _json(
+            {
+                "batch": batch,
+                "paid": len(done),
+                "total_fen": sum(t.amount for t in done),
+                "transfers": [str(t.id) for t in done],
+            },
+            201,
+        )
+
     async def trust_list(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=svc.trust_list(deps),
@@ -312,6 +415,32 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
             HospitalCardIn,
             COUNTER,
             responses={201: "linked"},
+        ),
+        CardRoute(
+            "GET",
+            r + "/wallet",
+            wallet,
+            "Wallet balance and statement (fen)",
+            roles=STAFF_READ,
+            query=(("cursor", "next_cursor of the previous page"),),
+        ),
+        CardRoute(
+            "POST",
+            r + "/wallet/top-up",
+            top_up,
+            "Counter top-up (Idempotency-Key required)",
+            TopUpIn,
+            ("supervisor", "admin"),
+            responses={201: "credited", 400: "no key"},
+        ),
+        CardRoute(
+            "POST",
+            "/api/v1/benefits/{batch_id}",
+            benefits,
+            "Benefit disbursement batch (惠民资金), idempotent per resident",
+            BenefitBatchIn,
+            ("admin",),
+            responses={201: "paid"},
         ),
         CardRoute("GET", c, get_card, "A card and its status", roles=STAFF_READ),
         CardRoute(

@@ -8,6 +8,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from citizen_card import service as svc
+from citizen_card.service import CardDeps
 from hotline.auth import UserExists, create_user
 from ticketing.catalog import seed_from_taxonomy
 from ticketing.handlers import Deps, MoveTicket, move_ticket, ticket_t
@@ -84,7 +86,36 @@ TICKETS: list[dict[str, Any]] = [
 ]
 
 
-async def seed_demo(deps: Deps) -> dict[str, int]:
+DEMO_RESIDENTS = [
+    # GB 11643's own sample number, and a second valid one
+    ("张三丰", "11010519491231002X", "13812345678", "senior"),
+    ("李小梅", "110105199003070017", "13987654321", "adult"),
+]
+
+
+async def seed_cards(card: CardDeps) -> int:
+    """Two residents with cards, PIN 246813, and some money in their wallets."""
+    added = 0
+    for name, id_number, phone, concession in DEMO_RESIDENTS:
+        if await svc.find_resident_by_id_number(card, id_number) is not None:
+            continue
+        r = await svc.register_resident(
+            card, name=name, id_number=id_number, phone=phone, verified_source="demo"
+        )
+        await svc.issue_card(
+            card,
+            r.id,
+            actor="seed",
+            concession=concession,
+            pin="246813",
+            health_card_no=f"HC{r.id:08d}",
+        )
+        await card.ledger.top_up(r.wallet_account_id, 10_000, f"demo-topup-{r.id}")
+        added += 1
+    return added
+
+
+async def seed_demo(deps: Deps, card: CardDeps | None = None) -> dict[str, int]:
     added = await seed_from_taxonomy(deps.db, load_taxonomy())
     await deps.catalog.reload(deps.db)
     users = 0
@@ -123,4 +154,5 @@ async def seed_demo(deps: Deps) -> dict[str, int]:
             created += 1
     finally:
         await intake.stop()
-    return {"categories": added, "users": users, "tickets": created}
+    residents = await seed_cards(card) if card is not None else 0
+    return {"categories": added, "users": users, "tickets": created, "residents": residents}

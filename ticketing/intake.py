@@ -67,7 +67,7 @@ work_t = workqueue.work_item
 CHANNELS = frozenset({"phone", "wechat", "telegram", "app", "web", "open311", "email", "walk_in"})
 MAX_BATCH = 256
 import os as _os  # TEMPORARY A/B
-_MULTI = _os.environ.get("INTAKE_MULTI", "1") == "1"
+_INLINE = _os.environ.get("INTAKE_INLINE", "0") == "1"
 STOP_PUBLISH_TIMEOUT_S = 5.0  # stop() waits this long for ticket.created to go out
 STOP_WRITE_TIMEOUT_S = 35.0  # a batch already in SQLite's hands (busy_timeout is 30 s)
 
@@ -208,7 +208,7 @@ class _Rows:
     views: list[dict[str, Any] | None]
 
 
-_Statements = list[tuple[str, list[Any]]]  # (INSERT ... VALUES (...), (...), its parameters)
+_Statements = list[tuple[str, list[tuple[Any, ...]]]]  # (INSERT, parameters per row) per table
 _Built = tuple[_Rows, _Statements]
 
 
@@ -525,38 +525,18 @@ class _TablePlan:
                     "which has no server default: decide its value in ticketing/intake.py"
                 )
         names = given + [name for name, _ in constants]
-        self.width = len(names)
-        self._head = f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) "
-        self._values = f"({', '.join('?' * len(names))})"
-        self._sql: dict[int, str] = {}
+        self.sql = (
+            f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' * len(names))})"
+        )
         self._get = operator.itemgetter(*given) if len(given) > 1 else None
         self._given = given
         self._converters = converters
         self._constants = tuple(value for _, value in constants)
 
-    def statements(self, rows: Sequence[dict[str, Any]], max_params: int) -> _Statements:
-        """Multi-row INSERTs (as few as SQLite's parameter limit allows) with their
-        parameters. One statement is one step: the thread gives up the GIL once per
-        statement instead of once per row, and each time it wants the GIL back it
-        waits for the event loop."""
-        per = max(1, max_params // self.width)
+    def params(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """One parameter tuple per row, for `executemany(self.sql, ...)`."""
         out = []
-        if not _MULTI:
-            flat = self._params(rows)
-            w = self.width
-            return [(self._head + "VALUES " + self._values, [tuple(flat[i : i + w]) for i in range(0, len(flat), w)])]
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            sql = self._sql.get(len(chunk))
-            if sql is None:
-                sql = self._sql[len(chunk)] = (
-                    self._head + "VALUES " + ", ".join([self._values] * len(chunk))
-                )
-            out.append((sql, self._params(chunk)))
-        return out
-
-    def _params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
-        out: list[Any] = []
         get, converters, constants = self._get, self._converters, self._constants
         for row in rows:
             values = list(get(row)) if get else [row[self._given[0]]]
@@ -564,8 +544,7 @@ class _TablePlan:
                 v = values[i]
                 if v is not None:
                     values[i] = process(v)
-            out += values
-            out += constants
+            out.append((*values, *constants))
         return out
 
 
@@ -582,7 +561,6 @@ class _SqliteWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="intake-sqlite")
         self._conn: sqlite3.Connection | None = None  # only ever touched in that thread
         self._plans: dict[tuple[str, frozenset[str]], _TablePlan] = {}
-        self._max_params = 999  # SQLite's historic default, until the connection says
 
     def statements(self, rows: _Rows) -> _Statements:
         out = []
@@ -593,7 +571,8 @@ class _SqliteWriter:
             (idem_t, rows.idems),
         ):
             if data:
-                out += self._plan(table, data[0]).statements(data, self._max_params)
+                plan = self._plan(table, data[0])
+                out.append((plan.sql, plan.params(data)))
         return out
 
     def _plan(self, table: sa.Table, row: dict[str, Any]) -> _TablePlan:
@@ -613,6 +592,8 @@ class _SqliteWriter:
         begun, and we wait for it either way (the write lock stays held till then).
         """
         abort = _Abort()
+        if _INLINE:
+            return self._transaction(counts, build, abort)
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._executor, self._transaction, counts, build, abort)
         try:
@@ -645,10 +626,7 @@ class _SqliteWriter:
                     (lasts[day],) = conn.execute(_ALLOCATE_SQLITE, (day, n, n)).fetchone()
                 rows, statements = build(lasts)
                 for sql, params in statements:
-                    if _MULTI:
-                        conn.execute(sql, params)
-                    else:
-                        conn.executemany(sql, params)
+                    conn.executemany(sql, params)
                 if abort.requested:
                     raise _Aborted("intake stopped before COMMIT; rolled back")
                 conn.execute("COMMIT")
@@ -666,7 +644,6 @@ class _SqliteWriter:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             sqlite_pragmas(conn)
-            self._max_params = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         except BaseException:
             conn.close()
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 
 from citizen_card.identity import check_char
@@ -106,3 +107,66 @@ async def test_qr_png_is_an_image(sqlite_api):
     r = await api.get(f"/api/v1/cards/{card['card_no']}/qr.png?purpose=id")
     assert r.status == 200 and r.headers["Content-Type"] == "image/png"
     assert (await r.read()).startswith(b"\x89PNG")
+
+
+async def test_top_up_then_statement_and_benefit_batch_runs_once(api):
+    resident = await register(api)
+    rid = resident["id"]
+    r = await api.post(f"/api/v1/residents/{rid}/wallet/top-up", {"amount": 5000}, as_="supervisor")
+    assert r.status == 400  # money moves need an Idempotency-Key
+    r = await api.post(
+        f"/api/v1/residents/{rid}/wallet/top-up",
+        {"amount": 5000},
+        as_="supervisor",
+        headers={"Idempotency-Key": "till-7-0001"},
+    )
+    assert r.status == 201, await r.text()
+    batch = {"payments": [{"resident_id": rid, "amount": 2000}]}
+    for _ in range(2):  # a re-run pays nobody twice
+        r = await api.post("/api/v1/benefits/2026-heating-subsidy", batch, as_="admin")
+        assert r.status == 201, await r.text()
+    wallet = await (await api.get(f"/api/v1/residents/{rid}/wallet")).json()
+    assert wallet["balance_fen"] == 7000
+    assert [ln["kind"] for ln in wallet["lines"]] == ["disbursement", "topup"]
+    assert [ln["balance_after_fen"] for ln in wallet["lines"]] == [7000, 5000]
+
+
+async def test_pin_locks_after_five_wrong_tries_and_resets_with_identity(sqlite_api):
+    from citizen_card import service as svc
+    from citizen_card.service import CardError
+    from hotline.appkeys import CARD_DEPS
+
+    api = sqlite_api
+    deps = api.app[CARD_DEPS]
+    resident = await register(api)
+    card = await (
+        await api.post(f"/api/v1/residents/{resident['id']}/cards", {"pin": "246813"})
+    ).json()
+    no = card["card_no"]
+    assert await svc.verify_pin(deps, no, "246813", actor="ivr", channel="ivr") is True
+    for _ in range(5):
+        assert await svc.verify_pin(deps, no, "111222", actor="ivr", channel="ivr") is False
+    with pytest.raises(CardError) as locked:
+        await svc.verify_pin(deps, no, "246813", actor="ivr", channel="ivr")
+    assert locked.value.code == "pin-locked"
+    with pytest.raises(CardError) as wrong:
+        await svc.reset_pin(
+            deps,
+            no,
+            name="张三",
+            id_last6=an_id_number()[-6:],
+            new_pin="135792",
+            actor="agent",
+            channel="counter",
+        )
+    assert wrong.value.code == "identity-mismatch"
+    await svc.reset_pin(
+        deps,
+        no,
+        name="张三丰",
+        id_last6=an_id_number()[-6:],
+        new_pin="135792",
+        actor="agent",
+        channel="counter",
+    )
+    assert await svc.verify_pin(deps, no, "135792", actor="ivr", channel="ivr") is True

@@ -314,6 +314,8 @@ async def test_create_user_command_makes_a_user_who_can_sign_in(
     monkeypatch.setenv("HOTLINE_DATABASE_URL", url)
     monkeypatch.setenv("HOTLINE_PII_KEY_FILE", str(tmp_path / "pii.key"))
     monkeypatch.setenv("HOTLINE_HOLIDAY_OVERRIDE_FILE", str(tmp_path / "no-holidays.yaml"))
+    monkeypatch.setenv("HOTLINE_CARD_KEYRING_FILE", str(tmp_path / "keyring.json"))
+    monkeypatch.setenv("HOTLINE_CARD_SERVICE_KEY_FILE", str(tmp_path / "service.pem"))
     monkeypatch.delenv("HOTLINE_PII_KEYS", raising=False)
     argv = ["create-user", "--username", "lihua", "--password", "long-enough-1"]
 
