@@ -689,11 +689,10 @@ async def test_sequence_timestamps_follow_per_wallet_order(ledger: Ledger) -> No
     assert max(t.created_at for t in out) - min(t.created_at for t in out) < timedelta(minutes=1)
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # SQLite has one writer
 async def test_ledger_position_waits_for_transfers_in_flight(ledger: Ledger, db_url: str) -> None:
     """PostgreSQL: a transfer that drew its seq but has not committed holds the barrier,
     so ``ledger_position()`` cannot hand out a position that it would later fall under."""
-    if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite serializes writers; the position is trivially stable")
     import asyncpg
 
     from citizen_card.ledger import LEDGER_BARRIER_KEY
