@@ -96,6 +96,12 @@ class CardReasonIn(Strict):
     reason: str | None = Field(None, max_length=500)
 
 
+class PinResetIn(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    id_last6: str = Field(min_length=6, max_length=6)
+    new_pin: str = Field(min_length=6, max_length=6)
+
+
 class TopUpIn(Strict):
     amount: int = Field(gt=0, le=5_000_000, description="fen")
     source: str = Field("counter-cash", max_length=32)
@@ -359,6 +365,21 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
             201,
         )
 
+    @_card_errors
+    async def pin_reset(request: web.Request) -> web.StreamResponse:
+        who = staff(request, COUNTER)
+        body = await _body(request, PinResetIn)
+        await svc.reset_pin(
+            deps,
+            request.match_info["card_no"],
+            name=body.name,
+            id_last6=body.id_last6,
+            new_pin=body.new_pin,
+            actor=who.username,
+            channel="counter",
+        )
+        return web.Response(status=204)
+
     async def trust_list(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=svc.trust_list(deps),
@@ -494,6 +515,15 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
             "Cancel; the balance is refunded",
             roles=("supervisor", "admin"),
             responses=moved,
+        ),
+        CardRoute(
+            "POST",
+            c + "/pin/reset",
+            pin_reset,
+            "Reset a (locked) PIN after an identity check",
+            PinResetIn,
+            COUNTER,
+            responses={204: "reset", 403: "identity does not match"},
         ),
         CardRoute(
             "GET",

@@ -56,6 +56,9 @@ def create_app(
     migrate: bool = True,
     watch_deadlines: bool = True,
 ) -> web.Application:
+    # aiosqlite logs every statement with its parameters at DEBUG: personal data must
+    # not reach the logs even when an operator turns debugging on
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     deps = deps or build_deps(settings)
     card_deps = card_deps or build_card_deps(settings, deps.db, deps.cipher)
     metrics = Metrics()

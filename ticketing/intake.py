@@ -66,8 +66,6 @@ work_t = workqueue.work_item
 
 CHANNELS = frozenset({"phone", "wechat", "telegram", "app", "web", "open311", "email", "walk_in"})
 MAX_BATCH = 256
-import os as _os  # TEMPORARY A/B
-_INLINE = _os.environ.get("INTAKE_INLINE", "0") == "1"
 STOP_PUBLISH_TIMEOUT_S = 5.0  # stop() waits this long for ticket.created to go out
 STOP_WRITE_TIMEOUT_S = 35.0  # a batch already in SQLite's hands (busy_timeout is 30 s)
 
@@ -438,7 +436,7 @@ async def _allocate(conn: AsyncConnection, day: str, n: int) -> int:
 # ---------------------------------------------------------------- SQLite, one hop a batch
 
 
-_DATETIME_TEXT: dict[datetime, str] = {}  # writer thread only; a ticket's times repeat
+_DATETIME_TEXT: dict[datetime, str] = {}  # a ticket's row, event and queue item share times
 
 
 def _sqlite_datetime(value: datetime) -> str:
@@ -592,8 +590,6 @@ class _SqliteWriter:
         begun, and we wait for it either way (the write lock stays held till then).
         """
         abort = _Abort()
-        if _INLINE:
-            return self._transaction(counts, build, abort)
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._executor, self._transaction, counts, build, abort)
         try:
@@ -632,7 +628,10 @@ class _SqliteWriter:
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        self._disconnect()  # closing rolls back; the next batch reconnects
                 raise
         except (sqlite3.Error, OSError) as exc:
             if is_unavailable(exc) or isinstance(exc, sqlite3.InterfaceError):

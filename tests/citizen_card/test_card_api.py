@@ -170,3 +170,20 @@ async def test_pin_locks_after_five_wrong_tries_and_resets_with_identity(sqlite_
         channel="counter",
     )
     assert await svc.verify_pin(deps, no, "135792", actor="ivr", channel="ivr") is True
+
+
+async def test_no_personal_data_reaches_the_logs(api, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    resident = await register(api)
+    card = await (await api.post(f"/api/v1/residents/{resident['id']}/cards", {"pin": "246813"})).json()
+    await api.post(f"/api/v1/cards/{card['card_no']}/report-lost", {"channel": "phone"})
+    r = await api.post(
+        f"/api/v1/cards/{card['card_no']}/pin/reset",
+        {"name": "张三丰", "id_last6": an_id_number()[-6:], "new_pin": "135792"},
+    )
+    assert r.status == 204
+    text = "\n".join(rec.getMessage() for rec in caplog.records)
+    for secret in (an_id_number(), an_id_number()[-6:] + "\n", "13812345678", "张三丰", "246813"):
+        assert secret not in text
