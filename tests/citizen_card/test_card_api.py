@@ -177,7 +177,9 @@ async def test_no_personal_data_reaches_the_logs(api, caplog):
 
     caplog.set_level(logging.DEBUG)
     resident = await register(api)
-    card = await (await api.post(f"/api/v1/residents/{resident['id']}/cards", {"pin": "246813"})).json()
+    card = await (
+        await api.post(f"/api/v1/residents/{resident['id']}/cards", {"pin": "246813"})
+    ).json()
     await api.post(f"/api/v1/cards/{card['card_no']}/report-lost", {"channel": "phone"})
     r = await api.post(
         f"/api/v1/cards/{card['card_no']}/pin/reset",
