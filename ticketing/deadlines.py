@@ -14,6 +14,7 @@ city's time zone only decides which calendar day an instant falls on.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class Duration:
             raise ValueError(f"duration amount must be a positive integer, got {self.amount!r}")
 
     @classmethod
+    @functools.lru_cache(maxsize=256)
     def parse(cls, text: str) -> Duration:
         """Read the taxonomy's form; strict, because a category file with "15d" or
         "2 hours" should fail loudly at load rather than mean something unintended."""

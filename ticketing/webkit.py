@@ -87,6 +87,13 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     if ctype not in ("application/json", "") and not ctype.endswith("+json"):
         raise problem("unsupported-media-type", f"send application/json, not {ctype}")
     raw = await request.read()
+    if raw.strip():
+        # fast path: pydantic parses and validates in one pass (no dict in between);
+        # any failure takes the careful path below for a precise problem
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError:
+            pass
     try:
         text = raw.decode("utf-8")
         data = json.loads(text) if text.strip() else {}
