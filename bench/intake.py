@@ -26,9 +26,10 @@ Why it is built this way:
   servers are stopped with SIGTERM (then killed), only 127.0.0.1 is used, and the
   temporary PostgreSQL database is dropped at the end.
 
-``--profile`` runs each service process under cProfile (event-loop thread only:
-aiosqlite's worker thread is invisible to it) and times the intake writer's batches;
-profiled numbers are slower than real ones and only show where the time goes.
+``--profile`` runs each service process under cProfile (event-loop thread only: the
+intake's SQLite writer thread and aiosqlite's worker threads are invisible to it) and
+times the intake writer's batches; profiled numbers are slower than real ones and only
+show where the time goes.
 """
 
 from __future__ import annotations
@@ -280,8 +281,9 @@ class Server:
     def cpu_seconds(self) -> tuple[float, float] | None:
         """(whole process, event-loop thread) user+system CPU seconds, from /proc.
 
-        The difference is what other threads used: aiosqlite runs every SQLite call
-        in its own worker thread, so this splits Python work from SQLite work.
+        The difference is what other threads used: on SQLite the intake writes each
+        batch in its own thread (numbering, hash chain and the SQLite calls), and
+        aiosqlite runs every other SQLite call in a worker thread of its own.
         """
         if self.proc is None:
             return None
