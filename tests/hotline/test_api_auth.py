@@ -342,3 +342,28 @@ async def test_create_user_command_makes_a_user_who_can_sign_in(
     }
     assert (await login(client, "lihua", "wrong-password")).status == 401
     assert (await login(client, "x", "long-enough-1")).status == 401
+
+
+async def test_a_burst_of_requests_with_one_token_looks_the_session_up_once(sqlite_api):
+    import sqlalchemy as sa
+
+    from hotline.appkeys import DEPS, SESSIONS
+
+    api = sqlite_api
+    token = await api.token("agent")
+    sessions = api.app[SESSIONS]
+    sessions._cache.clear()  # as if the cache entry had just expired
+    lookups = []
+
+    def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if "staff_session" in statement and statement.lstrip().upper().startswith("SELECT"):
+            lookups.append(statement)
+
+    engine = api.app[DEPS].db.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        who = await asyncio.gather(*(sessions.resolve(token) for _ in range(32)))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert {w.username for w in who} == {"agent"}
+    assert len(lookups) == 1
