@@ -88,7 +88,6 @@ import math
 import os
 import pstats
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -105,6 +104,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from yarl import URL
 
+from bench.harness import (
+    HOST,
+    ROOT,
+    ServerProcess,
+    drop_store,
+    loadavg,
+    machine_busy,
+    make_store,
+)
 from citizen_card.keys import Keyring, build_status_list, build_trust_list, issue_token
 from citizen_card.partner_auth import (
     RESPONSE_SIGNATURE_HEADER,
@@ -120,13 +128,6 @@ from citizen_card.verify import Verifier, b45decode, inflate_bounded
 TARGET_RATIO = 0.7
 STATUS_LIST_SIZE = 1_000_000
 REVOKED = 5_000
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover
-        return "n/a"
 
 
 def _time_block(fn: Callable[[int, int], None], start: int, count: int) -> tuple[float, float]:
@@ -264,7 +265,7 @@ def bench_offline(rounds: int = 31, tokens: int = 2000, block: int = 400) -> dic
 
     print(
         f"offline: {tokens} distinct tokens per alg, {rounds} rounds x {block}; "
-        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load {_loadavg()}",
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, load {loadavg()}",
         flush=True,
     )
     primary = _paired(sides, tokens, rounds, block)
@@ -292,7 +293,7 @@ def bench_offline(rounds: int = 31, tokens: int = 2000, block: int = 400) -> dic
         "raw_ed25519_per_s": round(_med(extra, "raw_ed25519")),
         "ours_eddsa_per_s": round(_med(extra, "ours_eddsa")),
         "ratio_eddsa": round(_ratio(extra, "ours_eddsa", "raw_ed25519"), 3),
-        "load_average": _loadavg(),
+        "load_average": loadavg(),
     }
     if cwt_side is not None:
         result["cwt_es256_per_s"] = round(_med(extra, "cwt_es256"))
@@ -369,9 +370,6 @@ def _cwt_side(ring: Keyring, tokens: Sequence[str]) -> Callable[[int, int], None
 # ceiling. The servers stay up and the load visits them in turn, in short slices,
 # as bench/intake.py does, so a neighbour's work slows both sides alike.
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
-ADMIN_DSN = os.environ.get("HOTLINE_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 PII_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, benchmark only
 ADMIN_USER = "bench-admin"
 ADMIN_PASSWORD = "bench-password-1"
@@ -386,7 +384,6 @@ WALLET_SEED = 5_000_000  # fen per wallet: the ledger's largest single transfer
 PARTNER_RATE = 100_000  # a minute: the registry's maximum; the bucket holds a minute's worth
 TOKEN_REFRESH_S = 30.0  # tokens live 60 s: requests built on older ones are dropped
 REQUEST_TIMEOUT_S = 10.0
-START_TIMEOUT_S = 30.0
 OTHER_CPU_WARN = 0.25
 EXHAUSTED = "exhausted"  # an op found no pre-built request left: the slice ends early
 VERIFIED = b'"valid":true'
@@ -578,97 +575,8 @@ def serve_ceiling(port: int) -> None:
     web.run_app(app, host=HOST, port=port, print=None, access_log=None)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _proc_cpu(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-class _Proc:
-    """A server subprocess (``python -m bench.card --serve...``), stopped by SIGTERM."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.port = _free_port()
-        self.args = [*args, "--port", str(self.port)]
-        self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    async def __aenter__(self) -> _Proc:
-        with self.log.open("wb") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.card", *self.args, cwd=ROOT, stdout=out, stderr=out
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline and self.proc.returncode is None:
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.get(f"{self.base}/healthz") as r:
-                        if r.status == 200:
-                            return self
-                await asyncio.sleep(0.1)
-        await self.stop()
-        tail = self.log.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"server on port {self.port} did not become ready:\n{tail}")
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 15)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(sig)
-
-    def cpu_seconds(self) -> tuple[float, float] | None:
-        """(whole process, event-loop thread) CPU seconds, from /proc."""
-        if self.proc is None:
-            return None
-        try:
-            total = _proc_cpu(Path(f"/proc/{self.proc.pid}/stat"))
-            main = _proc_cpu(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
-        except (OSError, IndexError, ValueError):
-            return None
-        return total, main
-
-    def log_summary(self) -> str:
-        counts = {"ERROR": 0, "WARNING": 0}
-        seen: dict[str, int] = {}
-        for line in self.log.read_text(errors="replace").splitlines():
-            parts = line.split(" ", 2)
-            if len(parts) == 3 and parts[0] == "server" and parts[1] in counts:
-                counts[parts[1]] += 1
-                seen[line] = seen.get(line, 0) + 1
-        text = f"{counts['ERROR']} errors, {counts['WARNING']} warnings"
-        for line, n in sorted(seen.items(), key=lambda kv: -kv[1])[:3]:
-            text += f"\n    {n} x {line[:160]}"
-        return text
+class _Proc(ServerProcess):
+    MODULE = "bench.card"
 
 
 def _client_session(clients: int) -> aiohttp.ClientSession:
@@ -680,46 +588,6 @@ def _client_session(clients: int) -> aiohttp.ClientSession:
 
 
 # ---------------------------------------------------------------- databases
-
-
-@dataclass
-class _Store:
-    backend: str
-    url: str
-    pg_name: str | None = None
-
-
-async def _make_store(backend: str, workdir: Path) -> _Store | None:
-    if backend == "sqlite":
-        return _Store("sqlite", f"sqlite+aiosqlite:///{workdir}/card.db")
-    if backend != "postgres":
-        raise SystemExit(f"unknown backend {backend!r} (sqlite, postgres)")
-    import asyncpg
-
-    name = f"card_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        print(f"postgres: unreachable at {ADMIN_DSN} ({exc}); skipping", flush=True)
-        return None
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    return _Store("postgres", url.replace("postgresql://", "postgresql+asyncpg://", 1), name)
-
-
-async def _drop_store(store: _Store) -> None:
-    if store.pg_name is None:
-        return
-    import asyncpg
-
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{store.pg_name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 # ---------------------------------------------------------------- the seeded service
@@ -795,10 +663,10 @@ class _Service:
         # the key files are created here, first: their "back it up" warnings are noise
         logging.getLogger("citizen_card.keystore").setLevel(logging.ERROR)
         self.dir.mkdir()
-        store = await _make_store(self.backend, self.dir)
+        store = await make_store(self.backend, self.dir, name="card")
         if store is None:
             return False
-        stack.push_async_callback(_drop_store, store)
+        stack.push_async_callback(drop_store, store)
         self.store = store
         settings = _service_settings(store.url, self.dir)
         await upgrade_head_async(store.url)
@@ -1019,10 +887,10 @@ async def _run_slice(target: _Target, clients: int, seconds: float, measure: boo
     profiling = measure and target.profiled
     if profiling:
         target.proc.signal(signal.SIGUSR1)
-    cpu0, own0, all0 = target.proc.cpu_seconds(), time.process_time(), _machine_busy()
+    cpu0, own0, all0 = target.proc.cpu_seconds(), time.process_time(), machine_busy()
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     await asyncio.sleep(seconds)
-    cpu1, own1, all1 = target.proc.cpu_seconds(), time.process_time(), _machine_busy()
+    cpu1, own1, all1 = target.proc.cpu_seconds(), time.process_time(), machine_busy()
     await asyncio.gather(*tasks)
     if profiling:
         target.proc.signal(signal.SIGUSR2)
@@ -1278,7 +1146,7 @@ async def _online(args: argparse.Namespace) -> dict[str, Any]:
             f"online: {args.clients} clients, {len(first.svc.cards)} cards, "
             f"{len(first.tokens)} transit tokens from the staff API (re-issued every "
             f"{TOKEN_REFRESH_S:g} s), requests pre-signed (Ed25519, unique nonces); "
-            f"load {_loadavg()}",
+            f"load {loadavg()}",
             flush=True,
         )
         await _interleave(targets, args)
@@ -1299,7 +1167,7 @@ async def _online(args: argparse.Namespace) -> dict[str, Any]:
             out[svc.backend] = _summary(ld.result, ceiling)
         for svc, _ in services:
             _service_reports(svc, "online verify", out[svc.backend])
-    out["load_average"] = _loadavg()
+    out["load_average"] = loadavg()
     judged = services[0][1].result  # SQLite unless --online-backends says otherwise
     share = judged.rate / ceiling.rate if ceiling.rate else 0.0
     out["target_met"] = share >= ONLINE_TARGET_SHARE and judged.error_count == 0
@@ -1479,7 +1347,7 @@ async def _payments(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"payments ({args.pay_mode} mode): {args.clients} clients, each paying "
             f"{PAY_AMOUNT} fen from its own card's wallet to one merchant partner; pay tokens "
-            f"from the staff API before each slice; load {_loadavg()}",
+            f"from the staff API before each slice; load {loadavg()}",
             flush=True,
         )
         await _interleave(targets, args)
@@ -1505,7 +1373,7 @@ async def _payments(args: argparse.Namespace) -> dict[str, Any]:
         out["ceiling"] = _summary(ceiling, None)
         for svc, _ in services:
             _service_reports(svc, "payments", out[svc.backend])
-    out["load_average"] = _loadavg()
+    out["load_average"] = loadavg()
     if args.library_seconds > 0:
         print("library level, bench/ledger_bench.py (same process, no HTTP):")
         out["library"] = await _library(args, backends)
@@ -1606,7 +1474,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results[name] = SECTIONS[name](args)
         print(flush=True)
-    print(f"total {time.monotonic() - t0:.0f} s; load average {_loadavg()}")
+    print(f"total {time.monotonic() - t0:.0f} s; load average {loadavg()}")
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     return 0 if all(r.get("target_met", True) for r in results.values()) else 1

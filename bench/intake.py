@@ -44,12 +44,10 @@ import math
 import os
 import pstats
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,15 +55,22 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[1]
-ADMIN_DSN = os.environ.get("HOTLINE_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+from bench.harness import (
+    HOST,
+    ROOT,
+    ServerProcess,
+    Store,
+    drop_store,
+    loadavg,
+    machine_busy,
+    make_store,
+)
+
 PII_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, benchmark only
 AGENT = "bench-agent"
 PASSWORD = "bench-password-1"
-HOST = "127.0.0.1"
 PATH = "/api/v1/tickets"
 REQUEST_TIMEOUT_S = 10.0
-START_TIMEOUT_S = 30.0
 TARGET_SHARE = 0.40  # of the ceiling, SQLite, from the issue
 TARGET_P99_MS = 50.0
 OTHER_CPU_WARN = 0.25  # cores used by other processes that make a measurement suspect
@@ -221,157 +226,11 @@ def serve_ceiling(port: int) -> None:
     web.run_app(app, host=HOST, port=port, print=None, access_log=None)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A server subprocess (`python -m bench.intake --serve...`), stopped by SIGTERM.
-
-    Its output goes to `log`, so server warnings do not interleave with the report;
-    `log_summary()` then says how many errors and warnings it logged, and which.
-    """
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.port = _free_port()
-        self.args = [*args, "--port", str(self.port)]
-        self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    async def __aenter__(self) -> Server:
-        with self.log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.intake", *self.args, cwd=ROOT, stdout=out, stderr=out
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline and self.proc.returncode is None:
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with s.get(f"{self.base}/healthz") as r:
-                        if r.status == 200:
-                            return self
-                await asyncio.sleep(0.1)
-        await self.stop()
-        tail = self.log.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"server on port {self.port} did not become ready:\n{tail}")
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), 15)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(sig)
-
-    def cpu_seconds(self) -> tuple[float, float] | None:
-        """(whole process, event-loop thread) user+system CPU seconds, from /proc.
-
-        The difference is what other threads used: on SQLite the intake writes each
-        batch in its own thread (numbering, hash chain and the SQLite calls), and
-        aiosqlite runs every other SQLite call in a worker thread of its own.
-        """
-        if self.proc is None:
-            return None
-        try:
-            total = _proc_cpu(Path(f"/proc/{self.proc.pid}/stat"))
-            main = _proc_cpu(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
-        except (OSError, IndexError, ValueError):
-            return None
-        return total, main
-
-    def log_summary(self) -> str:
-        """`N errors, M warnings` in the server's log, with the commonest messages."""
-        counts = {"ERROR": 0, "WARNING": 0}
-        seen: dict[str, int] = {}
-        for line in self.log.read_text(errors="replace").splitlines():
-            parts = line.split(" ", 2)
-            if len(parts) == 3 and parts[0] == "server" and parts[1] in counts:
-                counts[parts[1]] += 1
-                seen[line] = seen.get(line, 0) + 1
-        text = f"{counts['ERROR']} errors, {counts['WARNING']} warnings"
-        for line, n in sorted(seen.items(), key=lambda kv: -kv[1])[:4]:
-            text += f"\n    {n} x {line[:160]}"
-        return text
-
-
-def _proc_cpu(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 # ---------------------------------------------------------------- databases
 
 
-@dataclass
-class Store:
-    """A fresh database for one backend; `url` is what the service is given."""
-
-    backend: str
-    url: str
-    pg_name: str | None = None
-
-
-async def make_store(backend: str, workdir: Path) -> Store | None:
-    if backend == "sqlite":
-        return Store("sqlite", f"sqlite+aiosqlite:///{workdir}/bench.db")
-    import asyncpg
-
-    name = f"hotline_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    try:
-        conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        print(f"postgres: unreachable at {ADMIN_DSN} ({exc}); skipping", flush=True)
-        return None
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    return Store("postgres", url.replace("postgresql://", "postgresql+asyncpg://", 1), name)
-
-
-async def drop_store(store: Store) -> None:
-    if store.pg_name is None:
-        return
-    import asyncpg
-
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{store.pg_name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+class Server(ServerProcess):
+    MODULE = "bench.intake"
 
 
 async def migrate_and_seed(store: Store, workdir: Path) -> None:
@@ -523,10 +382,10 @@ async def run_slice(target: Target, clients: int, seconds: float, measure: bool)
     profiling = measure and target.pstats_file is not None
     if profiling:
         target.server.signal(signal.SIGUSR1)  # start profiling (see `serve`)
-    cpu0, own0, all0 = target.server.cpu_seconds(), time.process_time(), _machine_busy()
+    cpu0, own0, all0 = target.server.cpu_seconds(), time.process_time(), machine_busy()
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
     await asyncio.sleep(seconds)
-    cpu1, own1, all1 = target.server.cpu_seconds(), time.process_time(), _machine_busy()
+    cpu1, own1, all1 = target.server.cpu_seconds(), time.process_time(), machine_busy()
     await asyncio.gather(*tasks)
     if profiling:
         target.server.signal(signal.SIGUSR2)
@@ -677,7 +536,7 @@ async def bench(args: argparse.Namespace) -> int:
     print(
         f"{args.clients} clients; per target {args.warmup:g}s warm-up, then {args.seconds:g}s "
         f"measured as {rounds} slices of {slice_s:g}s taken in turn; {os.cpu_count()} CPUs, "
-        f"Python {python}, load average {_loadavg()}",
+        f"Python {python}, load average {loadavg()}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="hotline-bench-") as tmp:

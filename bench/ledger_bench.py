@@ -45,10 +45,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bench.harness import drop_store, make_store
 from citizen_card.ledger import Account, Ed25519Signer, InsufficientFunds, Ledger
 from citizen_card.ledger_models import create_ledger_tables, entry_t
 
-ADMIN_DSN = os.environ.get("HOTLINE_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 AMOUNT = 100
 SEED = 5_000_000
 WARMUP_S = 1.0
@@ -194,30 +194,6 @@ async def bench_payments(
         await engine.dispose()
 
 
-async def _create_pg_db() -> str:
-    import asyncpg
-
-    name = f"ledger_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base = ADMIN_DSN.rsplit("/", 1)[0]
-    return f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
-
-
-async def _drop_pg_db(url: str) -> None:
-    import asyncpg
-
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def _main(args: argparse.Namespace) -> None:
     scenarios = SCENARIOS + (("hot_merchant_direct",) if args.direct else ())
     results = []
@@ -229,8 +205,10 @@ async def _main(args: argparse.Namespace) -> None:
                     await bench_payments(url, args.clients, args.seconds, scenarios=scenarios)
                 )
         elif backend == "postgres":
-            url = await _create_pg_db()
-            target = url
+            store = await make_store("postgres", Path(), name="ledger")
+            if store is None:
+                continue
+            url = target = store.url
             if args.pg_socket:  # same database, reached over the Unix socket
                 parsed = sa.engine.make_url(url)
                 target = parsed.set(host=None, port=None, query={"host": args.pg_socket})
@@ -240,7 +218,7 @@ async def _main(args: argparse.Namespace) -> None:
                     await bench_payments(target, args.clients, args.seconds, scenarios=scenarios)
                 )
             finally:
-                await _drop_pg_db(url)
+                await drop_store(store)
         else:
             raise SystemExit(f"unknown backend {backend}")
     for res in results:
