@@ -38,7 +38,7 @@ from citizen_card.identity import (
     parse_id_number,
 )
 from citizen_card.keys import Keyring, build_status_list, build_trust_list, issue_token
-from citizen_card.ledger import InsufficientFunds, Ledger
+from citizen_card.ledger import Ledger
 from citizen_card.models import Card, CardCounter, CardEvent, FreezeReceipt, HospitalCard, Resident
 
 resident_t = Resident.__table__  # type: ignore[attr-defined]
@@ -766,30 +766,6 @@ def card_precheck(card_no: str, deps: CardDeps) -> Callable[[AsyncConnection], A
             raise CardError("card-not-active", f"the card is {status or 'unknown'}")
 
     return check
-
-
-async def pay_with_card(
-    deps: CardDeps,
-    card_no: str,
-    merchant_account: int,
-    amount: int,
-    key: str,
-    *,
-    partner_id: str | None,
-) -> Any:
-    card = await get_card(deps, card_no)
-    resident = await get_resident(deps, card.resident_id)
-    try:
-        return await deps.ledger.pay(
-            resident.wallet_account_id,
-            merchant_account,
-            amount,
-            key,
-            partner_id,
-            precheck=card_precheck(card_no, deps),
-        )
-    except InsufficientFunds:
-        raise CardError("insufficient-funds", "the wallet balance is too low", status=402) from None
 
 
 def today(deps: CardDeps) -> date:
