@@ -24,12 +24,10 @@ from sqlmodel.sql.sqltypes import AutoString
 
 # Importing the model modules registers their tables on SQLModel.metadata.
 import citizen_card.dbtypes
-import citizen_card.ledger_models
-import citizen_card.medical
-import citizen_card.models
-import citizen_card.partner_models
 import ticketing.models
+from hotline.schema import load_models
 
+load_models()
 config = context.config
 target_metadata = SQLModel.metadata
 
