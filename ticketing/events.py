@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,19 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         CatalogChanged,
     )
 }
+
+
+E = TypeVar("E", bound=type[DomainEvent])
+
+
+def register_event(cls: E) -> E:
+    """Class decorator for events defined outside this module (channels, calls, ACD):
+    without it the PostgreSQL bus could not rebuild them on the other instances."""
+    known = EVENT_TYPES.get(cls.name)
+    if known is not None and known is not cls:
+        raise ValueError(f"event name {cls.name!r} is taken by {known.__qualname__}")
+    EVENT_TYPES[cls.name] = cls
+    return cls
 
 
 class UnknownEvent(ValueError):
