@@ -1,0 +1,33 @@
+"""FreeSWITCH event socket: wire format, inbound client, outbound call server, simulator.
+
+The simulator (hotline.telephony.simulator) is imported explicitly by tests and `--demo`.
+"""
+
+from hotline.telephony.errors import (
+    CallHungUp,
+    ESLAuthError,
+    ESLCommandError,
+    ESLDisconnected,
+    ESLError,
+    ESLProtocolError,
+)
+from hotline.telephony.esl_frames import Event, Frame, FrameParser
+from hotline.telephony.esl_inbound import Backoff, InboundESL
+from hotline.telephony.esl_outbound import BridgeResult, CallLeg, OutboundServer
+
+__all__ = [
+    "Backoff",
+    "BridgeResult",
+    "CallHungUp",
+    "CallLeg",
+    "ESLAuthError",
+    "ESLCommandError",
+    "ESLDisconnected",
+    "ESLError",
+    "ESLProtocolError",
+    "Event",
+    "Frame",
+    "FrameParser",
+    "InboundESL",
+    "OutboundServer",
+]

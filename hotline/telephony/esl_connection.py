@@ -1,0 +1,197 @@
+"""One event-socket connection (either mode): frames in, replies to commands, events out.
+
+FreeSWITCH answers the commands on one socket strictly in the order it read them
+(an `api` even blocks the socket until it returns), so replies are matched to
+commands first-in first-out. Events, disconnect notices and auth requests arrive
+in between and go to callbacks. A protocol error closes this connection only, with
+the reason logged; everything waiting on it fails with ESLDisconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+
+from hotline.telephony.errors import ESLDisconnected, ESLProtocolError
+from hotline.telephony.esl_frames import (
+    API_RESPONSE,
+    AUTH_REQUEST,
+    COMMAND_REPLY,
+    DISCONNECT_NOTICE,
+    EVENT_TYPES,
+    LOG_DATA,
+    MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
+    RUDE_REJECTION,
+    Event,
+    Frame,
+    FrameParser,
+)
+
+log = logging.getLogger("hotline.telephony.esl")
+
+EventCallback = Callable[[Event], None]
+FrameCallback = Callable[[Frame], None]
+
+
+class ESLConnection(asyncio.Protocol):
+    """asyncio protocol for one ESL socket; the inbound client and each outbound call own one."""
+
+    def __init__(
+        self,
+        *,
+        label: str = "esl",
+        on_event: EventCallback | None = None,
+        on_disconnect_notice: FrameCallback | None = None,
+        on_log: FrameCallback | None = None,
+        on_open: Callable[[ESLConnection], None] | None = None,
+        max_header: int = MAX_HEADER_BYTES,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.label = label
+        self.on_event = on_event
+        self.on_disconnect_notice = on_disconnect_notice
+        self.on_log = on_log
+        self.on_open = on_open
+        self.parser = FrameParser(max_header, max_body)
+        self.transport: asyncio.Transport | None = None
+        self.last_rx = time.monotonic()
+        self.events_received = 0
+        self._pending: deque[tuple[str, asyncio.Future[Frame]]] = deque()
+        loop = asyncio.get_running_loop()
+        self.auth_requested: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self._close_reason: str | None = None
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            _enable_keepalive(sock)
+        if self.on_open is not None:
+            self.on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        try:
+            frames = self.parser.feed(data)
+        except ESLProtocolError as exc:
+            self.abort(f"garbled frame: {exc}")
+            return
+        for frame in frames:
+            if self.transport is None or self.transport.is_closing():
+                return
+            try:
+                self._dispatch(frame)
+            except ESLProtocolError as exc:
+                self.abort(f"garbled event: {exc}")
+                return
+            except Exception:  # a handler's bug must not take the socket down
+                log.exception("%s: handler failed on %r", self.label, frame)
+
+    def eof_received(self) -> bool | None:
+        truncated = self.parser.eof_reason()
+        if truncated and self._close_reason is None:
+            self._close_reason = truncated
+            log.warning("%s: %s", self.label, truncated)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self._close_reason or (f"connection lost: {exc}" if exc else "closed by peer")
+        self.transport = None
+        while self._pending:
+            what, fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(ESLDisconnected(f"{what!r} not answered: {reason}"))
+        if not self.auth_requested.done():
+            self.auth_requested.set_exception(ESLDisconnected(reason))
+            self.auth_requested.exception()  # retrieved: nobody may be waiting
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+    # ---------------------------------------------------------------- frames
+
+    def _dispatch(self, frame: Frame) -> None:
+        ct = frame.content_type
+        if ct in EVENT_TYPES:
+            self.events_received += 1
+            if self.on_event is not None:
+                self.on_event(Event.from_frame(frame))
+        elif ct == COMMAND_REPLY or ct == API_RESPONSE:
+            if not self._pending:
+                log.warning("%s: reply with no command waiting: %r", self.label, frame)
+                return
+            _, fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_result(frame)
+        elif ct == AUTH_REQUEST:
+            if not self.auth_requested.done():
+                self.auth_requested.set_result(None)
+        elif ct == DISCONNECT_NOTICE:
+            if self.on_disconnect_notice is not None:
+                self.on_disconnect_notice(frame)
+        elif ct == RUDE_REJECTION:
+            self.abort(f"rejected by FreeSWITCH: {frame.text.strip()}")
+        elif ct == LOG_DATA:
+            if self.on_log is not None:
+                self.on_log(frame)
+        else:
+            log.debug("%s: ignoring frame of unknown type %r", self.label, ct)
+
+    # ---------------------------------------------------------------- commands
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def send(self, data: bytes, what: str = "command") -> Frame:
+        """Write one encoded command and wait for its reply frame."""
+        fut = self.send_nowait(data, what)
+        return await fut
+
+    def send_nowait(self, data: bytes, what: str = "command") -> asyncio.Future[Frame]:
+        if self.transport is None or self.transport.is_closing():
+            raise ESLDisconnected(f"{what!r} not sent: {self._close_reason or 'not connected'}")
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending.append((what, fut))
+        self.transport.write(data)
+        return fut
+
+    def write(self, data: bytes) -> None:
+        """Write bytes that expect no reply (none in ESL today except after `exit`)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def abort(self, reason: str) -> None:
+        """Drop this connection now, logging why (the service itself carries on)."""
+        if self._close_reason is None:
+            self._close_reason = reason
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            log.warning("%s: closing connection to %s: %s", self.label, peer, reason)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self, reason: str = "closed by us") -> None:
+        if self._close_reason is None:
+            self._close_reason = reason
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _enable_keepalive(sock: socket.socket) -> None:
+    """TCP keep-alive notices a switch that vanished without a FIN (power cut, cable)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
