@@ -1,0 +1,436 @@
+"""Reading what Open311 clients send: the POST form and the GET query, validated.
+
+Pure: bytes and strings in, typed values or `Open311Error` out (HTTP status plus
+every problem found, so a client fixes its request in one round). The spec's rule
+for optional arguments applies throughout: an empty value is the same as none.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo
+
+from channels.open311 import const
+from channels.open311.definitions import LIST_DATATYPES, AttributeDef
+from channels.open311.services import Service
+from ticketing.lifecycle import OPEN_STATES, TERMINAL_STATES, Status
+
+
+class Open311Error(Exception):
+    """An answer in the spec's error format: 400 bad input, 403 api_key, 404 unknown."""
+
+    def __init__(self, status: int, *descriptions: str) -> None:
+        super().__init__("; ".join(descriptions))
+        self.status = status
+        self.descriptions = list(descriptions)
+
+
+Pairs = list[tuple[str, str]]
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_BREAK = re.compile("[\r\n]")
+_ATTRIBUTE = re.compile(r"attribute\[([^\[\]]*)\](\[\])?")
+_W3C = re.compile(
+    r"\d{4}-\d{2}-\d{2}"
+    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
+    r"(?:Z|[+-]\d{2}:?\d{2})?"
+)
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{1,63}")
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_TICKET_NUMBER = re.compile(r"\d{1,20}")
+FORM_TYPES = ("application/x-www-form-urlencoded", "")
+
+POST_FIELDS = frozenset(
+    {
+        "api_key",
+        "jurisdiction_id",
+        "service_code",
+        "lat",
+        "long",
+        "address_string",
+        "address_id",
+        "email",
+        "device_id",
+        "account_id",
+        "first_name",
+        "last_name",
+        "phone",
+        "description",
+        "media_url",
+    }
+)
+
+
+def parse_pairs(raw: bytes | str, what: str = "form") -> Pairs:
+    """application/x-www-form-urlencoded as strict UTF-8; empty values kept (then dropped)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        pairs = urllib.parse.parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=const.MAX_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise Open311Error(400, f"the {what} is not valid UTF-8") from None
+    except ValueError:
+        raise Open311Error(400, f"the {what} has more than {const.MAX_FIELDS} fields") from None
+    bad = sorted({k for k, v in pairs if _CONTROL.search(k) or _CONTROL.search(v)})
+    if bad:
+        raise Open311Error(400, *(f"{k} contains control characters" for k in bad))
+    return [(k, v) for k, v in pairs]
+
+
+def single_values(pairs: Iterable[tuple[str, str]], names: Iterable[str]) -> dict[str, str]:
+    """The non-empty value of each named field; a field given twice is refused."""
+    wanted = frozenset(names)
+    out: dict[str, str] = {}
+    twice: set[str] = set()
+    for k, v in pairs:
+        if k not in wanted:
+            continue
+        v = v.strip()
+        if not v:
+            continue
+        if k in out and out[k] != v:
+            twice.add(k)
+        out[k] = v
+    if twice:
+        raise Open311Error(400, *(f"{k} was given more than once" for k in sorted(twice)))
+    return out
+
+
+# ---------------------------------------------------------------- POST requests
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    service: Service
+    lat: float | None
+    lon: float | None
+    address_string: str | None
+    address_id: str | None
+    email: str | None
+    device_id: str | None
+    account_id: str | None
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    description: str | None
+    media_url: str | None
+    # code -> value (text), or sorted list of keys for a multivaluelist
+    attributes: dict[str, str | list[str]] = field(default_factory=dict)
+
+    @property
+    def contact_name(self) -> str | None:
+        first, last = self.first_name or "", self.last_name or ""
+        if not (first or last):
+            return None
+        if _is_cjk(first + last):
+            return f"{last}{first}"  # 王 + 小明: family name first, no space
+        return f"{first} {last}".strip()
+
+
+def _is_cjk(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" for ch in text)
+
+
+def parse_new_request(pairs: Pairs, services: dict[str, Service], tz: ZoneInfo) -> NewRequest:
+    # fields the spec does not name are ignored (clients add their own), but a misspelt
+    # required field still fails below
+    errors: list[str] = []
+    f = single_values(pairs, POST_FIELDS)
+    code = f.get("service_code")
+    if not code:
+        raise Open311Error(400, "service_code was not provided")
+    service = services.get(code)
+    if service is None:
+        raise Open311Error(404, f"service_code {code!r} was not found")
+
+    lat = lon = None
+    if "lat" in f or "long" in f:
+        if "lat" not in f or "long" not in f:
+            errors.append("lat and long must be sent together")
+        else:
+            lat = _coordinate(f["lat"], "lat", 90.0, errors)
+            lon = _coordinate(f["long"], "long", 180.0, errors)
+    if not ({"lat", "long"} <= f.keys() or "address_string" in f or "address_id" in f):
+        errors.append("a location is required: lat and long, address_string or address_id")
+
+    def text(name: str, limit: int, *, multiline: bool = False) -> str | None:
+        value = f.get(name)
+        if value is None:
+            return None
+        if len(value) > limit:
+            errors.append(f"{name} is longer than {limit} characters")
+        if not multiline and _LINE_BREAK.search(value):
+            errors.append(f"{name} must be one line")
+        return value
+
+    address_string = text("address_string", const.MAX_ADDRESS)
+    address_id = text("address_id", const.MAX_SHORT)
+    device_id = text("device_id", const.MAX_SHORT)
+    account_id = text("account_id", const.MAX_SHORT)
+    first_name = text("first_name", const.MAX_SHORT)
+    last_name = text("last_name", const.MAX_SHORT)
+    phone = text("phone", const.MAX_PHONE)
+    description = text("description", const.MAX_DESCRIPTION, multiline=True)
+    email = text("email", const.MAX_EMAIL)
+    if email is not None and not _EMAIL.fullmatch(email):
+        errors.append("email is not an email address")
+    media_url = text("media_url", const.MAX_URL)
+    if media_url is not None:
+        parts = urllib.parse.urlsplit(media_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or " " in media_url:
+            errors.append("media_url must be an http or https URL")
+    attributes = _attributes(pairs, service, errors)
+    if errors:
+        raise Open311Error(400, *errors)
+    return NewRequest(
+        service=service,
+        lat=lat,
+        lon=lon,
+        address_string=address_string,
+        address_id=address_id,
+        email=email,
+        device_id=device_id,
+        account_id=account_id,
+        first_name=first_name,
+        last_name=last_name,
+        phone=phone,
+        description=description,
+        media_url=media_url,
+        attributes=attributes,
+    )
+
+
+def _coordinate(raw: str, name: str, bound: float, errors: list[str]) -> float | None:
+    if not _NUMBER.fullmatch(raw):
+        errors.append(f"{name} is not a number")
+        return None
+    value = float(raw)
+    if not math.isfinite(value) or not -bound <= value <= bound:
+        errors.append(f"{name} must be between -{bound:g} and {bound:g} (WGS84 degrees)")
+        return None
+    return value
+
+
+def _attributes(pairs: Pairs, service: Service, errors: list[str]) -> dict[str, str | list[str]]:
+    given: dict[str, list[str]] = {}
+    for k, v in pairs:
+        if not k.startswith("attribute["):
+            continue
+        m = _ATTRIBUTE.fullmatch(k)
+        if m is None:
+            errors.append(f"{k} is not of the form attribute[code] or attribute[code][]")
+            continue
+        v = v.strip()
+        if v:
+            given.setdefault(m.group(1), []).append(v)
+    out: dict[str, str | list[str]] = {}
+    for code, values in given.items():
+        attr = service.attribute(code)
+        if attr is None or not attr.variable:
+            errors.append(f"attribute[{code}] is not an attribute of {service.code}")
+            continue
+        checked = _attribute_value(attr, values, errors)
+        if checked is not None:
+            out[code] = checked
+    for attr in service.attributes:
+        if attr.required and attr.code not in given:
+            errors.append(f"attribute[{attr.code}] ({attr.description}) is required")
+    return out
+
+
+def _attribute_value(
+    attr: AttributeDef, values: list[str], errors: list[str]
+) -> str | list[str] | None:
+    name = f"attribute[{attr.code}]"
+    if attr.datatype == "multivaluelist":
+        unknown = [v for v in values if v not in attr.value_keys()]
+        if unknown:
+            errors.append(f"{name}: {', '.join(unknown)} not among {_keys(attr)}")
+            return None
+        return sorted(set(values), key=[v.key for v in attr.values].index)
+    if len(values) > 1:
+        errors.append(f"{name} takes one value")
+        return None
+    value = values[0]
+    if attr.datatype == "singlevaluelist":
+        if value not in attr.value_keys():
+            errors.append(f"{name}: {value!r} is not among {_keys(attr)}")
+            return None
+    elif attr.datatype == "number":
+        if not _NUMBER.fullmatch(value) or not math.isfinite(float(value)):
+            errors.append(f"{name} must be a number")
+            return None
+    elif attr.datatype == "datetime":
+        try:
+            parse_datetime(value, UTC)
+        except ValueError as exc:
+            errors.append(f"{name}: {exc}")
+            return None
+    elif attr.datatype == "string":
+        if len(value) > const.MAX_STRING_ATTRIBUTE or _LINE_BREAK.search(value):
+            errors.append(f"{name}: one line of at most {const.MAX_STRING_ATTRIBUTE} characters")
+            return None
+    elif len(value) > const.MAX_DESCRIPTION:  # text
+        errors.append(f"{name} is longer than {const.MAX_DESCRIPTION} characters")
+        return None
+    return value
+
+
+def _keys(attr: AttributeDef) -> str:
+    return ", ".join(v.key for v in attr.values)
+
+
+def attribute_lines(service: Service, attributes: dict[str, str | list[str]]) -> list[str]:
+    """'Label：answer' lines for the ticket an agent reads, in the definition's order."""
+    lines = []
+    for attr in service.attributes:
+        value = attributes.get(attr.code)
+        if value is None:
+            continue
+        if attr.datatype in LIST_DATATYPES:
+            keys = value if isinstance(value, list) else [value]
+            shown = "、".join(attr.value_name(k) for k in keys)
+        else:
+            shown = str(value)
+        lines.append(f"{attr.description}：{shown}")
+    return lines
+
+
+# ---------------------------------------------------------------- dates
+
+
+def parse_datetime(raw: str, tz: tzinfo) -> datetime:
+    """W3C-profile ISO 8601; a time without offset or a bare date is in the city's zone."""
+    raw = raw.strip()
+    if not _W3C.fullmatch(raw):
+        raise ValueError(f"{raw!r} is not an ISO 8601 date-time such as 2010-01-01T00:00:00Z")
+    try:
+        value = datetime.fromisoformat(raw.replace(",", "."))
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a valid date-time") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=tz)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{raw!r} is out of range") from None
+
+
+# ---------------------------------------------------------------- GET requests
+
+
+@dataclass(frozen=True)
+class RequestQuery:
+    ids: tuple[str, ...] = ()  # when given, every other filter is ignored (spec)
+    service_codes: tuple[str, ...] = ()
+    statuses: tuple[Status, ...] = ()
+    start: datetime | None = None
+    end: datetime | None = None
+    limit: int = const.MAX_RECORDS
+    offset: int = 0
+
+
+def _comma_list(raw: str | None) -> list[str]:
+    return [p.strip() for p in (raw or "").split(",") if p.strip()]
+
+
+def parse_request_query(
+    pairs: Pairs, services: dict[str, Service], tz: ZoneInfo, now: datetime
+) -> RequestQuery:
+    names = ("service_request_id", "service_code", "start_date", "end_date", "status")
+    # these may be repeated ("can be declared multiple times, comma delimited")
+    joined: dict[str, str] = {}
+    for k, v in pairs:
+        if k in names and v.strip():
+            joined[k] = f"{joined[k]},{v}" if k in joined else v
+    ids = _comma_list(joined.get("service_request_id"))
+    errors: list[str] = []
+    if ids:
+        bad = [i for i in ids if not _TICKET_NUMBER.fullmatch(i)]
+        if bad:
+            errors.append(f"service_request_id {', '.join(bad[:5])} is not a request id")
+        if len(ids) > const.MAX_IDS:
+            errors.append(f"at most {const.MAX_IDS} service_request_id values at once")
+        if errors:
+            raise Open311Error(400, *errors)
+        return RequestQuery(ids=tuple(dict.fromkeys(ids)))
+
+    codes = _comma_list(joined.get("service_code"))
+    unknown = [c for c in codes if c not in services]
+    if unknown:
+        errors.append(f"unknown service_code {', '.join(unknown[:5])}")
+    statuses: list[Status] = []
+    for s in _comma_list(joined.get("status")):
+        if s.lower() == "open":
+            statuses.extend(sorted(OPEN_STATES))
+        elif s.lower() == "closed":
+            statuses.extend(sorted(TERMINAL_STATES))
+        else:
+            errors.append(f"status {s!r} is neither open nor closed")
+    start = end = None
+    for name in ("start_date", "end_date"):
+        raw = joined.get(name)
+        if raw is None:
+            continue
+        if "," in raw:
+            errors.append(f"{name} was given more than once")
+            continue
+        try:
+            value = parse_datetime(raw, tz)
+        except ValueError as exc:
+            errors.append(f"{name}: {exc}")
+            continue
+        if name == "start_date":
+            start = value
+        else:
+            end = value
+    page, page_size = _paging(pairs, errors)
+    if errors:
+        raise Open311Error(400, *errors)
+    if start is None and end is None:
+        end, start = now, now - const.DEFAULT_WINDOW
+    elif start is None:
+        assert end is not None
+        start = end - const.DEFAULT_WINDOW
+    elif end is None:
+        end = start + const.DEFAULT_WINDOW
+    if start > end:
+        raise Open311Error(400, "start_date is after end_date")
+    if end - start > const.MAX_WINDOW:
+        raise Open311Error(400, "start_date to end_date may not span more than 90 days")
+    return RequestQuery(
+        service_codes=tuple(dict.fromkeys(codes)),
+        statuses=tuple(dict.fromkeys(statuses)),
+        start=start,
+        end=end,
+        limit=page_size,
+        offset=(page - 1) * page_size,
+    )
+
+
+def _paging(pairs: Pairs, errors: list[str]) -> tuple[int, int]:
+    """The widely implemented page/page_size extension; defaults give the spec's answer."""
+    values = single_values(pairs, ("page", "page_size"))
+    out = []
+    for name, default, top in (("page", 1, 100_000), ("page_size", const.MAX_RECORDS, None)):
+        raw = values.get(name)
+        if raw is None:
+            out.append(default)
+            continue
+        top = top or const.MAX_RECORDS
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= top:
+            errors.append(f"{name} must be a whole number from 1 to {top}")
+            out.append(default)
+        else:
+            out.append(int(raw))
+    return out[0], out[1]

@@ -1,0 +1,693 @@
+"""Open311 GeoReport v2 at /open311/v2, as a client sees it: both formats, the spec's
+own example request, its error format, and the tickets behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+import pytest
+
+from channels.open311 import issue_key
+from hotline.appkeys import DEPS, INTAKE
+from ticketing.intake import NewTicket
+from ticketing.lifecycle import Role
+from ticketing.ports import Principal
+
+V2 = "/open311/v2"
+FORM = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+OFFSET = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+08:00")
+REQUEST_FIELDS = [
+    "service_request_id",
+    "status",
+    "status_notes",
+    "service_name",
+    "service_code",
+    "description",
+    "agency_responsible",
+    "service_notice",
+    "requested_datetime",
+    "updated_datetime",
+    "expected_datetime",
+    "address",
+    "address_id",
+    "zipcode",
+    "lat",
+    "long",
+    "media_url",
+]
+
+
+async def key_for(api, name: str = "fixmystreet") -> str:  # type: ignore[no-untyped-def]
+    return await issue_key(api.app[DEPS].db, name)
+
+
+def xml_of(body: bytes) -> ET.Element:
+    assert body.startswith(b'<?xml version="1.0" encoding="utf-8"?>')
+    return ET.fromstring(body)
+
+
+def street_light(key: str, **extra: str) -> dict[str, str]:
+    form = {
+        "api_key": key,
+        "jurisdiction_id": "city.gov",
+        "service_code": "urban.street-lights",
+        "lat": "39.9087",
+        "long": "116.3975",
+        "address_string": "幸福路12号南门",
+        "description": "路灯整晚不亮，晚上很黑",
+        "attribute[LIGHT_STATE]": "off",
+    }
+    form.update(extra)
+    return form
+
+
+async def post(api, form, fmt: str = "json", headers=None):  # type: ignore[no-untyped-def]
+    body = form if isinstance(form, (bytes, str)) else urlencode(form)
+    return await api.client.post(
+        f"{V2}/requests.{fmt}", data=body, headers={**FORM, **(headers or {})}
+    )
+
+
+async def create(api, form) -> str:  # type: ignore[no-untyped-def]
+    r = await post(api, form)
+    assert r.status == 200, await r.text()
+    (item,) = await r.json()
+    return item["service_request_id"]
+
+
+async def one_request(api, number: str) -> dict:  # type: ignore[no-untyped-def]
+    r = await api.client.get(f"{V2}/requests/{number}.json")
+    assert r.status == 200, await r.text()
+    (item,) = await r.json()
+    return item
+
+
+async def errors(r, status: int) -> list[str]:  # type: ignore[no-untyped-def]
+    assert r.status == status, await r.text()
+    if r.content_type == "application/json":
+        body = await r.json()
+        assert all(e["code"] == status for e in body)
+        return [e["description"] for e in body]
+    assert r.content_type == "text/xml"
+    root = xml_of(await r.read())
+    assert root.tag == "errors"
+    assert [c.tag for c in root] == ["error"] * len(root)
+    assert all([x.tag for x in e] == ["code", "description"] for e in root)
+    assert all(e.findtext("code") == str(status) for e in root)
+    return [e.findtext("description") or "" for e in root]
+
+
+# ---------------------------------------------------------------- discovery and services
+
+
+async def test_discovery_in_both_formats(sqlite_api):
+    r = await sqlite_api.client.get(f"{V2}/discovery.json")
+    assert r.status == 200
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    doc = await r.json()
+    assert set(doc) == {"changeset", "contact", "key_service", "endpoints"}
+    (ep,) = doc["endpoints"]
+    assert ep["specification"] == "http://wiki.open311.org/GeoReport_v2"
+    assert ep["url"].endswith("/open311/v2")
+    assert ep["type"] == "production"
+    assert ep["formats"] == ["text/xml", "application/json"]
+    assert datetime.fromisoformat(doc["changeset"]) <= datetime.now(UTC)
+
+    r = await sqlite_api.client.get(f"{V2}/discovery.xml")
+    assert r.headers["Content-Type"] == "text/xml; charset=utf-8"
+    root = xml_of(await r.read())
+    assert root.tag == "discovery"
+    assert [c.tag for c in root] == ["changeset", "contact", "key_service", "endpoints"]
+    (endpoint,) = root.find("endpoints")  # type: ignore[union-attr]
+    assert endpoint.tag == "endpoint"
+    assert [f.text for f in endpoint.find("formats")] == ["text/xml", "application/json"]  # type: ignore[union-attr]
+    assert root.findtext("changeset") == doc["changeset"]
+
+
+async def test_services_list_maps_leaf_categories(sqlite_api):
+    r = await sqlite_api.client.get(f"{V2}/services.json?jurisdiction_id=city.gov")
+    assert r.status == 200
+    services = {s["service_code"]: s for s in await r.json()}
+    assert "urban" not in services  # a group, not a service
+    assert services["urban.street-lights"] == {
+        "service_code": "urban.street-lights",
+        "service_name": "路灯不亮",
+        "description": "路灯不亮、闪烁或白天常亮。",
+        "metadata": True,
+        "type": "realtime",
+        "keywords": "路灯, 照明, street light, lamp",
+        "group": "城市管理",
+    }
+    plain = services["labor.wage-arrears"]
+    assert plain["metadata"] is False
+    assert plain["group"] == "劳动保障"
+    assert plain["keywords"] == "欠薪, 劳动保障"
+
+    r = await sqlite_api.client.get(f"{V2}/services.xml")
+    root = xml_of(await r.read())
+    assert root.tag == "services"
+    assert {c.tag for c in root} == {"service"}
+    assert len(root) == len(services)
+    light = next(s for s in root if s.findtext("service_code") == "urban.street-lights")
+    assert [c.tag for c in light] == [
+        "service_code",
+        "service_name",
+        "description",
+        "metadata",
+        "type",
+        "keywords",
+        "group",
+    ]
+    assert light.findtext("metadata") == "true"
+    assert light.findtext("type") == "realtime"
+
+
+async def test_service_definition_in_both_formats(sqlite_api):
+    r = await sqlite_api.client.get(f"{V2}/services/urban.street-lights.json")
+    assert r.status == 200
+    d = await r.json()
+    assert d["service_code"] == "urban.street-lights"
+    first, count, pole = d["attributes"]
+    assert first == {
+        "variable": True,
+        "code": "LIGHT_STATE",
+        "datatype": "singlevaluelist",
+        "required": True,
+        "datatype_description": None,
+        "order": 1,
+        "description": "路灯现在的状况",
+        "values": [
+            {"key": "off", "name": "不亮"},
+            {"key": "flicker", "name": "闪烁"},
+            {"key": "day-on", "name": "白天常亮"},
+            {"key": "damaged", "name": "灯杆或灯具损坏"},
+        ],
+    }
+    assert (count["datatype"], count["order"], count["required"]) == ("number", 2, False)
+    assert "values" not in pole
+
+    r = await sqlite_api.client.get(f"{V2}/services/urban.street-lights.xml")
+    root = xml_of(await r.read())
+    assert root.tag == "service_definition"
+    assert [c.tag for c in root] == ["service_code", "attributes"]
+    attr = root.find("attributes/attribute")
+    assert attr is not None
+    assert [c.tag for c in attr] == [
+        "variable",
+        "code",
+        "datatype",
+        "required",
+        "datatype_description",
+        "order",
+        "description",
+        "values",
+    ]
+    assert [(v.findtext("key"), v.findtext("name")) for v in attr.find("values")] == [  # type: ignore[union-attr]
+        ("off", "不亮"),
+        ("flicker", "闪烁"),
+        ("day-on", "白天常亮"),
+        ("damaged", "灯杆或灯具损坏"),
+    ]
+
+    r = await sqlite_api.client.get(f"{V2}/services/labor.wage-arrears.json")
+    assert await r.json() == {"service_code": "labor.wage-arrears", "attributes": []}
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_unknown_service_is_404_in_the_spec_error_format(sqlite_api, fmt):
+    r = await sqlite_api.client.get(f"{V2}/services/no.such-thing.{fmt}")
+    assert await errors(r, 404) == ["service_code 'no.such-thing' was not found"]
+
+
+async def test_unknown_format_answers_in_xml(sqlite_api):
+    r = await sqlite_api.client.get(f"{V2}/services.html")
+    assert await errors(r, 404) == ["format 'html' is not supported; use xml or json"]
+
+
+# ---------------------------------------------------------------- POST
+
+
+async def test_the_specs_example_request_creates_a_ticket_in_the_queue(api):
+    key = await key_for(api)
+    # the wiki's example, with our service and attribute codes
+    body = (
+        f"api_key={key}&jurisdiction_id=city.gov&service_code=urban.street-lights"
+        "&lat=37.76524078&long=-122.4212043&address_string=1234+5th+street"
+        "&email=smit333%40sfgov.edu&device_id=tt222111&account_id=123456"
+        "&first_name=john&last_name=smith&phone=13812345678"
+        "&description=A+large+sinkhole+is+destroying+the+street"
+        "&media_url=http%3A%2F%2Ffarm3.static.flickr.com%2F2002%2F2212426634_5ed477a060.jpg"
+        "&attribute[LIGHT_STATE]=off&attribute[POLE_NUMBER]=COISL001"
+    )
+    r = await post(api, body, "xml")
+    assert r.status == 200, await r.text()
+    assert r.headers["Content-Type"] == "text/xml; charset=utf-8"
+    root = xml_of(await r.read())
+    assert root.tag == "service_requests"
+    (req,) = root
+    assert req.tag == "request"
+    assert [c.tag for c in req] == ["service_request_id", "service_notice", "account_id"]
+    number = req.findtext("service_request_id") or ""
+    assert re.fullmatch(r"\d{13}", number)
+    assert req.findtext("account_id") == "123456"
+    assert "12345" in (req.findtext("service_notice") or "")
+
+    # the agents' view: a normal ticket on the open311 channel, in the queue
+    t = await (await api.get(f"/api/v1/tickets/{number}")).json()
+    assert t["channel"] == "open311"
+    assert t["status"] == "new"
+    assert t["category"] == {"code": "urban.street-lights", "name": "路灯不亮"}
+    assert t["kind"] == "request"
+    assert t["contact"]["name"] == "john smith"
+    assert t["contact"]["phone"] == "138****5678"
+    assert t["contact"]["channel_ids"] == {
+        "open311_account": "123456",
+        "open311_device": "tt222111",
+    }
+    assert t["location"] == {
+        "address": "1234 5th street",
+        "district": None,
+        "lat": 37.76524078,
+        "lon": -122.4212043,
+    }
+    assert t["description"].startswith("A large sinkhole is destroying the street\n\n")
+    assert "路灯现在的状况：不亮" in t["description"]
+    assert "灯杆上的编号（如能看到）：COISL001" in t["description"]
+    assert "2212426634_5ed477a060.jpg" in t["description"]
+    assert t["created_by"] == "open311:fixmystreet"
+    queue = await (await api.get("/api/v1/queue")).json()
+    assert number in json.dumps(queue)
+
+    # the public view: the client's own words, no personal data
+    item = await one_request(api, number)
+    assert list(item) == REQUEST_FIELDS
+    assert item["description"] == "A large sinkhole is destroying the street"
+    assert item["media_url"] == ("http://farm3.static.flickr.com/2002/2212426634_5ed477a060.jpg")
+    text = json.dumps(item, ensure_ascii=False)
+    for private in ("smit333", "john", "smith", "13812345678", "5678", "tt222111", '123456"'):
+        assert private not in text
+
+
+async def test_multivaluelist_and_json_answer(api):
+    key = await key_for(api)
+    form = [
+        ("api_key", key),
+        ("service_code", "urban.garbage"),
+        ("address_id", "ADDR-778"),
+        ("attribute[WASTE_TYPE][]", "bulky"),
+        ("attribute[WASTE_TYPE][]", "household"),
+        ("attribute[OVERFLOW]", "yes"),
+        ("first_name", "小明"),
+        ("last_name", "王"),
+    ]
+    r = await post(api, urlencode(form))
+    assert r.status == 200, await r.text()
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    (item,) = await r.json()
+    assert set(item) == {"service_request_id", "service_notice", "account_id"}
+    assert item["account_id"] is None
+    t = await (await api.get(f"/api/v1/tickets/{item['service_request_id']}")).json()
+    assert t["contact"]["name"] == "王小明"
+    assert "垃圾种类（可多选）：生活垃圾、大件垃圾" in t["description"]
+    assert "地址编号：ADDR-778" in t["description"]
+    public = await one_request(api, item["service_request_id"])
+    assert public["address_id"] == "ADDR-778"
+    assert public["description"] is None
+    assert public["address"] is None
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_api_key_is_required_and_checked(sqlite_api, fmt):
+    key = await key_for(sqlite_api)
+    form = street_light(key)
+    del form["api_key"]
+    r = await post(sqlite_api, form, fmt)
+    assert await errors(r, 403) == ["api_key is missing -- can't proceed with create_request."]
+    r = await post(sqlite_api, street_light("xyz"), fmt)  # the spec example's key
+    assert await errors(r, 403) == [
+        "Invalid api_key received -- can't proceed with create_request."
+    ]
+
+
+async def test_api_key_may_come_in_the_query_string(sqlite_api):
+    key = await key_for(sqlite_api)
+    form = street_light(key)
+    del form["api_key"]
+    r = await sqlite_api.client.post(
+        f"{V2}/requests.json?api_key={key}", data=urlencode(form), headers=FORM
+    )
+    assert r.status == 200, await r.text()
+
+
+async def test_a_body_over_the_limit_is_413_in_the_spec_format(sqlite_api):
+    key = await key_for(sqlite_api)
+    body = urlencode(street_light(key)) + "&pad=" + "x" * 1_100_000
+    r = await post(sqlite_api, body, "xml")
+    assert await errors(r, 413) == ["the request body is too large"]
+
+
+async def test_a_revoked_key_is_refused(sqlite_api):
+    from channels.open311 import revoke_key
+
+    key = await key_for(sqlite_api)
+    await create(sqlite_api, street_light(key))
+    await revoke_key(sqlite_api.app[DEPS].db, "fixmystreet")
+    r = await post(sqlite_api, street_light(key, description="again"))
+    assert r.status == 403
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "expected"),
+    [
+        ({"service_code": "no.such"}, 404, ["service_code 'no.such' was not found"]),
+        ({"service_code": ""}, 400, ["service_code was not provided"]),
+        (
+            {"lat": "", "long": "", "address_string": ""},
+            400,
+            ["a location is required: lat and long, address_string or address_id"],
+        ),
+        ({"long": ""}, 400, ["lat and long must be sent together"]),
+        ({"lat": "91"}, 400, ["lat must be between -90 and 90 (WGS84 degrees)"]),
+        ({"long": "nan"}, 400, ["long is not a number"]),
+        ({"description": "长" * 4001}, 400, ["description is longer than 4000 characters"]),
+        ({"email": "not-an-email"}, 400, ["email is not an email address"]),
+        ({"media_url": "javascript:alert(1)"}, 400, ["media_url must be an http or https URL"]),
+        ({"phone": "12"}, 400, ["phone: not a valid phone number"]),
+        (
+            {"attribute[LIGHT_STATE]": "purple"},
+            400,
+            ["attribute[LIGHT_STATE]: 'purple' is not among off, flicker, day-on, damaged"],
+        ),
+        (
+            {"attribute[LIGHT_STATE]": ""},
+            400,
+            ["attribute[LIGHT_STATE] (路灯现在的状况) is required"],
+        ),
+        ({"attribute[LIGHT_COUNT]": "three"}, 400, ["attribute[LIGHT_COUNT] must be a number"]),
+        (
+            {"attribute[COLOUR]": "red"},
+            400,
+            ["attribute[COLOUR] is not an attribute of urban.street-lights"],
+        ),
+        (
+            {"attribute[POLE_NUMBER]": "A\nB"},
+            400,
+            ["attribute[POLE_NUMBER]: one line of at most 200 characters"],
+        ),
+        ({"address_string": "路" * 301}, 400, ["address_string is longer than 300 characters"]),
+    ],
+)
+async def test_bad_input_is_a_clear_error(sqlite_api, change, status, expected):
+    key = await key_for(sqlite_api)
+    r = await post(sqlite_api, street_light(key, **change))
+    assert await errors(r, status) == expected
+
+
+async def test_several_problems_are_reported_together_and_4000_characters_pass(sqlite_api):
+    key = await key_for(sqlite_api)
+    r = await post(
+        sqlite_api, street_light(key, lat="x", email="@", **{"attribute[LIGHT_STATE]": ""})
+    )
+    assert await errors(r, 400) == [
+        "lat is not a number",
+        "email is not an email address",
+        "attribute[LIGHT_STATE] (路灯现在的状况) is required",
+    ]
+    await create(sqlite_api, street_light(key, description="长" * 4000))
+
+
+async def test_undecodable_or_foreign_bodies_are_400_not_500(sqlite_api):
+    key = await key_for(sqlite_api)
+    base = urlencode(street_light(key)).encode()
+    r = await post(sqlite_api, base + b"&description=%FF%FE")
+    assert await errors(r, 400) == ["the form is not valid UTF-8"]
+    r = await post(sqlite_api, base + b"&\xff=1")
+    assert await errors(r, 400) == ["the form is not valid UTF-8"]
+    r = await post(sqlite_api, base + b"&description=a%00b")
+    assert await errors(r, 400) == ["description contains control characters"]
+    r = await sqlite_api.client.post(
+        f"{V2}/requests.json", data=base, headers={"Content-Type": "application/json"}
+    )
+    assert await errors(r, 400) == ["send application/x-www-form-urlencoded, not application/json"]
+    r = await post(sqlite_api, base + b"&service_code=urban.garbage")
+    assert await errors(r, 400) == ["service_code was given more than once"]
+    r = await post(sqlite_api, base + b"&" + b"&".join(b"f%d=1" % i for i in range(300)))
+    assert await errors(r, 400) == ["the form has more than 200 fields"]
+
+
+# ---------------------------------------------------------------- retries
+
+
+async def test_a_blind_retry_gets_the_first_answer_and_one_ticket(api):
+    key = await key_for(api)
+    form = street_light(key)
+    first = await create(api, form)
+    reordered = dict(reversed(list(form.items())))
+    assert await create(api, reordered) == first
+    other = await create(api, street_light(key, description="另一盏灯"))
+    assert other != first
+    listed = await (await api.client.get(f"{V2}/requests.json")).json()
+    assert [i["service_request_id"] for i in listed] == [other, first]
+
+
+async def test_idempotency_key_replays_refuses_reuse_and_is_a_token(api):
+    key = await key_for(api)
+    h = {"Idempotency-Key": "c0ffee-0001"}
+    first = await create_with(api, street_light(key), h)
+    assert await create_with(api, street_light(key), h) == first
+    r = await post(api, street_light(key, description="不同的内容"), headers=h)
+    assert await errors(r, 400) == [
+        "this Idempotency-Key was used for a different request; send a new one"
+    ]
+    for fmt in ("json", "xml"):
+        r = await api.client.get(f"{V2}/tokens/c0ffee-0001.{fmt}")
+        assert r.status == 200
+    r = await api.client.get(f"{V2}/tokens/c0ffee-0001.json")
+    assert await r.json() == [{"service_request_id": first, "token": "c0ffee-0001"}]
+    r = await api.client.get(f"{V2}/tokens/c0ffee-0001.xml")
+    root = xml_of(await r.read())
+    assert [(c.tag, c.text) for c in root[0]] == [
+        ("service_request_id", first),
+        ("token", "c0ffee-0001"),
+    ]
+    r = await api.client.get(f"{V2}/tokens/never-issued.xml")
+    assert await errors(r, 404) == ["token 'never-issued' was not found"]
+
+
+async def create_with(api, form, headers) -> str:  # type: ignore[no-untyped-def]
+    r = await post(api, form, headers=headers)
+    assert r.status == 200, await r.text()
+    return (await r.json())[0]["service_request_id"]
+
+
+async def test_concurrent_identical_posts_make_one_ticket(api):
+    key = await key_for(api)
+    results = await asyncio.gather(*(post(api, street_light(key)) for _ in range(5)))
+    numbers = {(await r.json())[0]["service_request_id"] for r in results}
+    assert len(numbers) == 1
+
+
+# ---------------------------------------------------------------- GET requests
+
+
+async def test_status_follows_the_ticket_through_its_lifecycle(api):
+    key = await key_for(api)
+    number = await create(api, street_light(key))
+    item = await one_request(api, number)
+    assert (item["status"], item["status_notes"]) == ("open", "已受理，等待派单。")
+    assert item["agency_responsible"] is None
+    assert item["expected_datetime"] is None
+    assert OFFSET.fullmatch(item["requested_datetime"])
+    assert item["service_name"] == "路灯不亮"
+
+    await api.move(number, "dispatch", {"department": "urban-mgmt"})
+    t = await (await api.get(f"/api/v1/tickets/{number}")).json()
+    item = await one_request(api, number)
+    assert item["status"] == "open"
+    assert item["status_notes"] == "已派发至示例市城市管理局，等待签收。"
+    assert item["agency_responsible"] == "示例市城市管理局"
+    due = datetime.fromisoformat(t["deadlines"]["feedback_due_at"].replace("Z", "+00:00"))
+    assert datetime.fromisoformat(item["expected_datetime"]) == due
+    assert OFFSET.fullmatch(item["expected_datetime"])
+
+    await api.move(number, "sign", as_="urban")
+    assert (await one_request(api, number))["status_notes"] == "示例市城市管理局正在办理。"
+    await api.move(number, "reply", {"reply": "已更换灯泡，王女士确认"}, as_="urban")
+    item = await one_request(api, number)
+    assert (item["status"], item["status_notes"]) == ("open", "示例市城市管理局已答复，等待回访。")
+    assert "王女士" not in json.dumps(item, ensure_ascii=False)  # replies stay private
+
+    await api.move(number, "follow-up", {"satisfaction": "satisfied"})
+    t = await (await api.get(f"/api/v1/tickets/{number}")).json()
+    item = await one_request(api, number)
+    assert (item["status"], item["status_notes"]) == ("closed", "已办结。")
+    closed = datetime.fromisoformat(t["closed_at"].replace("Z", "+00:00"))
+    assert datetime.fromisoformat(item["updated_datetime"]) == closed.replace(microsecond=0)
+
+    for status, expected in (("closed", [number]), ("open", []), ("open,closed", [number])):
+        r = await api.client.get(f"{V2}/requests.json?status={status}")
+        assert [i["service_request_id"] for i in await r.json()] == expected
+
+
+async def test_requests_list_in_xml_has_the_spec_elements(api):
+    key = await key_for(api)
+    number = await create(api, street_light(key, description="<b>灯</b> & 😀"))
+    r = await api.client.get(f"{V2}/requests.xml")
+    assert r.headers["Content-Type"] == "text/xml; charset=utf-8"
+    root = xml_of(await r.read())
+    assert root.tag == "service_requests"
+    (req,) = root
+    assert req.tag == "request"
+    assert [c.tag for c in req] == REQUEST_FIELDS
+    assert req.findtext("service_request_id") == number
+    assert req.findtext("description") == "<b>灯</b> & 😀"
+    assert req.findtext("lat") == "39.9087"
+    assert req.findtext("long") == "116.3975"
+    assert req.findtext("zipcode") == ""
+    r = await api.client.get(f"{V2}/requests/{number}.xml")
+    assert [c.tag for c in xml_of(await r.read())] == ["request"]
+
+
+async def test_filters_ids_codes_and_dates(api):
+    key = await key_for(api)
+    light = await create(api, street_light(key))
+    noise = await create(
+        api,
+        {
+            "api_key": key,
+            "service_code": "urban.noise",
+            "address_string": "和平街3号",
+            "attribute[NOISE_SOURCE]": "shop",
+            "attribute[NOISE_TIME]": "2026-11-22T23:30:00+08:00",
+        },
+    )
+
+    async def ids(query: str) -> list[str]:
+        r = await api.client.get(f"{V2}/requests.json?{query}")
+        assert r.status == 200, await r.text()
+        return [i["service_request_id"] for i in await r.json()]
+
+    assert await ids("service_code=urban.noise") == [noise]
+    assert await ids("service_code=urban.noise,urban.street-lights") == [noise, light]
+    assert await ids("service_code=urban.noise&service_code=urban.street-lights") == [noise, light]
+    assert await ids(f"service_request_id={light}") == [light]
+    # service_request_id overrides every other argument
+    assert await ids(f"service_request_id={light},99999&status=closed&service_code=x") == [light]
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert await ids(f"start_date={start}&end_date={end}") == [noise, light]
+    early = (now - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert await ids(f"start_date={early}&end_date={start}") == []
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (
+            "start_date=yesterday",
+            ["start_date: 'yesterday' is not an ISO 8601 date-time such as 2010-01-01T00:00:00Z"],
+        ),
+        (
+            "end_date=2026-02-30T00:00:00Z",
+            ["end_date: '2026-02-30T00:00:00Z' is not a valid date-time"],
+        ),
+        (
+            "start_date=2026-01-01T00:00:00Z&end_date=2026-06-01T00:00:00Z",
+            ["start_date to end_date may not span more than 90 days"],
+        ),
+        (
+            "start_date=2026-03-01T00:00:00Z&end_date=2026-02-01T00:00:00Z",
+            ["start_date is after end_date"],
+        ),
+        ("status=pending", ["status 'pending' is neither open nor closed"]),
+        ("service_code=nope", ["unknown service_code nope"]),
+        ("service_request_id=12;DROP", ["service_request_id 12;DROP is not a request id"]),
+        ("page_size=5000", ["page_size must be a whole number from 1 to 1000"]),
+    ],
+)
+async def test_bad_queries_are_400(sqlite_api, query, expected):
+    r = await sqlite_api.client.get(f"{V2}/requests.xml?{query}")
+    assert await errors(r, 400) == expected
+
+
+async def test_unknown_request_is_404(sqlite_api):
+    for path in ("requests/2026010100001.json", "requests/abc.xml"):
+        r = await sqlite_api.client.get(f"{V2}/{path}")
+        assert r.status == 404
+
+
+async def test_only_open311_tickets_are_published(api):
+    phone = await api.new_ticket(description="王女士，电话13912345678，家门口路灯不亮")
+    r = await api.client.get(f"{V2}/requests.json")
+    assert await r.json() == []
+    r = await api.client.get(f"{V2}/requests/{phone['number']}.json")
+    assert r.status == 404
+
+
+async def test_default_window_is_90_days_and_at_most_1000_records(api):
+    deps, intake = api.app[DEPS], api.app[INTAKE]
+    who = Principal("open311:bulk", Role.AGENT)
+
+    def ticket(i: int) -> NewTicket:
+        return NewTicket(
+            kind="request",
+            title=f"路灯 {i}",
+            description=f"路灯 {i} 不亮",
+            channel="open311",
+            principal=who,
+            category="urban.street-lights",
+            address=f"幸福路{i}号",
+        )
+
+    real_clock = deps.clock
+    deps.clock = lambda: real_clock() - timedelta(days=100)
+    try:
+        old = await intake.create(ticket(-1))
+    finally:
+        deps.clock = real_clock
+    await asyncio.gather(*(intake.create(ticket(i)) for i in range(1001)))
+
+    r = await api.client.get(f"{V2}/requests.json")
+    items = await r.json()
+    assert len(items) == 1000
+    assert old["number"] not in {i["service_request_id"] for i in items}
+    # a ticket with no Open311 side row shows its own text
+    assert items[0]["description"].startswith("路灯 ")
+    r = await api.client.get(f"{V2}/requests.json?page=2")
+    assert len(await r.json()) == 1
+    start = (real_clock() - timedelta(days=101)).isoformat()
+    r = await api.client.get(f"{V2}/requests.json", params={"start_date": start})
+    assert [i["service_request_id"] for i in await r.json()] == [old["number"]]
+
+
+async def test_a_replay_restores_a_side_row_lost_in_a_crash(api):
+    import sqlalchemy as sa
+
+    from channels.open311.models import request_t
+
+    key = await key_for(api)
+    number = await create(api, street_light(key, media_url="https://img.example/1.jpg"))
+    async with api.app[DEPS].db.write() as conn:  # as if we died between the two writes
+        await conn.execute(sa.delete(request_t))
+    item = await one_request(api, number)
+    assert item["media_url"] is None
+    assert item["description"].startswith("路灯整晚不亮，晚上很黑\n\n【Open311 补充信息】")
+    assert await create(api, street_light(key, media_url="https://img.example/1.jpg")) == number
+    item = await one_request(api, number)
+    assert item["media_url"] == "https://img.example/1.jpg"
+    assert item["description"] == "路灯整晚不亮，晚上很黑"
+
+
+async def test_a_merged_duplicate_is_closed_and_names_the_ticket_it_joined(api):
+    key = await key_for(api)
+    first = await create(api, street_light(key))
+    dup = await create(api, street_light(key, description="同一盏路灯"))
+    await api.move(dup, "merge", {"into": first})
+    item = await one_request(api, dup)
+    assert (item["status"], item["status_notes"]) == ("closed", f"与工单{first}重复，已合并办理。")

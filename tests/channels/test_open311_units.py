@@ -1,0 +1,143 @@
+"""The pure parts of the Open311 channel: definitions file, forms, XML writer, views."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from channels.open311.definitions import load_definitions
+from channels.open311.forms import Open311Error, parse_datetime, parse_new_request, parse_pairs
+from channels.open311.render import to_json, to_xml
+from channels.open311.services import build_services
+from channels.open311.submit import request_digest
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+CATEGORIES = {
+    "urban": {"code": "urban", "name": "城市管理", "parent_code": None, "active": True},
+    "urban.street-lights": {
+        "code": "urban.street-lights",
+        "name": "路灯不亮",
+        "parent_code": "urban",
+        "active": True,
+    },
+    "urban.garbage": {
+        "code": "urban.garbage",
+        "name": "垃圾清运",
+        "parent_code": "urban",
+        "active": True,
+    },
+    "urban.old": {"code": "urban.old", "name": "停用", "parent_code": "urban", "active": False},
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "services.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_packaged_definitions_load_and_cover_real_categories():
+    from ticketing.taxonomy import load_taxonomy
+
+    defs = load_definitions()
+    codes = {c.code for c in load_taxonomy().categories}
+    assert set(defs.services) <= codes  # no typo'd category in services.yaml
+    assert set(defs.hidden) <= codes
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("services: {a: {colour: red}}", "services.a: unknown keys ['colour']"),
+        (
+            "services: {a: {attributes: [{code: X, datatype: singlevaluelist}]}}",
+            "a singlevaluelist needs values",
+        ),
+        (
+            "services: {a: {attributes: [{code: X, datatype: singlevaluelist, "
+            "values: [{key: off, name: 关}]}]}}",
+            "value key False must be text (quote it)",
+        ),
+        (
+            "services: {a: {attributes: [{code: X, datatype: colour}]}}",
+            "datatype must be one of",
+        ),
+        (
+            "services: {a: {attributes: [{code: 'bad code', datatype: string}]}}",
+            "code must be 1-64 ASCII",
+        ),
+        (
+            "services: {a: {attributes: [{code: X, datatype: string, variable: false, "
+            "required: true, description: d}]}}",
+            "cannot be required",
+        ),
+        ("status_notes: {lost: x}", "unknown status 'lost'"),
+        ("status_notes: {new: '{who}'}", "bad template"),
+        ("defaults: {kind: rant}", "kind must be one of"),
+        ("services: {a: {keywords: ['a,b']}}", "keywords must be a list of words without commas"),
+    ],
+)
+def test_a_bad_definitions_file_fails_at_start_naming_the_entry(tmp_path, text, message):
+    with pytest.raises(ValueError, match=r"services\.yaml") as exc:
+        load_definitions(write(tmp_path, text))
+    assert message in str(exc.value)
+
+
+def test_services_are_active_leaves_with_their_group():
+    services = build_services(CATEGORIES, load_definitions())
+    assert list(services) == ["urban.garbage", "urban.street-lights"]
+    assert services["urban.garbage"].group == "城市管理"
+    assert services["urban.garbage"].metadata is True
+
+
+def test_multivalue_answers_keep_the_definitions_order_and_drop_repeats():
+    services = build_services(CATEGORIES, load_definitions())
+    pairs = parse_pairs(
+        "service_code=urban.garbage&address_id=7"
+        "&attribute%5BWASTE_TYPE%5D%5B%5D=construction&attribute[WASTE_TYPE][]=household"
+        "&attribute[WASTE_TYPE]=construction"
+    )
+    req = parse_new_request(pairs, services, SHANGHAI)
+    assert req.attributes == {"WASTE_TYPE": ["household", "construction"]}
+    bad = parse_pairs("service_code=urban.garbage&address_id=7&attribute[WASTE_TYPE][]=gold")
+    with pytest.raises(Open311Error) as exc:
+        parse_new_request(bad, services, SHANGHAI)
+    assert exc.value.status == 400
+    assert exc.value.descriptions == [
+        "attribute[WASTE_TYPE]: gold not among household, kitchen, bulky, construction"
+    ]
+
+
+def test_dates_follow_the_w3c_profile_and_default_to_the_city_zone():
+    assert parse_datetime("2010-01-01T00:00:00Z", SHANGHAI) == datetime(2010, 1, 1, tzinfo=UTC)
+    assert parse_datetime("1994-11-05T08:15:30-05:00", SHANGHAI) == datetime(
+        1994, 11, 5, 13, 15, 30, tzinfo=UTC
+    )
+    assert parse_datetime("2026-11-23", SHANGHAI) == datetime(2026, 11, 22, 16, tzinfo=UTC)
+    assert parse_datetime("2026-11-23T08:00", SHANGHAI) == datetime(2026, 11, 23, 0, tzinfo=UTC)
+    for bad in ("yesterday", "2026-13-01", "2026-11-23T25:00:00Z", "1e9", "", "2026-11-23T"):
+        with pytest.raises(ValueError):
+            parse_datetime(bad, SHANGHAI)
+
+
+def test_the_retry_digest_ignores_order_key_and_blanks():
+    a = request_digest([("api_key", "k1"), ("service_code", "x"), ("lat", "1"), ("email", "")])
+    b = request_digest([("lat", "1"), ("service_code", "x"), ("api_key", "k2")])
+    c = request_digest([("lat", "2"), ("service_code", "x")])
+    assert a == b != c
+
+
+def test_xml_is_well_formed_whatever_the_text():
+    hostile = "<tag> & ]]> \x00\x0b\ud7ff\ufffe 😀 \u2028"
+    body = to_xml("service_requests", [{"description": hostile, "lat": 1.5, "ok": True}])
+    root = ET.fromstring(body)
+    text = root.findtext("request/description") or ""
+    assert text.startswith("<tag> & ]]> \ufffd\ufffd")
+    assert "😀" in text
+    assert root.findtext("request/lat") == "1.5"
+    assert root.findtext("request/ok") == "true"
+    assert to_json([{"a": None, "b": "路灯"}]) == '[{"a":null,"b":"路灯"}]'.encode()
