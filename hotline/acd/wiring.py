@@ -1,0 +1,244 @@
+"""Builds the phone line's parts from settings: ACD, emergency desk, routes, tasks.
+
+`hotline/app.py` calls `build_phone_line` and appends its cleanup context; the
+switch is given (tests, demo) or comes from the telephony package's ESL client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+import ivr
+from citizen_card.ledger import Ed25519Signer
+from hotline.acd.domain import Rules, Strategy
+from hotline.acd.memory_switch import MemorySwitch
+from hotline.acd.routes import acd_routes
+from hotline.acd.service import AcdConfig, AcdService
+from hotline.acd.switch import Switch, SwitchError
+from hotline.calls import store
+from hotline.emergency import EmergencyDesk, build_lines
+from hotline.metrics import Metrics
+from hotline.settings import Settings
+from ticketing.handlers import Deps
+from ticketing.webkit import RouteSpec
+
+log = logging.getLogger(__name__)
+
+
+def acd_config(settings: Settings) -> AcdConfig:
+    rules = Rules(
+        strategy=Strategy(settings.acd_strategy),
+        ring_timeout_s=settings.acd_ring_timeout_s,
+        missed_ring_limit=settings.acd_missed_ring_limit,
+        wrap_up_s=settings.acd_wrap_up_s,
+        max_wait_s=settings.acd_max_wait_s,
+        queue_capacity=settings.acd_queue_capacity,
+        service_level_s=settings.acd_service_level_s,
+        chat_weight=settings.acd_chat_weight,
+        max_load=settings.acd_max_load,
+    )
+    return AcdConfig(
+        rules=rules,
+        announce_every_s=settings.acd_announce_every_s,
+        callback_due_s=settings.acd_callback_due_s,
+        recording_dir=settings.recording_dir.resolve() if settings.record_calls else None,
+        dial_template=settings.acd_dial_template,
+        prompt_dir=Path(ivr.__file__).resolve().parent / "prompts",
+        language=settings.prompt_language,
+    )
+
+
+@dataclass
+class PhoneLine:
+    service: AcdService
+    desk: EmergencyDesk
+    switch: Switch
+    routes: list[RouteSpec]
+    settings: Settings
+    demo: bool = False
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        await self.service.start()
+        self.tasks.append(asyncio.create_task(self.desk.run_outbox(), name="emergency-outbox"))
+        self.tasks.append(
+            asyncio.create_task(
+                recording_cleanup(
+                    self.service.deps,
+                    self.settings.recording_dir,
+                    self.settings.recording_retention_days,
+                ),
+                name="recording-cleanup",
+            )
+        )
+        if self.demo and isinstance(self.switch, MemorySwitch):
+            self.tasks.append(
+                asyncio.create_task(demo_traffic(self.service, self.switch), name="demo-traffic")
+            )
+        yield
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.service.stop()
+
+
+def build_phone_line(
+    settings: Settings,
+    deps: Deps,
+    service_key: Any,
+    metrics: Metrics,
+    *,
+    switch: Switch | None = None,
+    demo: bool = False,
+) -> PhoneLine:
+    if switch is None:
+        switch = MemorySwitch(play_s=1.0) if demo else UnreachableSwitch()
+    config = acd_config(settings)
+    service = AcdService(deps, switch, config, registry=metrics.registry)
+    assert service.metrics is not None
+    desk = EmergencyDesk(
+        deps,
+        switch,
+        build_lines(
+            settings.emergency_dial, settings.emergency_alternate, settings.emergency_endpoints
+        ),
+        Ed25519Signer(service_key, key_id=f"{settings.city_code.lower()}-service"),
+        acd=service,
+        answer_timeout_s=settings.emergency_answer_timeout_s,
+        metrics=service.metrics,
+        city_code=settings.city_code,
+    )
+    service.emergency = desk
+    return PhoneLine(service, desk, switch, acd_routes(service), settings, demo)
+
+
+class UnreachableSwitch:
+    """Stands in until the ESL client is wired: every command fails as FreeSWITCH being
+    down would, so agents can log in and the API answers while no call can arrive."""
+
+    async def _down(self, *_: Any, **__: Any) -> Any:
+        raise SwitchError("no switch connected")
+
+    ring = bridge = play = music_on_hold = stop_media = hold = unhold = _down
+    transfer = conference = end_conference = record = read_digit = _down
+
+    async def hangup(self, uuid: str, cause: str = "NORMAL_CLEARING") -> None:
+        return None
+
+    async def wait_hangup(self, uuid: str) -> str:
+        return "NO_SWITCH"
+
+
+async def recording_cleanup(
+    deps: Deps, directory: Path, retention_days: int, every_s: float = 3600.0
+) -> None:
+    """Delete recordings past retention (files, then the paths on their calls)."""
+    while True:
+        try:
+            await cleanup_recordings_once(deps, directory, retention_days)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("recording cleanup failed; retrying in an hour")
+        await asyncio.sleep(every_s)
+
+
+async def cleanup_recordings_once(deps: Deps, directory: Path, retention_days: int) -> int:
+    cutoff = deps.clock() - timedelta(days=retention_days)
+    paths = await store.clear_old_recordings(deps, cutoff)
+
+    def remove() -> int:
+        root = directory.resolve()
+        removed = 0
+        for p in paths:
+            path = Path(p).resolve()
+            if root not in path.parents:  # only ever delete inside our own directory
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        # files whose rows are gone (or never written) age out by their own time
+        if root.is_dir():
+            limit = time.time() - retention_days * 86400
+            for f in root.rglob("*.wav"):
+                with contextlib.suppress(OSError):
+                    if f.stat().st_mtime < limit:
+                        f.unlink()
+                        removed += 1
+        return removed
+
+    return await asyncio.to_thread(remove)
+
+
+# ---------------------------------------------------------------- the demo
+
+
+async def demo_traffic(
+    service: AcdService,
+    switch: MemorySwitch,
+    agents: int = 4,
+    mean_gap_s: float = 8.0,
+) -> None:
+    """A handful of simulated agents and a steady trickle of callers, so a newcomer
+    sees calls flow through the queue, the API and /metrics."""
+    rng = random.Random(12345)
+    for i in range(agents):
+        ext = str(1001 + i)
+        switch.phone(f"user/{ext}", answer_after_s=rng.uniform(1, 4))
+        with contextlib.suppress(Exception):
+            await service.login(f"demo-agent-{i + 1}", ext, ["card"] if i % 2 else [])
+    n = 0
+    pending: set[asyncio.Task[Any]] = set()
+    try:
+        while True:
+            await asyncio.sleep(rng.expovariate(1 / mean_gap_s))
+            n += 1
+            caller = f"+86139{rng.randrange(10**8):08d}"
+            task = asyncio.create_task(_demo_caller(service, switch, caller, rng), name=f"demo-{n}")
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+    finally:
+        for t in pending:
+            t.cancel()
+
+
+async def _demo_caller(
+    service: AcdService, switch: MemorySwitch, caller: str, rng: random.Random
+) -> None:
+    uuid = switch.new_call(caller, digits=[None])
+    patience = rng.uniform(20, 120)  # some callers give up
+    talk = rng.uniform(8, 40)
+
+    async def caller_side() -> None:
+        waited = 0.0
+        while waited < patience:
+            call = service.calls.get(uuid)
+            if call is None or call.state not in ("queued", "ringing"):
+                break
+            await asyncio.sleep(0.5)
+            waited += 0.5
+        call = service.calls.get(uuid)
+        if call is not None and call.state in ("queued", "ringing"):
+            await switch.hangup(uuid)  # gave up
+            return
+        await asyncio.sleep(talk)
+        await switch.hangup(uuid)
+
+    side = asyncio.create_task(caller_side())
+    try:
+        await service.handle_call(uuid, caller)
+    finally:
+        side.cancel()

@@ -1,0 +1,125 @@
+"""Tables of the phone line: calls and their trail, callbacks, agents' phones, emergencies.
+
+The caller's number is personal data: stored encrypted with a blind index (the
+same cipher as ticket contacts, so a number finds both its calls and its
+tickets) and a masked copy for lists that must not decrypt on every row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from ticketing.models import UTCDateTime
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_column=sa.Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _json(default: Any) -> Any:
+    return Field(default_factory=default, sa_column=sa.Column(sa.JSON, nullable=False))
+
+
+class Call(SQLModel, table=True):
+    """One inbound call from arrival to hang-up; keyed by FreeSWITCH's channel UUID."""
+
+    __tablename__ = "call"
+    id: int | None = Field(default=None, primary_key=True)
+    uuid: str = Field(max_length=64, unique=True, index=True)
+    caller_enc: str | None = Field(default=None, max_length=255)
+    caller_bidx: str | None = Field(default=None, max_length=64, index=True)
+    caller_masked: str = Field(default="", max_length=32)
+    queue: str = Field(default="12345", max_length=32)
+    priority: int = Field(default=2)
+    # queued | ringing | talking | held | ended | abandoned | callback | emergency | overflow
+    state: str = Field(max_length=16, index=True)
+    agent: str | None = Field(default=None, max_length=64, index=True)
+    entered_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+    answered_at: datetime | None = _ts()
+    ended_at: datetime | None = _ts()
+    wait_s: float | None = None
+    talk_s: float | None = None
+    hangup_cause: str | None = Field(default=None, max_length=64)
+    ticket_number: str | None = Field(default=None, max_length=20, index=True)
+    recording_path: str | None = Field(default=None, max_length=500)
+
+
+class CallEvent(SQLModel, table=True):
+    """What happened on a call, in order (offered, answered, held, transferred...)."""
+
+    __tablename__ = "call_event"
+    id: int | None = Field(default=None, primary_key=True)
+    call_uuid: str = Field(max_length=64, index=True)
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    kind: str = Field(max_length=32)
+    actor: str | None = Field(default=None, max_length=64)
+    data: dict[str, Any] = _json(dict)
+
+
+class CallbackRequest(SQLModel, table=True):
+    """A caller we promised to ring back; also an item in the work queue."""
+
+    __tablename__ = "callback_request"
+    id: int | None = Field(default=None, primary_key=True)
+    call_uuid: str | None = Field(default=None, max_length=64, index=True)
+    phone_enc: str = Field(max_length=255)
+    phone_bidx: str = Field(max_length=64, index=True)
+    phone_masked: str = Field(max_length=32)
+    reason: str = Field(max_length=24)  # max_wait | queue_full | ivr | no_agents
+    status: str = Field(default="open", max_length=16, index=True)  # open | done | failed
+    requested_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    due_at: datetime | None = _ts()
+    handled_by: str | None = Field(default=None, max_length=64)
+    handled_at: datetime | None = _ts()
+    note: str | None = Field(default=None, max_length=500)
+
+
+class AgentProfile(SQLModel, table=True):
+    """An agent's phone (SIP extension / dial string) and skills, kept across logins."""
+
+    __tablename__ = "agent_profile"
+    username: str = Field(primary_key=True, max_length=64)
+    extension: str | None = Field(default=None, max_length=32)
+    dial_string: str = Field(max_length=200)
+    skills: list[str] = _json(list)
+    updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class EmergencyHandoff(SQLModel, table=True):
+    """A call handed to 110/119/120/122: which route, when, and how it ended."""
+
+    __tablename__ = "emergency_handoff"
+    id: int | None = Field(default=None, primary_key=True)
+    call_uuid: str = Field(max_length=64, index=True)
+    line: str = Field(max_length=8)
+    route: str | None = Field(default=None, max_length=16)  # primary | alternate
+    dial_string: str | None = Field(default=None, max_length=200)
+    agent: str | None = Field(default=None, max_length=64)
+    ticket_number: str | None = Field(default=None, max_length=20, index=True)
+    requested_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    answered_at: datetime | None = _ts()
+    ended_at: datetime | None = _ts()
+    outcome: str = Field(default="pending", max_length=24)  # pending | connected | failed
+    attempts: list[dict[str, Any]] = _json(list)
+
+
+class EmergencyNotice(SQLModel, table=True):
+    """Outbox of signed data pushes to emergency centres, retried until delivered."""
+
+    __tablename__ = "emergency_notice"
+    id: int | None = Field(default=None, primary_key=True)
+    handoff_id: int = Field(index=True)
+    line: str = Field(max_length=8)
+    endpoint: str = Field(max_length=500)
+    body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = Field(
+        sa_column=sa.Column(UTCDateTime(), nullable=False, index=True)
+    )
+    delivered_at: datetime | None = _ts()
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))

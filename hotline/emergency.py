@@ -1,0 +1,486 @@
+"""Emergency hand-off: a 12345 call passed to 110 / 119 / 120 / 122 with its data.
+
+An attended transfer, because a caller in danger must never be dropped into a
+ringing void: the caller hears a short notice, the emergency line is called, and
+only when it answers are caller, agent and centre joined in a three-way
+conference (the agent may then leave). A busy or silent line is retried on its
+alternate route and a supervisor is alerted; if every route fails the caller goes
+back to the agent (or to the head of the queue), never to the end of it.
+
+The data push follows the spirit of ECRIT "additional data" (RFC 7852): a small
+JSON notice (caller number, location, ticket, summary, agent) signed with the
+city's Ed25519 service key, the same key whose public half partners already pin
+for citizen-card receipts, so a centre verifies one key for everything the city
+signs. Signing over canonical JSON (sorted keys, no spaces, UTF-8) makes the
+signature reproducible; it travels in headers so the body stays the plain notice:
+
+    X-Hotline-Key-Id: <city>-service
+    X-Hotline-Signature: base64url(Ed25519(body bytes))
+
+Notices go through a durable outbox (table `emergency_notice`, the number
+encrypted at rest) and are retried with exponential backoff until the centre
+answers 2xx; each carries an `id` so a centre drops duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import aiohttp
+import sqlalchemy as sa
+
+from hotline.acd import events as ev
+from hotline.acd.domain import AcdError, Priority
+from hotline.acd.metrics import AcdMetrics
+from hotline.acd.service import AcdService, LiveCall
+from hotline.acd.switch import Ring, RingResult, Switch, SwitchError
+from hotline.calls import store
+from hotline.calls.models import EmergencyHandoff, EmergencyNotice
+from ticketing.events import DomainEvent
+from ticketing.handlers import Deps, announce
+
+log = logging.getLogger(__name__)
+
+handoff_t = EmergencyHandoff.__table__  # type: ignore[attr-defined]
+notice_t = EmergencyNotice.__table__  # type: ignore[attr-defined]
+
+LINES = ("110", "119", "120", "122")
+LINE_NAMES = {"110": "police", "119": "fire", "120": "ambulance", "122": "traffic"}
+
+
+class UnknownLine(AcdError):
+    code = "unknown-line"
+
+
+class Signer(Protocol):
+    key_id: str
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Line:
+    code: str
+    dial: str
+    alternate: str | None = None
+    endpoint: str | None = None
+
+
+def parse_routes(spec: str) -> dict[str, str]:
+    """'110=sofia/gateway/pstn/110,119=...' -> {'110': 'sofia/gateway/pstn/110', ...}."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        code, sep, target = part.partition("=")
+        code, target = code.strip(), target.strip()
+        if not sep or code not in LINES or not target:
+            raise ValueError(f"{part!r}: use line=target with line one of {', '.join(LINES)}")
+        out[code] = target
+    return out
+
+
+def build_lines(dial: str, alternate: str, endpoints: str) -> dict[str, Line]:
+    d, a, e = parse_routes(dial), parse_routes(alternate), parse_routes(endpoints)
+    return {code: Line(code, d[code], a.get(code), e.get(code)) for code in LINES if code in d}
+
+
+def canonical(notice: dict[str, Any]) -> bytes:
+    return json.dumps(notice, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_notice(signer: Signer, body: bytes) -> dict[str, str]:
+    sig = base64.urlsafe_b64encode(signer.sign(body)).rstrip(b"=").decode()
+    return {
+        "Content-Type": "application/json",
+        "X-Hotline-Key-Id": signer.key_id,
+        "X-Hotline-Signature": sig,
+    }
+
+
+def backoff_s(attempts: int, cap_s: float = 300.0) -> float:
+    """1, 2, 4, ... seconds, capped: a centre that is down is not hammered."""
+    return min(cap_s, 2.0 ** max(0, attempts - 1))
+
+
+class EmergencyDesk:
+    def __init__(
+        self,
+        deps: Deps,
+        switch: Switch,
+        lines: dict[str, Line],
+        signer: Signer,
+        *,
+        acd: AcdService | None = None,
+        answer_timeout_s: float = 20.0,
+        notice_prompt: str = "emergency_notice",
+        metrics: AcdMetrics | None = None,
+        city_code: str = "CITY",
+    ) -> None:
+        self.deps = deps
+        self.switch = switch
+        self.lines = lines
+        self.signer = signer
+        self.acd = acd
+        self.answer_timeout_s = answer_timeout_s
+        self.notice_prompt = notice_prompt
+        self.metrics = metrics
+        self.city_code = city_code
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake = asyncio.Event()
+
+    async def _publish(self, events: list[DomainEvent]) -> None:
+        try:
+            await announce(self.deps, events)
+        except Exception:
+            log.exception("publishing emergency events failed")
+
+    def line(self, code: str) -> Line:
+        line = self.lines.get(str(code))
+        if line is None:
+            raise UnknownLine(f"line {code!r} is not configured (known: {', '.join(self.lines)})")
+        return line
+
+    async def hand_off(
+        self,
+        call_uuid: str,
+        line_code: str,
+        *,
+        agent: str | None = None,
+        caller: str | None = None,
+        summary: str = "",
+        location: str | None = None,
+        ticket: str | None = None,
+    ) -> dict[str, Any]:
+        """Run the hand-off to its end (connected or failed) and return its record."""
+        line = self.line(line_code)
+        live: LiveCall | None = self.acd.calls.get(call_uuid) if self.acd else None
+        if live is not None:
+            caller = caller or live.caller
+            ticket = ticket or live.ticket
+            agent = agent or live.agent
+            if live.uuid in self.acd.acd.queue:  # type: ignore[union-attr]
+                await self.acd.take_out_of_queue(call_uuid, "emergency")  # type: ignore[union-attr]
+            live.emergency = True
+        now = self.deps.clock()
+        async with self.deps.db.write() as conn:
+            res = await conn.execute(
+                sa.insert(handoff_t).returning(handoff_t.c.id),
+                [
+                    {
+                        "call_uuid": call_uuid,
+                        "line": line.code,
+                        "agent": agent,
+                        "ticket_number": ticket,
+                        "requested_at": now,
+                        "outcome": "pending",
+                        "attempts": [],
+                    }
+                ],
+            )
+            handoff_id = int(res.scalar_one())
+            if line.endpoint:
+                notice = {
+                    "id": f"{self.city_code.lower()}-emergency-{handoff_id}",
+                    "type": "hotline.emergency.notice",
+                    "version": 1,
+                    "line": line.code,
+                    "service": LINE_NAMES[line.code],
+                    "call": call_uuid,
+                    "caller": caller or None,
+                    "location": location,
+                    "ticket": ticket,
+                    "summary": summary[:2000],
+                    "agent": agent,
+                    "sent_by": self.city_code,
+                    "requested_at": now.isoformat().replace("+00:00", "Z"),
+                }
+                await conn.execute(
+                    sa.insert(notice_t),
+                    [
+                        {
+                            "handoff_id": handoff_id,
+                            "line": line.code,
+                            "endpoint": line.endpoint,
+                            "body": self.deps.cipher.encrypt(canonical(notice).decode()),
+                            "attempts": 0,
+                            "next_attempt_at": now,
+                            "created_at": now,
+                        }
+                    ],
+                )
+        self._wake.set()  # the data reaches the centre while its phone rings
+        if live is not None:
+            await store.update_call(
+                self.deps,
+                call_uuid,
+                now,
+                event="emergency",
+                actor=agent,
+                data={"line": line.code, "handoff": handoff_id},
+                state="emergency" if live.agent_leg is None else live.state,
+            )
+        notice_task = asyncio.ensure_future(self._notify_caller(call_uuid))
+        attempts: list[dict[str, Any]] = []
+        connected: Ring | None = None
+        route_used: str | None = None
+        routes = [("primary", line.dial)] + (
+            [("alternate", line.alternate)] if line.alternate else []
+        )
+        for route, dial in routes:
+            try:
+                ring = await self.switch.ring(
+                    [dial],
+                    self.answer_timeout_s,
+                    caller_id=caller or "",
+                    variables={"hotline_emergency": line.code},
+                )
+            except SwitchError as exc:
+                ring = Ring(RingResult.FAILED, cause=str(exc)[:64])
+            attempts.append(
+                {
+                    "route": route,
+                    "dial": dial,
+                    "result": ring.result.value,
+                    "cause": ring.cause,
+                    "at": self.deps.clock().isoformat().replace("+00:00", "Z"),
+                }
+            )
+            if ring.result is RingResult.ANSWERED and ring.leg:
+                connected, route_used = ring, route
+                break
+            await self._publish(
+                [ev.EmergencyAlert(call_uuid, line.code, f"{route} route {ring.result.value}")]
+            )
+        notice_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, SwitchError):
+            await notice_task
+        outcome = "connected" if connected else "failed"
+        if connected and connected.leg:
+            await self._join(call_uuid, live, connected.leg, line.code)
+        else:
+            await self._publish(
+                [ev.EmergencyAlert(call_uuid, line.code, "every route failed; caller kept")]
+            )
+            await self._give_back(call_uuid, live)
+        done = self.deps.clock()
+        async with self.deps.db.write() as conn:
+            await conn.execute(
+                sa.update(handoff_t)
+                .where(handoff_t.c.id == handoff_id)
+                .values(
+                    route=route_used,
+                    dial_string=attempts[-1]["dial"] if attempts else None,
+                    answered_at=done if connected else None,
+                    ended_at=None if connected else done,
+                    outcome=outcome,
+                    attempts=attempts,
+                )
+            )
+        trail = {
+            "call": call_uuid,
+            "line": line.code,
+            "route": route_used,
+            "outcome": outcome,
+            "requested_at": now.isoformat().replace("+00:00", "Z"),
+            "answered_at": done.isoformat().replace("+00:00", "Z") if connected else None,
+            "attempts": [(a["route"], a["result"]) for a in attempts],
+            "agent": agent,
+        }
+        if ticket:
+            await store.ticket_trail(self.deps, ticket, "emergency_handoff", trail)
+        if self.metrics:
+            self.metrics.emergencies.labels(line.code, outcome).inc()
+        await self._publish(
+            [ev.EmergencyHandedOff(call_uuid, line.code, route_used, outcome, ticket, agent)]
+        )
+        return {"id": handoff_id, **trail, "ticket": ticket}
+
+    async def _notify_caller(self, uuid: str) -> None:
+        """The caller hears that help is being called, then hold music, while it rings."""
+        try:
+            await self.switch.play(uuid, self._prompt())
+            await self.switch.music_on_hold(uuid)
+        except SwitchError:
+            pass
+
+    def _prompt(self) -> str:
+        return self.acd.prompt(self.notice_prompt) if self.acd else self.notice_prompt
+
+    async def _join(self, uuid: str, live: LiveCall | None, em_leg: str, line: str) -> None:
+        with contextlib.suppress(SwitchError):
+            await self.switch.stop_media(uuid)
+        agent_leg = live.agent_leg if live else None
+        if agent_leg:
+            room = f"emergency-{line}-{uuid}"
+            await self.switch.conference(room, [uuid, agent_leg, em_leg])
+            assert live is not None
+            live.room, live.state = room, "conference"
+            live.other_legs.append(em_leg)
+            await store.update_call(
+                self.deps, uuid, self.deps.clock(), event="conference", state="conference"
+            )
+            return
+        await self.switch.bridge(uuid, em_leg)
+        if live is not None:
+            live.other_legs.append(em_leg)
+            live.state = "emergency"
+        else:  # from the IVR: nobody else watches this pair
+            task = asyncio.create_task(self._hang_up_together(uuid, em_leg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _hang_up_together(self, a: str, b: str) -> None:
+        gone_a = asyncio.ensure_future(self.switch.wait_hangup(a))
+        gone_b = asyncio.ensure_future(self.switch.wait_hangup(b))
+        await asyncio.wait({gone_a, gone_b}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (gone_a, gone_b):
+            t.cancel()
+        for leg in (a, b):
+            with contextlib.suppress(SwitchError):
+                await self.switch.hangup(leg)
+
+    async def _give_back(self, uuid: str, live: LiveCall | None) -> None:
+        """Every route failed: back to the agent, or first in line."""
+        with contextlib.suppress(SwitchError):
+            await self.switch.stop_media(uuid)
+        if live is None or self.acd is None:
+            return
+        if live.agent_leg:
+            with contextlib.suppress(SwitchError):
+                await self.switch.bridge(uuid, live.agent_leg)
+            return
+        await self.acd.requeue(live, Priority.EMERGENCY)
+
+    # ------------------------------------------------------------ the outbox
+
+    async def send_due(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        limit: int = 20,
+        lease_s: float = 30.0,
+        max_attempts: int = 50,
+    ) -> int:
+        """Send notices that are due; returns how many were delivered.
+
+        Each row is leased (its next attempt pushed out) by a conditional UPDATE
+        before sending, so two instances never post the same notice at once.
+        """
+        now = self.deps.clock()
+        async with self.deps.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(notice_t)
+                    .where(
+                        notice_t.c.delivered_at.is_(None),
+                        notice_t.c.next_attempt_at <= now,
+                        notice_t.c.attempts < max_attempts,
+                    )
+                    .order_by(notice_t.c.next_attempt_at)
+                    .limit(limit)
+                )
+            ).all()
+        delivered = 0
+        for row in rows:
+            async with self.deps.db.write() as conn:
+                leased = await conn.execute(
+                    sa.update(notice_t)
+                    .where(
+                        notice_t.c.id == row.id, notice_t.c.next_attempt_at == row.next_attempt_at
+                    )
+                    .values(next_attempt_at=now + timedelta(seconds=lease_s))
+                )
+            if not leased.rowcount:
+                continue  # another instance has it
+            body = self.deps.cipher.decrypt(row.body).encode()
+            error: str | None = None
+            try:
+                async with session.post(
+                    row.endpoint,
+                    data=body,
+                    headers=sign_notice(self.signer, body),
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as resp:
+                    if not 200 <= resp.status < 300:
+                        error = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            attempts = row.attempts + 1
+            done = self.deps.clock()
+            values: dict[str, Any]
+            if error is None:
+                values = {"attempts": attempts, "delivered_at": done, "last_error": None}
+                delivered += 1
+            else:
+                values = {
+                    "attempts": attempts,
+                    "last_error": error,
+                    "next_attempt_at": done + timedelta(seconds=backoff_s(attempts)),
+                }
+                log.warning("emergency notice %s to %s failed: %s", row.id, row.endpoint, error)
+                if attempts >= max_attempts:
+                    await self._publish(
+                        [ev.EmergencyAlert("", row.line, f"notice {row.id} undeliverable: {error}")]
+                    )
+            async with self.deps.db.write() as conn:
+                await conn.execute(
+                    sa.update(notice_t).where(notice_t.c.id == row.id).values(**values)
+                )
+        return delivered
+
+    async def run_outbox(self, poll_s: float = 2.0) -> None:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    await self.send_due(session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("emergency outbox pass failed; retrying")
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+
+    async def handoffs_for(self, call_uuid: str) -> list[dict[str, Any]]:
+        async with self.deps.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(handoff_t)
+                    .where(handoff_t.c.call_uuid == call_uuid)
+                    .order_by(handoff_t.c.id)
+                )
+            ).all()
+        return [
+            {
+                "id": r.id,
+                "line": r.line,
+                "route": r.route,
+                "outcome": r.outcome,
+                "agent": r.agent,
+                "ticket": r.ticket_number,
+                "attempts": r.attempts,
+            }
+            for r in rows
+        ]
+
+
+def notice_verifier(public_key: Any) -> Callable[[bytes, str], bool]:
+    """What a centre runs: verify the signature header over the exact body bytes."""
+    from cryptography.exceptions import InvalidSignature
+
+    def verify(body: bytes, signature: str) -> bool:
+        raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+        try:
+            public_key.verify(raw, body)
+        except InvalidSignature:
+            return False
+        return True
+
+    return verify

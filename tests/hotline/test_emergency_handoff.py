@@ -1,0 +1,254 @@
+"""Emergency hand-off: attended transfer into a three-way call, alternates, data push."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import sqlalchemy as sa
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from citizen_card.ledger import Ed25519Signer
+from hotline.acd.domain import AgentState
+from hotline.calls import store
+from hotline.emergency import (
+    EmergencyDesk,
+    Line,
+    UnknownLine,
+    backoff_s,
+    build_lines,
+    notice_t,
+    notice_verifier,
+    parse_routes,
+)
+from tests.hotline.acd.acd_rig import eventually, make_rig
+from ticketing.handlers import ticket_events
+from ticketing.intake import Intake, NewTicket
+from ticketing.lifecycle import Role
+from ticketing.ports import Principal
+
+CALLER = "+8613912345678"
+KEY = Ed25519PrivateKey.generate()
+
+
+def desk_for(rig, **lines) -> EmergencyDesk:  # type: ignore[no-untyped-def]
+    configured = {
+        "110": Line("110", "sofia/gateway/pstn/110", "sofia/gateway/backup/110", None),
+        "119": Line("119", "sofia/gateway/pstn/119", "sofia/gateway/backup/119", None),
+        "122": Line("122", "sofia/gateway/pstn/122", None, None),
+        **lines,
+    }
+    desk = EmergencyDesk(
+        rig.deps,
+        rig.switch,
+        configured,
+        Ed25519Signer(KEY, key_id="city-service"),
+        acd=rig.acd,
+        answer_timeout_s=0.2,
+        metrics=rig.acd.metrics,
+    )
+    rig.acd.emergency = desk
+    return desk
+
+
+async def talking(rig) -> tuple[str, asyncio.Task[str], str]:  # type: ignore[no-untyped-def]
+    rig.switch.phone("user/1001")
+    await rig.acd.login("li", "1001")
+    uuid, task = rig.call(CALLER)
+    await eventually(lambda: rig.named("call.answered"))
+    return uuid, task, rig.acd.calls[uuid].agent_leg
+
+
+async def new_ticket(rig) -> str:  # type: ignore[no-untyped-def]
+    intake = Intake(rig.deps)
+    await intake.start()
+    try:
+        view = await intake.create(
+            NewTicket(
+                "request",
+                "家中起火",
+                "居民报告厨房起火",
+                "phone",
+                Principal("li", Role.AGENT),
+                contact_phone=CALLER,
+            )
+        )
+    finally:
+        await intake.stop()
+    return view["number"]
+
+
+async def test_agent_hands_a_call_to_119_in_a_three_way_call(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig(tmp_path, db_url) as rig:
+        await rig.deps.catalog.reload(rig.deps.db)
+        desk = desk_for(rig)
+        uuid, task, agent_leg = await talking(rig)
+        number = await new_ticket(rig)
+        await store.attach_ticket(rig.deps, uuid, number, Principal("li", Role.AGENT))
+        rig.acd.calls[uuid].ticket = number
+        rig.switch.phone("sofia/gateway/pstn/119", answer_after_s=0.02)
+        result = await desk.hand_off(uuid, "119", agent="li", summary="kitchen fire")
+        assert result["outcome"] == "connected" and result["route"] == "primary"
+        em_leg = rig.switch.leg_of("sofia/gateway/pstn/119")
+        room = f"emergency-119-{uuid}"
+        assert rig.switch.room_members(room) == {uuid, agent_leg, em_leg}
+        assert "emergency_notice" in rig.switch.channels[uuid].heard
+        # the agent leaves; caller and fire brigade stay together
+        await rig.switch.hangup(agent_leg)
+        await eventually(lambda: rig.acd.acd.agents["li"].state is not AgentState.ON_CALL)
+        assert rig.switch.room_members(room) == {uuid, em_leg}
+        await rig.switch.hangup(uuid)
+        assert await asyncio.wait_for(task, 2) == "completed"
+        assert not rig.switch.up(em_leg)
+        trail = await ticket_events(rig.deps, number, Principal("sup", Role.SUPERVISOR))
+        entry = next(e for e in trail if e["action"] == "emergency_handoff")
+        assert entry["data"]["line"] == "119" and entry["data"]["outcome"] == "connected"
+        assert entry["data"]["agent"] == "li"
+        [handed] = rig.named("emergency.handoff")
+        assert (handed.line, handed.outcome, handed.ticket) == ("119", "connected", number)
+        assert rig.named("emergency.alert") == []
+
+
+async def test_primary_busy_tries_the_alternate_and_alerts_a_supervisor(
+    tmp_path, sqlite_url
+) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig(tmp_path, sqlite_url) as rig:
+        desk = desk_for(rig)
+        uuid, task, _ = await talking(rig)
+        rig.switch.phone("sofia/gateway/pstn/110", "busy")
+        rig.switch.phone("sofia/gateway/backup/110")
+        result = await desk.hand_off(uuid, "110")
+        assert (result["outcome"], result["route"]) == ("connected", "alternate")
+        assert result["attempts"] == [("primary", "busy"), ("alternate", "answered")]
+        [alert] = rig.named("emergency.alert")
+        assert alert.line == "110" and "primary" in alert.reason and "busy" in alert.reason
+        [h] = await desk.handoffs_for(uuid)
+        assert h["route"] == "alternate" and h["agent"] == "li"
+        await rig.switch.hangup(uuid)
+        await task
+
+
+async def test_no_route_answers_the_caller_stays_with_the_agent(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig(tmp_path, sqlite_url) as rig:
+        desk = desk_for(rig)
+        uuid, task, agent_leg = await talking(rig)
+        rig.switch.phone("sofia/gateway/pstn/120", "no_answer")
+        desk.lines["120"] = Line("120", "sofia/gateway/pstn/120", None, None)
+        result = await desk.hand_off(uuid, "120")
+        assert result["outcome"] == "failed"
+        assert rig.switch.channels[uuid].peer == agent_leg  # back with the agent
+        reasons = [a.reason for a in rig.named("emergency.alert")]
+        assert reasons == ["primary route no_answer", "every route failed; caller kept"]
+        await rig.switch.hangup(uuid)
+        await task
+
+
+async def test_an_emergency_never_waits_in_the_normal_queue(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig(tmp_path, sqlite_url) as rig:
+        desk = desk_for(rig)
+        uuid, task = rig.call(CALLER)  # nobody is logged in: the caller waits
+        await eventually(lambda: rig.named("call.queued"))
+        rig.switch.phone("sofia/gateway/pstn/110")
+        result = await desk.hand_off(uuid, "110", summary="IVR key 0")
+        assert result["outcome"] == "connected"
+        assert uuid not in rig.acd.acd.queue
+        em_leg = rig.switch.leg_of("sofia/gateway/pstn/110")
+        assert rig.switch.channels[uuid].peer == em_leg
+        await rig.switch.hangup(uuid)
+        assert await task == "completed"
+        assert not rig.switch.up(em_leg)
+        row = await store.get_call(rig.deps, uuid)
+        assert "emergency" in [e["kind"] for e in row["events"]]
+
+
+async def test_ivr_hand_off_without_the_acd_bridges_caller_and_centre(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig(tmp_path, sqlite_url) as rig:
+        desk = desk_for(rig)
+        desk.acd = None
+        uuid = rig.switch.new_call(CALLER)
+        rig.switch.phone("sofia/gateway/pstn/122")
+        result = await desk.hand_off(uuid, "122", caller=CALLER, location="G15 K32")
+        assert result["outcome"] == "connected"
+        em_leg = rig.switch.leg_of("sofia/gateway/pstn/122")
+        assert rig.switch.channels[uuid].peer == em_leg
+        await rig.switch.hangup(em_leg)
+        await eventually(lambda: not rig.switch.up(uuid))
+
+
+async def test_unknown_line_is_refused(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig(tmp_path, sqlite_url) as rig:
+        with pytest.raises(UnknownLine):
+            await desk_for(rig).hand_off("x", "999")
+
+
+async def test_signed_notice_is_pushed_and_retried_until_delivered(
+    tmp_path, sqlite_url, aiohttp_server
+) -> None:  # type: ignore[no-untyped-def]
+    received: list[tuple[bytes, dict]] = []
+    fail_first = [True]
+
+    async def centre(request: web.Request) -> web.Response:
+        body = await request.read()
+        if fail_first[0]:
+            fail_first[0] = False
+            return web.Response(status=503)
+        received.append((body, dict(request.headers)))
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/notice", centre)
+    server = await aiohttp_server(app)
+    endpoint = str(server.make_url("/notice"))
+    async with make_rig(tmp_path, sqlite_url) as rig:
+        desk = desk_for(rig, **{"120": Line("120", "sofia/gateway/pstn/120", None, endpoint)})
+        uuid, task, _ = await talking(rig)
+        rig.switch.phone("sofia/gateway/pstn/120")
+        await desk.hand_off(uuid, "120", summary="老人摔倒", location="幸福小区3号楼")
+        async with rig.deps.db.read() as conn:
+            [row] = (await conn.execute(sa.select(notice_t))).all()
+        assert CALLER not in row.body and "老人" not in row.body  # encrypted at rest
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            assert await desk.send_due(session) == 0  # 503: kept, retried later
+            async with rig.deps.db.read() as conn:
+                [row] = (await conn.execute(sa.select(notice_t))).all()
+            assert (row.attempts, row.delivered_at, row.last_error) == (1, None, "HTTP 503")
+            assert await desk.send_due(session) == 0  # not due yet (backoff)
+            async with rig.deps.db.write() as conn:
+                await conn.execute(sa.update(notice_t).values(next_attempt_at=rig.deps.clock()))
+            assert await desk.send_due(session) == 1
+            assert await desk.send_due(session) == 0  # delivered once only
+        [(body, headers)] = received
+        notice = json.loads(body)
+        assert notice["caller"] == CALLER and notice["line"] == "120"
+        assert notice["summary"] == "老人摔倒" and notice["location"] == "幸福小区3号楼"
+        assert notice["agent"] == "li" and notice["service"] == "ambulance"
+        assert headers["X-Hotline-Key-Id"] == "city-service"
+        verify = notice_verifier(KEY.public_key())
+        assert verify(body, headers["X-Hotline-Signature"])
+        assert not verify(body.replace(b"120", b"110"), headers["X-Hotline-Signature"])
+        await rig.switch.hangup(uuid)
+        await task
+
+
+def test_routes_parse_and_reject_unknown_lines() -> None:
+    lines = build_lines(
+        "110=sofia/gateway/pstn/110,119=sofia/gateway/pstn/119",
+        "110=sofia/gateway/b/110",
+        "119=https://fire.example/notice",
+    )
+    assert lines["110"] == Line("110", "sofia/gateway/pstn/110", "sofia/gateway/b/110", None)
+    assert lines["119"].endpoint == "https://fire.example/notice"
+    assert "120" not in lines
+    with pytest.raises(ValueError, match="999"):
+        parse_routes("999=user/1")
+    with pytest.raises(ValueError):
+        parse_routes("110")
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert [backoff_s(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert backoff_s(30) == 300
