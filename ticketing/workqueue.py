@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ticketing.lifecycle import Role, Status
@@ -23,6 +24,11 @@ from ticketing.store import Database
 AGENTS = "agents"
 SUPERVISORS = "supervisors"
 TICKET = "ticket"
+CONVERSATION = "conversation"
+# a caller waiting in the phone queue (shown, held by the ACD, which offers it itself)
+CALL = "call"
+# a caller we promised to ring back (claimed and worked by an agent)
+CALLBACK = "callback"
 
 work_item = WorkItem.__table__  # type: ignore[attr-defined]
 
@@ -108,6 +114,44 @@ async def sync_ticket_item(
             keep_if_same=(["audience", "action"], ["claimed_by", "claim_expires_at"]),
         )
     )
+
+
+def conversation_item_row(
+    conversation_id: int, priority: int, due_at: datetime | None, now: datetime
+) -> dict[str, Any]:
+    """A written conversation waiting for an agent (the channels package keeps it in
+    step: present while the resident's last message is unanswered)."""
+    return {
+        "kind": CONVERSATION,
+        "ref": str(conversation_id),
+        "audience": AGENTS,
+        "action": "answer",
+        "priority": priority,
+        "due_at": due_at,
+        "claimed_by": None,
+        "claim_expires_at": None,
+        "created_at": now,
+    }
+
+
+def upsert_items(db: Database) -> sa.Insert:
+    """Insert-or-refresh of queue items (any kind), to execute with a list of rows
+    (`conversation_item_row`, ...): one cached statement however many rows. A claim
+    survives a refresh that leaves the same person the same job."""
+    ins: Any = (sqlite.insert if db.is_sqlite else postgresql.insert)(work_item)
+    same = sa.and_(
+        work_item.c.audience == ins.excluded.audience, work_item.c.action == ins.excluded.action
+    )
+    set_: dict[str, Any] = {
+        c: ins.excluded[c] for c in ("audience", "action", "priority", "due_at")
+    }
+    for kept in ("claimed_by", "claim_expires_at"):
+        set_[kept] = sa.case((same, work_item.c[kept]), else_=ins.excluded[kept])
+    return ins.on_conflict_do_update(index_elements=["kind", "ref"], set_=set_)
+
+
+def remove_items(kind: str, refs: list[str]) -> sa.Delete:
+    return sa.delete(work_item).where(work_item.c.kind == kind, work_item.c.ref.in_(refs))
 
 
 def _order() -> list[Any]:

@@ -1,0 +1,132 @@
+"""A fake WeChat API server that records calls, and the service wired to it."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from aiohttp import web
+
+from channels.wechat.crypto import MessageCrypto, sign
+
+# the official WXBizMsgCrypt sample (企业微信 / 公众平台 加解密示例)
+SAMPLE_TOKEN = "QDG6eK"
+SAMPLE_AES_KEY = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C"
+SAMPLE_APP_ID = "wx5823bf96d3bd56c7"
+SAMPLE_MSG_SIGNATURE = "477715d11cdb4164915debcba66cb864d751f3e6"
+SAMPLE_TIMESTAMP = "1409659813"
+SAMPLE_NONCE = "1372623149"
+SAMPLE_ENCRYPT = (
+    "RypEvHKD8QQKFhvQ6QleEB4J58tiPdvo+rtK1I9qca6aM/wvqnLSV5zEPeusUiX5L5X/0lWfrf0QADHHhGd3"
+    "QczcdCUpj911L3vg3W/sYYvuJTs3TUUkSUXxaccAS0qhxchrRYt66wiSpGLYL42aM6A8dTT+6k4aSknmPj48k"
+    "zJs8qLjvd4Xgpue06DOdnLxAUHzM6+kDZ+HMZfJYuR+LtwGc2hgf5gsijff0ekUNXZiqATP7PF5mZxZ3Izoun"
+    "1s4zG4LUMnvw2r+KqCKIw+3IQH03v+BCA9nMELNqbSf6tiWSrXJB3LAVGUcallcrw8V2t9EL4EhzJWrQUax5w"
+    "LVMNS0+rUPA3k22Ncx4XXZS9o0MBH27Bo6BpNelZpS+/uh9KsNlY6bHCmJU9p8g7m3fVKn28H3KDYA5Pl/T8Z"
+    "1ptDAVe0lXdQ2YoyyH2uyPIGHBZZIs2pDBS8R07+qN+E7Q=="
+)
+SAMPLE_BODY = (
+    "<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName>"
+    f"<Encrypt><![CDATA[{SAMPLE_ENCRYPT}]]></Encrypt>"
+    "<AgentID><![CDATA[218]]></AgentID></xml>"
+)
+# the URL-verification sample of the same kit (encrypted echostr, msg_signature)
+SAMPLE_VERIFY_SIGNATURE = "5c45ff5e21c57e6ad56bac8758b79b1d9ac89fd3"
+SAMPLE_VERIFY_TIMESTAMP = "1409659589"
+SAMPLE_VERIFY_NONCE = "263014780"
+SAMPLE_VERIFY_ECHOSTR = (
+    "P9nAzCzyDtyTWESHep1vC5X9xho/qYX3Zpb4yKa9SKld1DsH3Iyt3tP3zNdtp+4RPcs8TgAE7OaBO+FZXvnaqQ=="
+)
+
+
+class FakeWeChat:
+    """Records every call; `token_errors` makes the next sends answer 40001."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any], Any]] = []
+        self.tokens_issued = 0
+        self.token_errors = 0
+        self.send_errors: list[int] = []
+        self.valid_token = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/cgi-bin/token", self.token)
+        app.router.add_post("/cgi-bin/message/custom/send", self.send)
+        app.router.add_post("/cgi-bin/message/template/send", self.send)
+        app.router.add_post("/cgi-bin/menu/create", self.send)
+        return app
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.calls.append((request.path, dict(request.query), None))
+        if request.query.get("appid") != "wxapp" or request.query.get("secret") != "s3cret":
+            return web.json_response({"errcode": 40013, "errmsg": "invalid appid"})
+        self.tokens_issued += 1
+        self.valid_token = f"TOKEN-{self.tokens_issued}"
+        return web.json_response({"access_token": self.valid_token, "expires_in": 7200})
+
+    async def send(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append((request.path, dict(request.query), body))
+        if self.token_errors:
+            self.token_errors -= 1
+            return web.json_response({"errcode": 40001, "errmsg": "invalid credential"})
+        if request.query.get("access_token") != self.valid_token:
+            return web.json_response({"errcode": 42001, "errmsg": "access_token expired"})
+        if self.send_errors:
+            code = self.send_errors.pop(0)
+            return web.json_response({"errcode": code, "errmsg": "nope"})
+        return web.json_response({"errcode": 0, "errmsg": "ok", "msgid": 1})
+
+    def sends(self) -> list[dict[str, Any]]:
+        ok = []
+        for path, _q, body in self.calls:
+            if path.endswith("/send") and body is not None:
+                ok.append(body)
+        return ok
+
+
+TOKEN = "hotline-token"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+APP_ID = "wxapp"
+
+
+def signed_query(token: str = TOKEN, ts: str | None = None, nonce: str = "n0nce") -> dict[str, str]:
+    ts = ts or str(int(time.time()))
+    return {"signature": sign(token, ts, nonce), "timestamp": ts, "nonce": nonce, "openid": "o"}
+
+
+def text_xml(
+    content: str, sender: str = "oRESIDENT", msg_id: str = "1234567890123456", ts: int | None = None
+) -> str:
+    return (
+        "<xml><ToUserName><![CDATA[gh_hotline]]></ToUserName>"
+        f"<FromUserName><![CDATA[{sender}]]></FromUserName>"
+        f"<CreateTime>{ts or int(time.time())}</CreateTime>"
+        "<MsgType><![CDATA[text]]></MsgType>"
+        f"<Content><![CDATA[{content}]]></Content>"
+        f"<MsgId>{msg_id}</MsgId></xml>"
+    )
+
+
+def encrypted(
+    inner: str, ts: str | None = None, nonce: str = "n0nce"
+) -> tuple[dict[str, str], str]:
+    """Query and body as WeChat sends them in safe mode (encrypted by wechatpy)."""
+    crypto = MessageCrypto(TOKEN, AES_KEY, APP_ID)
+    ts = ts or str(int(time.time()))
+    envelope = crypto.encrypt(inner, nonce=nonce, timestamp=ts)
+    from channels.wechat.inbound import parse_xml
+
+    enc = parse_xml(envelope)["Encrypt"]
+    q = signed_query(ts=ts, nonce=nonce)
+    q.update(encrypt_type="aes", msg_signature=sign(TOKEN, ts, nonce, enc))
+    body = (
+        "<xml><ToUserName><![CDATA[gh_hotline]]></ToUserName>"
+        f"<Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
+    )
+    return q, body
+
+
+def sha1(*parts: str) -> str:
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
