@@ -1,0 +1,202 @@
+"""Calls to the Telegram Bot API, through python-telegram-bot's Bot (vendor calls only).
+
+`build_application` makes PTB's Application for webhook use inside our aiohttp app:
+no Updater (no polling, no second web server), no job queue, the API base URL from
+the settings (PTB appends the token: `<base>/bot<token>/<method>`).
+
+`TelegramSender` is the outbox's sender: sendMessage, with the bot prompt's keyboard
+attached, long texts in parts of 4096 characters. Telegram's answers map to the
+outbox's retry rule: 400 (chat not found, bad request) and 403 (the resident blocked
+the bot, deactivated account) are permanent; 429 is honoured (its retry_after waited
+inside the send when short, otherwise the failure is transient and later sends to
+that chat wait until the window has passed); 5xx, time-outs and network errors are transient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from telegram import Bot
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    RetryAfter,
+    TelegramError,
+)
+from telegram.ext import Application, ApplicationBuilder
+from telegram.warnings import PTBDeprecationWarning
+
+from channels.outbox import DeliveryError
+from channels.telegram import keyboards
+from channels.telegram.const import ALLOWED_UPDATES, CHANNEL, MAX_TEXT, RETRY_AFTER_WAIT_MAX_S
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
+
+
+def quiet_http_logs() -> None:
+    """httpx logs every request URL at INFO, and Bot API URLs contain the bot token."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def build_application(token: str, api_base: str) -> Application[Any, Any, Any, Any, Any, Any]:
+    """PTB's Application, not yet initialized (no I/O here)."""
+    quiet_http_logs()
+    base = api_base.rstrip("/")
+    builder: ApplicationBuilder[Any, Any, Any, Any, Any, Any] = (
+        Application.builder()
+        .token(token)
+        .base_url(f"{base}/bot")
+        .base_file_url(f"{base}/file/bot")
+        .updater(None)
+        .job_queue(None)
+        .connect_timeout(CONNECT_TIMEOUT_S)
+        .read_timeout(READ_TIMEOUT_S)
+        .write_timeout(READ_TIMEOUT_S)
+    )
+    return builder.build()
+
+
+def retry_after_s(exc: RetryAfter) -> float:
+    """RetryAfter's wait in seconds (PTB 22 returns int or timedelta, with a warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def delivery_error(exc: TelegramError) -> DeliveryError:
+    """Telegram's refusal as the outbox's failure (permanent: retrying cannot help)."""
+    if isinstance(exc, Forbidden | BadRequest | ChatMigrated):
+        return DeliveryError(f"Telegram refused: {exc.message}", permanent=True)
+    if isinstance(exc, InvalidToken):  # PTB's message quotes the token: never log it
+        return DeliveryError("Telegram rejected the bot token (HOTLINE_TELEGRAM_TOKEN)")
+    if isinstance(exc, RetryAfter):
+        return DeliveryError(f"Telegram flood control: retry in {retry_after_s(exc):g} s")
+    return DeliveryError(f"Telegram unreachable: {type(exc).__name__}: {exc.message}")
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Parts of at most `limit` characters, cut at a line break when there is one."""
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        cut = rest.rfind("\n", limit // 2, limit)
+        cut = cut + 1 if cut > 0 else limit
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
+class TelegramSender:
+    """Delivers the outbox's texts and ticket updates as Telegram messages."""
+
+    channel = CHANNEL
+
+    def __init__(
+        self,
+        bot: Bot,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_wait_s: float = RETRY_AFTER_WAIT_MAX_S,
+    ) -> None:
+        self.bot = bot
+        self.clock = clock
+        self.max_wait_s = max_wait_s
+        # flood control (429): no sends to a chat before this time (clock seconds)
+        self._not_before: dict[int, float] = {}
+        # the outbox delivers a batch concurrently; one chat's messages go one at a time,
+        # in the order they were handed over (the bot's prompts must not overtake)
+        self._chats: dict[int, tuple[asyncio.Lock, list[int]]] = {}
+
+    async def send(self, recipient: str, payload: dict[str, Any]) -> None:
+        text = payload.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DeliveryError(
+                f"nothing to send in a {payload.get('type')!r} payload", permanent=True
+            )
+        try:
+            chat_id = int(recipient)
+        except ValueError:
+            raise DeliveryError(
+                f"not a Telegram chat id: {recipient[:20]!r}", permanent=True
+            ) from None
+        parts = split_text(text)
+        markup = keyboards.markup_for(text) if payload.get("type") == "text" else None
+        lock, users = self._chats.setdefault(chat_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                for i, part in enumerate(parts):
+                    await self._send_one(chat_id, part, markup if i == len(parts) - 1 else None)
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._chats[chat_id]
+
+    async def _send_one(self, chat_id: int, text: str, markup: Any) -> None:
+        for attempt in (1, 2):
+            await self._respect_flood_window(chat_id)
+            try:
+                await self.bot.send_message(chat_id=chat_id, text=text, reply_markup=markup)
+                return
+            except RetryAfter as exc:
+                wait = retry_after_s(exc)
+                self._hold(chat_id, wait)
+                log.warning("Telegram flood control: waiting %g s before sending again", wait)
+                if attempt == 2 or wait > self.max_wait_s:
+                    raise delivery_error(exc) from None
+            except TelegramError as exc:
+                raise delivery_error(exc) from None
+
+    def _hold(self, chat_id: int, wait: float) -> None:
+        now = self.clock()
+        if len(self._not_before) > 10_000:  # forget windows long past
+            self._not_before = {k: t for k, t in self._not_before.items() if t > now}
+        self._not_before[chat_id] = max(self._not_before.get(chat_id, 0.0), now + wait)
+
+    async def _respect_flood_window(self, chat_id: int) -> None:
+        until = self._not_before.get(chat_id)
+        if until is None:
+            return
+        wait = until - self.clock()
+        if wait <= 0:
+            del self._not_before[chat_id]
+            return
+        if wait > self.max_wait_s:
+            raise DeliveryError(f"Telegram flood control: {wait:.0f} s left")
+        await asyncio.sleep(wait)
+
+
+async def set_webhook(
+    bot: Bot, url: str, secret: str, *, drop_pending: bool = False
+) -> dict[str, Any]:
+    """Point Telegram at our webhook (with the secret it echoes on every update);
+    returns getWebhookInfo's answer so the operator sees what Telegram now has."""
+    quiet_http_logs()
+    async with bot:
+        await bot.set_webhook(
+            url=url,
+            secret_token=secret,
+            allowed_updates=list(ALLOWED_UPDATES),
+            drop_pending_updates=drop_pending,
+        )
+        info = await bot.get_webhook_info()
+    return {
+        "url": info.url,
+        "pending_update_count": info.pending_update_count,
+        "allowed_updates": list(info.allowed_updates or ()),
+        "last_error_message": info.last_error_message,
+    }
