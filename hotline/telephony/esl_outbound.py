@@ -220,12 +220,21 @@ class CallLeg:
         variable: str = "pagd_digits",
         regex: str = "\\d+",
         digit_timeout_ms: int = 3000,
+        forget: bool = False,
     ) -> str:
-        """Play `prompt` and collect digits; returns them ("" on timeout or no valid input)."""
+        """Play `prompt` and collect digits; returns them ("" on timeout or no valid input).
+
+        The argument order is mod_dptools' (min max tries timeout terminators file
+        invalid_file var_name regexp digit_timeout); `terminators=""` is sent as `none`.
+        FreeSWITCH leaves a too-short entry in `variable` with read_result=failure, so
+        that is checked too. `forget`: unset the variable afterwards (a PIN must not
+        stay on the channel, where CDRs and later events would carry it).
+        """
         if not (0 <= min_digits <= max_digits) or tries < 1:
             raise ValueError("need 0 <= min_digits <= max_digits and tries >= 1")
+        terminators = terminators or "none"
         for part in (prompt, invalid_prompt, variable, regex, terminators):
-            if not part or " " in part:
+            if not part or " " in part or "\n" in part:
                 raise ValueError(f"play_and_get_digits argument without spaces expected: {part!r}")
         arg = (
             f"{min_digits} {max_digits} {tries} {timeout_ms} {terminators} {prompt} "
@@ -233,7 +242,14 @@ class CallLeg:
         )
         done = await self.execute("play_and_get_digits", arg)
         digits = done.variable(variable) or ""
-        self.variables[variable] = digits
+        if done.variable("read_result") == "failure":
+            digits = ""
+        if forget:
+            self.variables.pop(variable, None)
+            if done.variable(variable) is not None:
+                await self.execute("unset", variable)
+        else:
+            self.variables[variable] = digits
         return digits
 
     async def bridge(self, dial_string: str) -> BridgeResult:
@@ -387,7 +403,7 @@ class OutboundServer:
         if not reply.ok or "Event-Name" not in reply.headers:
             raise ESLCommandError("connect", reply.reply_text or "no channel data")
         data = reply.decoded_headers()
-        channel = Event.from_headers((k, v) for k, v in data.items() if k not in _REPLY_ONLY)
+        channel = Event.from_headers([kv for kv in data.items() if kv[0] not in _REPLY_ONLY])
         leg = CallLeg(conn, channel)
         conn.on_event = leg._on_event
         conn.on_disconnect_notice = leg._on_disconnect_notice

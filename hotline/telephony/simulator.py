@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 import re
 import time
 import uuid as uuidlib
@@ -35,7 +36,9 @@ from hotline.telephony.esl_frames import (
     encode_disconnect_notice,
     encode_event_json,
     encode_event_plain,
+    encode_event_plain_text,
     encode_reply,
+    plain_line,
     url_encode,
 )
 
@@ -112,6 +115,7 @@ class CallerScript:
     presses: Sequence[str] = ()  # digits keyed at each successive digit prompt
     press_delay: float = 0.3  # seconds into a prompt before the first digit
     hangup_after: float | None = None  # seconds after connecting; None: waits for us
+    speaks_for: float = 5.0  # seconds spoken into a recording before pressing #
     variables: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -170,15 +174,39 @@ class SimChannel:
             **dict(variables),
         }
         self.gone = asyncio.Event()
+        self._gone_future: asyncio.Future[None] | None = None
+        self.key_waiter: asyncio.Future[None] | None = None  # a prompt waiting for a key
         self.answered_evt = asyncio.Event()
         self.dtmf: asyncio.Queue[str] = asyncio.Queue()
         self.events: list[str] = []  # every event name emitted for this channel
         self.apps: list[tuple[str, str]] = []  # applications run, with arguments
         self.on_prompt: Callable[[], None] | None = None
+        self.speaks_for = 5.0  # how long this caller talks into a recording
+        self.recording: float | None = None  # loop time the running `record` started
         self.bridge_a = False
         self.bridged_by_app = False
         # [application headers, Application-UUID, completion sent] of the running app
         self.running: list | None = None  # type: ignore[type-arg]
+        self._text: dict[str, tuple[object, str]] = {}  # rendered header blocks by key
+
+    def gone_future(self) -> asyncio.Future[None]:
+        """Resolved at hang-up (cheaper to wait on than `gone`, which needs a task)."""
+        if self._gone_future is None:
+            self._gone_future = asyncio.get_running_loop().create_future()
+            if not self.up:
+                self._gone_future.set_result(None)
+        return self._gone_future
+
+    def text_block(
+        self, kind: str, key: object, items: Callable[[SimChannel], list[tuple[str, str]]]
+    ) -> str:
+        """A block of plain header lines, re-rendered only when `key` changes."""
+        cached = self._text.get(kind)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        text = "".join([plain_line(kv) for kv in items(self)])
+        self._text[kind] = (key, text)
+        return text
 
     def __repr__(self) -> str:
         return f"SimChannel({self.name}, {self.uuid}, {self.hangup_cause or self.answer_state})"
@@ -203,8 +231,12 @@ class FreeSwitchSimulator:
         ring_timeout: float = 30.0,
         linger_close_after: float = 10.0,
         agents: Iterable[AgentPhone] = (),
+        jitter: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.socket_target = socket_target
+        self.jitter = jitter  # +- this fraction on media, ringing and talk durations
+        self._random = random.Random(seed)
         self.password = password
         self.host = host
         self.port = port
@@ -220,6 +252,7 @@ class FreeSwitchSimulator:
         self.events_sent = 0
         self.calls_placed = 0
         self.listeners: set[_InboundSession] = set()
+        self.rooms: dict[str, set[str]] = {}  # conference name -> member channel uuids
         self.observers: list[Callable[[SimChannel, str, list[tuple[str, str]]], None]] = []
         self._seq = itertools.count(1000)
         self._session_ids = itertools.count(1)
@@ -228,6 +261,8 @@ class FreeSwitchSimulator:
         self._started = time.time()
         self._date_second = -1
         self._dates = ("", "")
+        self._dates_text = ""
+        self._heads: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -270,6 +305,14 @@ class FreeSwitchSimulator:
         if not task.cancelled() and task.exception() is not None:
             log.error("simulator task failed", exc_info=task.exception())
 
+    def vary(self, seconds: float) -> float:
+        """A step's duration with the configured jitter: real callers, prompts and
+        agents never act in lockstep, and a simulator that does makes bursts no switch
+        would send."""
+        if not self.jitter:
+            return seconds
+        return seconds * (1 + self._random.uniform(-self.jitter, self.jitter))
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds * self.time_scale)
 
@@ -311,6 +354,7 @@ class FreeSwitchSimulator:
                 self.spawn(self._press(ch, digits, script.press_delay))
 
         ch.on_prompt = prompt_started
+        ch.speaks_for = script.speaks_for
         if script.hangup_after is not None:
             self.spawn(self._hangup_later(ch, script.hangup_after, "NORMAL_CLEARING"))
         await self._connect_socket(ch)
@@ -335,6 +379,8 @@ class FreeSwitchSimulator:
             if not ch.up:
                 return
             ch.dtmf.put_nowait(digit)
+            if ch.key_waiter is not None and not ch.key_waiter.done():
+                ch.key_waiter.set_result(None)
             self.emit(
                 ch,
                 "DTMF",
@@ -348,9 +394,8 @@ class FreeSwitchSimulator:
 
     # ------------------------------------------------------------------ events
 
-    def _event_items(
-        self, ch: SimChannel | None, name: str, extra: Sequence[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
+    def _stamp(self) -> tuple[int, int]:
+        """An event's timestamp (µs) and sequence number; refreshes the date headers."""
         ts = self.now_us()
         second = ts // 1_000_000
         if second != self._date_second:  # two strftime calls per event add up at 1,000 calls
@@ -360,7 +405,21 @@ class FreeSwitchSimulator:
                 now.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
                 now.strftime("%a, %d %b %Y %H:%M:%S GMT"),
             )
-        calling = _CALLING.get(name, ("switch_event.c", "switch_event_fire_detailed", 1))
+            self._dates_text = (
+                f"Event-Date-Local: {url_encode(self._dates[0])}\n"
+                f"Event-Date-GMT: {url_encode(self._dates[1])}\n"
+            )
+        return ts, next(self._seq)
+
+    def _event_items(
+        self,
+        ch: SimChannel | None,
+        name: str,
+        extra: Sequence[tuple[str, str]],
+        stamp: tuple[int, int] | None = None,
+    ) -> list[tuple[str, str]]:
+        ts, seq = stamp or self._stamp()
+        calling = _CALLING.get(name, _DEFAULT_CALLING)
         items = [
             ("Event-Name", name),
             ("Core-UUID", self.core_uuid),
@@ -374,38 +433,75 @@ class FreeSwitchSimulator:
             ("Event-Calling-File", calling[0]),
             ("Event-Calling-Function", calling[1]),
             ("Event-Calling-Line-Number", str(calling[2])),
-            ("Event-Sequence", str(next(self._seq))),
+            ("Event-Sequence", str(seq)),
         ]
         if ch is None:
             items.extend(extra)
             return items
-        leading = [kv for kv in extra if kv[0] in ("Bridge-A-Unique-ID", "Bridge-B-Unique-ID")]
+        leading, other, rest = _split_extra(extra)
         items.extend(leading)
         if name == "CHANNEL_HANGUP_COMPLETE":
             items.append(("Hangup-Cause", ch.hangup_cause or "NORMAL_CLEARING"))
-        items += [
-            ("Channel-State", ch.state),
-            ("Channel-Call-State", ch.call_state),
-            ("Channel-State-Number", str(_STATE_NUMBER.get(ch.state, 4))),
-            ("Channel-Name", ch.name),
-            ("Unique-ID", ch.uuid),
-            ("Call-Direction", ch.direction),
-            ("Presence-Call-Direction", ch.direction),
-            ("Channel-HIT-Dialplan", "true" if ch.direction == "inbound" else "false"),
-            ("Channel-Call-UUID", ch.uuid),
-            ("Answer-State", ch.answer_state),
-        ]
-        if ch.hangup_cause:
-            items.append(("Hangup-Cause", ch.hangup_cause))
+        items += _state_items(ch)
         items += _codec_items()
         items += _profile_items("Caller", ch)
-        rest = [kv for kv in extra if kv not in leading]
-        other = [kv for kv in rest if kv[0].startswith("Other-")]
         items += other
         if name not in _NO_VARIABLES:
             items += [(f"variable_{k}", v) for k, v in ch.variables.items()]
-        items += [kv for kv in rest if kv not in other]
+        items += rest
         return items
+
+    def _render_plain(
+        self,
+        ch: SimChannel,
+        name: str,
+        extra: Sequence[tuple[str, str]],
+        body: str | None,
+        stamp: tuple[int, int],
+    ) -> bytes:
+        """`encode_event_plain(self._event_items(...))`, byte for byte, from text blocks
+        cached per event name and per channel state: the simulator shares the cores with
+        the service it drives, so at 1,000 calls its cost per event is part of what the
+        benchmark measures."""
+        ts, seq = stamp
+        head = self._heads.get(name)
+        if head is None:
+            calling = _CALLING.get(name, _DEFAULT_CALLING)
+            head = self._heads[name] = (
+                "".join(
+                    plain_line(kv)
+                    for kv in (
+                        ("Event-Name", name),
+                        ("Core-UUID", self.core_uuid),
+                        ("FreeSWITCH-Hostname", HOSTNAME),
+                        ("FreeSWITCH-Switchname", HOSTNAME),
+                        ("FreeSWITCH-IPv4", IPV4),
+                        ("FreeSWITCH-IPv6", IPV6),
+                    )
+                ),
+                f"Event-Calling-File: {url_encode(calling[0])}\n"
+                f"Event-Calling-Function: {url_encode(calling[1])}\n"
+                f"Event-Calling-Line-Number: {calling[2]}\n",
+            )
+        parts = [
+            head[0],
+            self._dates_text,
+            f"Event-Date-Timestamp: {ts}\n",
+            head[1],
+            f"Event-Sequence: {seq}\n",
+        ]
+        leading, other, rest = _split_extra(extra) if extra else ((), (), ())
+        parts += [plain_line(kv) for kv in leading]
+        if name == "CHANNEL_HANGUP_COMPLETE":
+            parts.append(plain_line(("Hangup-Cause", ch.hangup_cause or "NORMAL_CLEARING")))
+        parts.append(ch.text_block("state", _state_key(ch), _state_items))
+        parts.append(_CODEC_TEXT)
+        parts.append(ch.text_block("profile", _profile_key(ch), _caller_profile))
+        parts += [plain_line(kv) for kv in other]
+        if name not in _NO_VARIABLES:
+            parts.append(ch.text_block("variables", tuple(ch.variables.items()), _variable_items))
+        parts += [plain_line(kv) for kv in rest]
+        return encode_event_plain_text("".join(parts), body)
 
     def emit(
         self,
@@ -414,16 +510,28 @@ class FreeSwitchSimulator:
         extra: Sequence[tuple[str, str]] = (),
         body: str | None = None,
     ) -> None:
-        """Fire an event: to the channel's own socket (myevents) and to inbound listeners."""
-        items = self._event_items(ch, name, extra)
+        """Fire an event: to the channel's own socket (myevents) and to inbound listeners.
+
+        The header list is only built for listeners and observers; a plain socket gets
+        the pre-rendered text (same bytes)."""
+        stamp = self._stamp()
+        items: list[tuple[str, str]] | None = None
         if ch is not None:
             ch.events.append(name)
             session = ch.socket
             if session is not None and session.myevents and name in _MYEVENTS:
-                session.send_event(items, body)
-        for listener in list(self.listeners):
-            listener.maybe_send(name, items, body)
-        if ch is not None:
+                if session.format == "plain":
+                    self.events_sent += 1
+                    session.send(self._render_plain(ch, name, extra, body, stamp))
+                else:
+                    items = self._event_items(ch, name, extra, stamp)
+                    session.send_event(items, body)
+        if self.listeners:
+            items = items or self._event_items(ch, name, extra, stamp)
+            for listener in list(self.listeners):
+                listener.maybe_send(name, items, body)
+        if ch is not None and self.observers:
+            items = items or self._event_items(ch, name, extra, stamp)
             for observer in self.observers:
                 observer(ch, name, items)
 
@@ -449,14 +557,18 @@ class FreeSwitchSimulator:
         ch.answer_state = "hangup"
         self.emit(ch, "CHANNEL_HANGUP")
         ch.gone.set()
+        if ch._gone_future is not None and not ch._gone_future.done():
+            ch._gone_future.set_result(None)
         partner = ch.partner
         if partner is not None:
             # The caller's side going ends the bridge for both; the far end going only
             # ends the caller's `bridge` application (unless hangup_after_bridge).
             a_side = ch.bridge_a or not ch.bridged_by_app
             self.unbridge(ch, partner)
-            if a_side:
+            # park_after_bridge keeps the survivor (our socket session decides its fate)
+            if a_side and partner.variables.get("park_after_bridge") != "true":
                 self.hangup(partner, "NORMAL_CLEARING")
+        _stop_recording(self, ch)
         self._complete_running(ch)
         session = ch.socket
         if session is not None:
@@ -532,7 +644,9 @@ class FreeSwitchSimulator:
         extra = [("Bridge-A-Unique-ID", a.uuid), ("Bridge-B-Unique-ID", b.uuid)]
         self.emit(a, "CHANNEL_UNBRIDGE", extra + _other_leg_items(b))
 
-    def new_outbound(self, dial: str, caller: SimChannel | None) -> SimChannel:
+    def new_outbound(
+        self, dial: str, caller: SimChannel | None, uuid: str | None = None
+    ) -> SimChannel:
         ch = SimChannel(
             self,
             name=f"sofia/internal/{dial}@sim",
@@ -541,6 +655,7 @@ class FreeSwitchSimulator:
             caller_name=caller.caller_name if caller else "",
             destination=dial,
             context="default",
+            uuid=uuid,
         )
         self.channels[ch.uuid] = ch
         self.emit(ch, "CHANNEL_CREATE")
@@ -560,25 +675,38 @@ class FreeSwitchSimulator:
         agent.offered += 1
         if agent.behaviour in ("busy", "unregistered"):
             return None, "USER_BUSY" if agent.behaviour == "busy" else "USER_NOT_REGISTERED"
-        b = self.new_outbound(target, caller)
-        wait = ring_for if ring_for is not None else self.ring_timeout
+        # {origination_uuid=...,originate_timeout=...} as `originate` honours them: the
+        # service names the leg up front so it can uuid_kill it while it rings
+        dial_vars = _dial_variables(dial_string)
+        b = self.new_outbound(target, caller, uuid=dial_vars.get("origination_uuid") or None)
+        b.variables.update(dial_vars)
+        timeout_var = dial_vars.get("originate_timeout", "")
+        wait = (
+            ring_for
+            if ring_for is not None
+            else float(timeout_var)
+            if timeout_var.isdigit()
+            else self.ring_timeout
+        )
+        # a ringing leg ends early if the caller goes or the leg is killed (uuid_kill)
+        ends = caller or b
         if agent.behaviour == "reject":
             await self.sleep(min(0.2, wait))
             self.hangup(b, "CALL_REJECTED")
             return None, "CALL_REJECTED"
         if agent.behaviour == "no_answer" or agent.answer_after >= wait:
-            done = await _wait_or(self, wait, caller.gone if caller else None)
+            done = await _wait_or(self, wait, ends)
             cause = "NO_ANSWER" if not done else "ORIGINATOR_CANCEL"
             self.hangup(b, cause)
-            return None, cause
-        done = await _wait_or(self, agent.answer_after, caller.gone if caller else None)
-        if done:
+            return None, b.hangup_cause or cause
+        done = await _wait_or(self, self.vary(agent.answer_after), ends)
+        if done or not b.up:
             self.hangup(b, "ORIGINATOR_CANCEL")
-            return None, "ORIGINATOR_CANCEL"
+            return None, b.hangup_cause or "ORIGINATOR_CANCEL"
         self.answer(b)
         agent.answered += 1
         if agent.talk_time is not None:
-            self.spawn(self._hangup_later(b, agent.talk_time, "NORMAL_CLEARING"))
+            self.spawn(self._hangup_later(b, self.vary(agent.talk_time), "NORMAL_CLEARING"))
         return b, "SUCCESS"
 
     # ------------------------------------------------------------------ api
@@ -654,7 +782,45 @@ class FreeSwitchSimulator:
                 leg.parked = True
                 self.emit(leg, "CHANNEL_PARK")
             return f"+OK {leg.uuid}\n"
+        extra = self._api_call_control(name, argv, ch)
+        if extra is not None:
+            return extra
         return f"-ERR {name} Command not found!\n"
+
+    def _api_call_control(self, name: str, argv: list[str], ch: SimChannel | None) -> str | None:
+        """uuid_hold, uuid_record, uuid_broadcast and `conference <room> hup all|list`."""
+        if name == "uuid_hold":
+            off = argv[:1] == ["off"]
+            leg = self.channels.get(argv[1] if off and len(argv) > 1 else argv[0]) if argv else None
+            if leg is None:
+                return "-ERR No such channel!\n"
+            self.emit(leg, "CHANNEL_UNHOLD" if off else "CHANNEL_HOLD")
+            return "+OK Success\n"
+        if name == "uuid_record":
+            if ch is None or len(argv) < 3:
+                return "-ERR No such channel!\n" if ch is None else "-USAGE: <uuid> start <path>\n"
+            if argv[1] == "start":
+                ch.variables["record_session_path"] = argv[2]
+            return "+OK Success\n"
+        if name == "uuid_broadcast":
+            if ch is None or len(argv) < 2:
+                return "-ERR No such channel!\n"
+            self.spawn(_run_app(self, ch, Command("sendmsg", {
+                "call-command": "execute", "execute-app-name": "playback",
+                "execute-app-arg": argv[1]})))  # fmt: skip
+            return "+OK Message sent\n"
+        if name == "conference" and len(argv) >= 2:
+            members = self.rooms.get(argv[0])
+            if members is None:
+                return f"-ERR Conference {argv[0]} not found\n"
+            if argv[1] == "hup" and argv[2:3] == ["all"]:
+                for uuid in list(members):
+                    if (leg := self.channels.get(uuid)) is not None:
+                        self.hangup(leg, "NORMAL_CLEARING")
+                return "OK kicked all\n"
+            if argv[1] == "list":
+                return "".join(f"{i};{u}\n" for i, u in enumerate(sorted(members), 1))
+        return None
 
     def transfer(self, ch: SimChannel, destination: str) -> None:
         if ch.partner is not None:
@@ -707,11 +873,34 @@ class FreeSwitchSimulator:
             session.close()
 
 
-async def _wait_or(sim: FreeSwitchSimulator, seconds: float, gone: asyncio.Event | None) -> bool:
-    """Sleep `seconds` (scaled) unless `gone` fires first; True if it fired."""
+def _dial_variables(dial_string: str) -> dict[str, str]:
+    """The `{a=b,c=d}` and `[a=b]` blocks in front of a dial string, as a dict."""
+    out: dict[str, str] = {}
+    rest = dial_string.strip()
+    while m := re.match(r"\{([^}]*)\}|\[([^]]*)\]", rest):
+        for part in filter(None, (m.group(1) or m.group(2) or "").split(",")):
+            name, _, value = part.partition("=")
+            out[name.strip()] = value.strip()
+        rest = rest[m.end() :]
+    return out
+
+
+async def _wait_or(
+    sim: FreeSwitchSimulator, seconds: float, gone: SimChannel | asyncio.Event | None
+) -> bool:
+    """Sleep `seconds` (scaled) unless the channel hangs up (or `gone` is set) first;
+    True if it did.
+
+    For a channel: one future per channel and `asyncio.wait` (a timer, no task), as
+    this runs for every prompt of every simulated call."""
     if gone is None:
         await sim.sleep(seconds)
         return False
+    if isinstance(gone, SimChannel):
+        if not gone.up:
+            return True
+        await asyncio.wait((gone.gone_future(),), timeout=seconds * sim.time_scale)
+        return not gone.up
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(gone.wait(), seconds * sim.time_scale)
     return gone.is_set()
@@ -727,6 +916,64 @@ _Q850 = {
     "SYSTEM_SHUTDOWN": 41,
     "MANAGER_REQUEST": 0,
 }
+
+
+_DEFAULT_CALLING = ("switch_event.c", "switch_event_fire_detailed", 1)
+_LEADING = ("Bridge-A-Unique-ID", "Bridge-B-Unique-ID")
+
+
+def _split_extra(
+    extra: Sequence[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """An event's own headers by where FreeSWITCH puts them: bridge ids before the
+    channel block, Other-Leg-* after the caller profile, the rest after the variables."""
+    leading = [kv for kv in extra if kv[0] in _LEADING]
+    rest = [kv for kv in extra if kv not in leading]
+    other = [kv for kv in rest if kv[0].startswith("Other-")]
+    return leading, other, [kv for kv in rest if kv not in other]
+
+
+def _state_key(ch: SimChannel) -> tuple[str, str, str, str | None]:
+    return (ch.state, ch.call_state, ch.answer_state, ch.hangup_cause)
+
+
+def _state_items(ch: SimChannel) -> list[tuple[str, str]]:
+    items = [
+        ("Channel-State", ch.state),
+        ("Channel-Call-State", ch.call_state),
+        ("Channel-State-Number", str(_STATE_NUMBER.get(ch.state, 4))),
+        ("Channel-Name", ch.name),
+        ("Unique-ID", ch.uuid),
+        ("Call-Direction", ch.direction),
+        ("Presence-Call-Direction", ch.direction),
+        ("Channel-HIT-Dialplan", "true" if ch.direction == "inbound" else "false"),
+        ("Channel-Call-UUID", ch.uuid),
+        ("Answer-State", ch.answer_state),
+    ]
+    if ch.hangup_cause:
+        items.append(("Hangup-Cause", ch.hangup_cause))
+    return items
+
+
+def _profile_key(ch: SimChannel) -> tuple[object, ...]:
+    return (
+        ch.caller_name,
+        ch.caller_number,
+        ch.destination,
+        ch.context,
+        ch.name,
+        ch.answered_us,
+        ch.hangup_us,
+        ch.bridged_us,
+    )
+
+
+def _caller_profile(ch: SimChannel) -> list[tuple[str, str]]:
+    return _profile_items("Caller", ch)
+
+
+def _variable_items(ch: SimChannel) -> list[tuple[str, str]]:
+    return [(f"variable_{k}", v) for k, v in ch.variables.items()]
 
 
 def _codec_items() -> list[tuple[str, str]]:
@@ -808,16 +1055,40 @@ async def _read_command(reader: asyncio.StreamReader) -> Command | None:
 
 
 class _Writer:
-    """Shared write side of both session kinds."""
+    """Shared write side of both session kinds.
+
+    What one turn of the event loop sends to a socket (a command's reply and the
+    events it caused, a hang-up's seven events) goes out as one write: a syscall per
+    frame on both ends was a large share of a 1,000-call run. The bytes are the same.
+    """
 
     writer: asyncio.StreamWriter | None
+    _out: list[bytes] | None = None
 
     def send(self, data: bytes) -> None:
         w = self.writer
-        if w is not None and not w.is_closing():
-            w.write(data)
+        if w is None or w.is_closing():
+            return
+        if self._out is None:
+            self._out = [data]
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        out, self._out = self._out, None
+        w = self.writer
+        if out and w is not None and not w.is_closing():
+            w.write(out[0] if len(out) == 1 else b"".join(out))
+
+    async def drain(self) -> None:
+        self.flush()
+        if self.writer is not None:
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
 
     def close(self) -> None:
+        self.flush()
         w = self.writer
         if w is not None and not w.is_closing():
             w.close()
@@ -843,7 +1114,7 @@ class _InboundSession(_Writer):
             return
         if cmd.line != f"auth {self.sim.password}":
             self.send(encode_reply("-ERR invalid") + encode_disconnect_notice())
-            await self.writer.drain()  # type: ignore[union-attr]
+            await self.drain()
             return
         self.send(encode_reply("+OK accepted"))
         self.sim.listeners.add(self)
@@ -902,8 +1173,7 @@ class _InboundSession(_Writer):
         elif verb == "exit":
             self.send(encode_reply("+OK bye") + encode_disconnect_notice())
             sim.listeners.discard(self)
-            with contextlib.suppress(ConnectionError):
-                await self.writer.drain()  # type: ignore[union-attr]
+            await self.drain()
             return False
         else:
             self.send(encode_reply("-ERR command not found"))
@@ -1012,14 +1282,11 @@ class _SocketSession(_Writer):
         head = items[:13]
         body = items[13:]
         profile = _profile_items("Channel", ch)
-        lines = [f"{k}: {url_encode(v)}" for k, v in [*head, *profile, *body]]
-        lines += [
-            "Content-Type: command/reply",
-            "Reply-Text: %2BOK%0A",
-            "Socket-Mode: async",
-            "Control: full",
-        ]
-        return ("\n".join(lines) + "\n\n").encode()
+        text = "".join([plain_line(kv) for kv in [*head, *profile, *body]])
+        return (
+            text + "Content-Type: command/reply\nReply-Text: %2BOK%0A\n"
+            "Socket-Mode: async\nControl: full\n\n"
+        ).encode()
 
     async def _apps(self) -> None:
         while True:
@@ -1140,7 +1407,7 @@ async def _app_set(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
 
 async def _app_sleep(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
     ms = int(arg) if arg.strip().isdigit() else 0
-    await _wait_or(sim, ms / 1000, ch.gone)
+    await _wait_or(sim, ms / 1000, ch)
     return "_none_"
 
 
@@ -1149,54 +1416,175 @@ async def _app_park(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
     return "_none_"
 
 
-async def _play(sim: FreeSwitchSimulator, ch: SimChannel, path: str) -> bool:
-    """Play one file; True if it ran to the end."""
+def _media_files(arg: str) -> list[str]:
+    """`file_string://a!b` plays a, then b; anything else is one file or stream."""
+    if arg.startswith("file_string://"):
+        return [f for f in arg[len("file_string://") :].split("!") if f]
+    return [arg]
+
+
+async def _play(
+    sim: FreeSwitchSimulator, ch: SimChannel, path: str, stop_keys: str = ""
+) -> str | None:
+    """Play one file: "" if it ran to the end, the key that stopped it, None if the
+    channel went. Keys not in `stop_keys` are swallowed, as the playback loop does."""
     ftype = path.split("://", 1)[0] if "://" in path else path.rsplit(".", 1)[-1]
     extra = [("Playback-File-Type", ftype), ("Playback-File-Path", path)]
     for listener in list(sim.listeners):  # myevents does not carry PLAYBACK_* (transcript 04)
         listener.maybe_send("PLAYBACK_START", sim._event_items(ch, "PLAYBACK_START", extra), None)
-    seconds = sim.media_seconds.get(path, sim.playback_seconds)
-    gone = await _wait_or(sim, seconds, ch.gone)
+    seconds = sim.vary(sim.media_seconds.get(path, sim.playback_seconds))
+    key = ""
+    if stop_keys:
+        key_or_gone = await _key_or_gone(sim, ch, seconds, stop_keys)
+        gone = key_or_gone is None
+        key = key_or_gone or ""
+    else:
+        gone = await _wait_or(sim, seconds, ch)
+        while not ch.dtmf.empty():
+            ch.dtmf.get_nowait()
     ms = int(seconds * 1000)
     ch.variables.update(
         playback_seconds=str(ms // 1000), playback_ms=str(ms), playback_samples=str(ms * 8)
     )
-    stop = [*extra, ("Playback-Status", "break" if gone else "done")]
+    stop = [*extra, ("Playback-Status", "break" if gone or key else "done")]
     for listener in list(sim.listeners):
         listener.maybe_send("PLAYBACK_STOP", sim._event_items(ch, "PLAYBACK_STOP", stop), None)
-    return not gone
+    return None if gone else key
+
+
+async def _key_or_gone(
+    sim: FreeSwitchSimulator, ch: SimChannel, seconds: float, stop_keys: str
+) -> str | None:
+    """Wait `seconds` for a key in `stop_keys`: the key, "" when time ran out, None if
+    the channel went first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds * sim.time_scale
+    gone = ch.gone_future()
+    while ch.up:
+        while not ch.dtmf.empty():
+            digit = ch.dtmf.get_nowait()
+            if digit in stop_keys:
+                return digit
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return ""
+        ch.key_waiter = loop.create_future()  # no task per prompt: futures and a timer
+        try:
+            await asyncio.wait(
+                (ch.key_waiter, gone), timeout=remaining, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ch.key_waiter = None
+    return None
+
+
+async def _play_files(
+    sim: FreeSwitchSimulator, ch: SimChannel, arg: str, stop_keys: str = ""
+) -> str | None:
+    for path in _media_files(arg):
+        result = await _play(sim, ch, path, stop_keys)
+        if result is None or result:
+            return result
+    return ""
+
+
+def _playback_terminators(ch: SimChannel) -> str:
+    """mod_dptools' on_dtmf: `playback_terminators`, `*` when unset, `none` for none."""
+    keys = ch.variables.get("playback_terminators", "*")
+    return "" if keys.lower() == "none" else keys
 
 
 async def _app_playback(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
     if not ch.answered_us:
         sim.answer(ch)  # FreeSWITCH pre-answers/answers to play media
-    return "FILE PLAYED" if await _play(sim, ch, arg) else "FILE NOT FOUND"
+    ch.variables.pop("playback_terminator_used", None)  # set to "" = unset
+    result = await _play_files(sim, ch, arg, _playback_terminators(ch))
+    if result:
+        ch.variables["playback_terminator_used"] = result
+    return "FILE NOT FOUND" if result is None else "FILE PLAYED"
+
+
+async def _app_record(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
+    """`record <path> [<limit s>] [<silence thresh>] [<silence hits>]`: the caller talks
+    for `speaks_for` seconds and presses #, or the limit or a hang-up ends it."""
+    argv = arg.split()
+    if not argv:
+        return "_none_"
+    limit_arg = argv[1].lstrip("+") if len(argv) > 1 else ""
+    limit = float(limit_arg) if limit_arg.isdigit() and int(limit_arg) > 0 else None
+    ch.variables.pop("playback_terminator_used", None)  # set to "" = unset
+    for listener in list(sim.listeners):
+        items = sim._event_items(ch, "RECORD_START", [("Record-File-Path", argv[0])])
+        listener.maybe_send("RECORD_START", items, None)
+    ch.recording = asyncio.get_running_loop().time()
+    talk = ch.speaks_for if limit is None else min(ch.speaks_for, limit)
+    gone = await _wait_or(sim, talk, ch)
+    if not gone:
+        if limit is None or ch.speaks_for < limit:
+            ch.variables["playback_terminator_used"] = "#"
+        _stop_recording(sim, ch, argv[0])
+    return "_none_"
+
+
+def _stop_recording(sim: FreeSwitchSimulator, ch: SimChannel, path: str = "") -> None:
+    """What switch_ivr_record_file sets when it returns (also when a hang-up ends it)."""
+    started, ch.recording = ch.recording, None
+    if started is None:
+        return
+    elapsed = (asyncio.get_running_loop().time() - started) / (sim.time_scale or 1)
+    ms = int(elapsed * 1000)
+    ch.variables.update(
+        record_ms=str(ms), record_seconds=str(ms // 1000), record_samples=str(ms * 8)
+    )
+    for listener in list(sim.listeners):
+        items = sim._event_items(ch, "RECORD_STOP", [("Record-File-Path", path)])
+        listener.maybe_send("RECORD_STOP", items, None)
+
+
+async def _app_unset(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
+    ch.variables.pop(arg.strip(), None)
+    return "_none_"
 
 
 async def _app_pagd(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
-    """Arguments: min max tries timeout terminators file invalid_file var regexp digit_timeout."""
+    """Arguments: min max tries timeout terminators file invalid_file var regexp digit_timeout.
+
+    As switch_play_and_get_digits: any key stops the prompt and counts; the variable
+    is cleared at each try and holds what was read (even a too-short entry, with
+    read_result=failure); a regexp mismatch clears it again.
+    """
     argv = arg.split()
     if len(argv) < 6:
         return "_none_"
     min_d, max_d, tries, timeout_ms = (int(x) for x in argv[:4])
-    terminators, prompt = argv[4], argv[5]
+    terminators = "" if argv[4].lower() == "none" else argv[4]
+    prompt = argv[5]
     invalid = argv[6] if len(argv) > 6 else ""
-    var = argv[7] if len(argv) > 7 else "pagd_digits"
-    regex = argv[8] if len(argv) > 8 else "\\d+"
-    digit_timeout = int(argv[9]) / 1000 if len(argv) > 9 else timeout_ms / 1000
-    while not ch.dtmf.empty():
-        ch.dtmf.get_nowait()
-    for attempt in range(max(tries, 1)):
+    var = argv[7] if len(argv) > 7 else ""
+    regex = argv[8] if len(argv) > 8 else ""
+    digit_timeout = int(argv[9]) / 1000 if len(argv) > 9 and int(argv[9]) else timeout_ms / 1000
+    for _ in range(max(tries, 1)):
+        ch.variables.pop("read_result", None)
+        if var:
+            ch.variables.pop(var, None)
         if ch.on_prompt is not None:
             ch.on_prompt()
-        await _play(sim, ch, prompt)
+        first = await _play_files(sim, ch, prompt, "0123456789*#ABCD")
+        if first is None:
+            return "_none_"
         digits, term = "", ""
+        pending = [first] if first else []
         wait = timeout_ms / 1000
+        timed_out = False
         while len(digits) < max_d and ch.up:
-            try:
-                digit = await asyncio.wait_for(ch.dtmf.get(), wait * sim.time_scale)
-            except TimeoutError:
-                break
+            if pending:
+                digit = pending.pop()
+            else:
+                try:
+                    digit = await asyncio.wait_for(ch.dtmf.get(), wait * sim.time_scale)
+                except TimeoutError:
+                    timed_out = True
+                    break
             if digit in terminators:
                 term = digit
                 break
@@ -1204,16 +1592,20 @@ async def _app_pagd(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
             wait = digit_timeout
         if not ch.up:
             return "_none_"
-        if len(digits) >= min_d and re.fullmatch(regex, digits):
+        if term:
+            ch.variables["read_terminator_used"] = term
+        ok = len(digits) >= min_d
+        ch.variables["read_result"] = "failure" if not ok else "timeout" if timed_out else "success"
+        if var and digits:
             ch.variables[var] = digits
-            ch.variables["read_result"] = "success"
-            if term:
-                ch.variables["read_terminator_used"] = term
-            return "_none_"
-        if attempt + 1 < tries and invalid:
-            await _play(sim, ch, invalid)
-    ch.variables.pop(var, None)
-    ch.variables["read_result"] = "failure"
+        if ok and digits:
+            if not regex or re.search(regex, digits):
+                return "_none_"
+            if var:
+                ch.variables.pop(var, None)
+                ch.variables[f"{var}_invalid"] = digits
+        if invalid:
+            await _play_files(sim, ch, invalid)
     return "_none_"
 
 
@@ -1251,6 +1643,27 @@ async def _app_bridge(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str
     return "_none_"
 
 
+async def _app_conference(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
+    """`conference <room>@<profile>`: leaves any bridge, stays in the room until hangup."""
+    room = arg.split("@", 1)[0].strip()
+    if not room:
+        return "_none_"
+    if not ch.answered_us:
+        sim.answer(ch)
+    if ch.partner is not None:
+        sim.unbridge(ch, ch.partner)
+    members = sim.rooms.setdefault(room, set())
+    members.add(ch.uuid)
+    ch.variables["conference_name"] = room
+    try:
+        await ch.gone.wait()
+    finally:
+        members.discard(ch.uuid)
+        if not members:
+            sim.rooms.pop(room, None)
+    return "_none_"
+
+
 async def _app_hangup(sim: FreeSwitchSimulator, ch: SimChannel, arg: str) -> str:
     sim.hangup(ch, arg.strip() or "NORMAL_CLEARING")
     return "_none_"
@@ -1283,8 +1696,14 @@ _APPS = {
     "park": _app_park,
     "playback": _app_playback,
     "play_and_get_digits": _app_pagd,
+    "record": _app_record,
+    "unset": _app_unset,
     "bridge": _app_bridge,
     "hangup": _app_hangup,
     "record_session": _app_record_session,
     "transfer": _app_transfer,
+    "conference": _app_conference,
 }
+
+
+_CODEC_TEXT = "".join(plain_line(kv) for kv in _codec_items())

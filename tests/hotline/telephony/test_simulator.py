@@ -8,10 +8,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from hotline.telephony.esl_frames import EVENT_TYPES, Event, Frame, FrameParser
+from hotline.telephony.esl_frames import (
+    EVENT_TYPES,
+    Event,
+    Frame,
+    FrameParser,
+    encode_event_plain,
+)
 from hotline.telephony.esl_inbound import InboundESL
 from hotline.telephony.esl_outbound import CallLeg, OutboundServer
-from hotline.telephony.simulator import AgentPhone, CallerScript, FreeSwitchSimulator
+from hotline.telephony.simulator import (
+    AgentPhone,
+    CallerScript,
+    FreeSwitchSimulator,
+    SimChannel,
+)
 from tests.hotline.telephony.transcripts import TRANSCRIPTS, switch_bytes
 
 Handler = Callable[[CallLeg], Awaitable[None]]
@@ -273,3 +284,40 @@ async def test_200_simultaneous_calls_through_the_outbound_server() -> None:
     assert len(done) == 200
     assert sorted(done) == sorted((f"1380000{i:04d}", f"{i % 10}+") for i in range(200))
     assert server.calls_started == 200 and server.calls_failed_setup == 0
+
+
+async def test_pre_rendered_events_are_the_bytes_the_header_list_encodes_to() -> None:
+    """The simulator's cached text blocks must never drift from its event model."""
+    sim = FreeSwitchSimulator(agents=[AgentPhone("1001")])
+    ch = SimChannel(
+        sim,
+        name="sofia/external/13800138000@sim",
+        direction="inbound",
+        caller_number="13800138000",
+        caller_name="Zhang San 张三",
+        destination="12345",
+        variables={"sip_from_display": "a b%c&d", "empty": ""},
+    )
+    agent = sim.new_outbound("user/1001", ch)
+
+    def check(
+        name: str, extra: list[tuple[str, str]] | None = None, body: str | None = None
+    ) -> None:
+        stamp = sim._stamp()
+        fast = sim._render_plain(ch, name, extra or [], body, stamp)
+        slow = encode_event_plain(sim._event_items(ch, name, extra or [], stamp), body)
+        assert fast == slow, name
+
+    check("CHANNEL_CREATE")
+    check("DTMF", [("DTMF-Digit", "#"), ("DTMF-Duration", "2000")])
+    sim.answer(ch)
+    ch.variables["current_application"] = "playback"
+    check("CHANNEL_EXECUTE", [("Application", "playback"), ("Application-UUID", "u-1")])
+    check("CHANNEL_EXECUTE")  # cached blocks, unchanged state
+    sim.bridge_pair(ch, agent)
+    bridge = [("Bridge-A-Unique-ID", ch.uuid), ("Bridge-B-Unique-ID", agent.uuid)]
+    check("CHANNEL_BRIDGE", [*bridge, ("Other-Type", "originatee"), ("Other-Leg-Unique-ID", "x")])
+    check("CUSTOM", [("Event-Subclass", "hotline::test")], body="line 1\nline 2 ü")
+    sim.hangup(ch, "USER_BUSY")
+    check("CHANNEL_HANGUP_COMPLETE")
+    check("CHANNEL_DESTROY")
