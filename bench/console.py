@@ -1,0 +1,402 @@
+"""Console fan-out: 500 agents' websockets, a burst of 1,000 queue events.
+
+What it measures: the time from an event being published on the service's bus (the
+console feed stamps each queue event with the moment its subscriber got the bus
+event) to the moment the LAST of the 500 agent sockets has received it, for every
+one of 1,000 events; p50 and p99 over the events. The events are real: 1,000
+tickets created through the API by 32 concurrent clients, each one a ticket.created
+on the bus, a work-queue row re-read by the feed and pushed to every agent.
+
+The ceiling, measured in the same run: a bare aiohttp server with the same shape
+(the same POSTs, the same 500 sockets, the same batching and one shared JSON
+encoding per batch) but no database, no authentication and no intake. The ratio
+says how much of the achievable fan-out speed the console keeps.
+
+Memory: the server's resident set before the sockets connect, with 500 sockets,
+and after the burst (VmRSS from /proc).
+
+    .venv/bin/python -m bench.console                 # sqlite, 500 clients, 1,000 events
+    .venv/bin/python -m bench.console --backends sqlite,postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.harness import HOST, ServerProcess, drop_store, loadavg, make_store
+
+PII_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # bench only
+PASSWORD = "bench-password-1"
+TARGET_P99_MS = 200.0
+
+
+class Server(ServerProcess):
+    MODULE = "bench.console"
+
+
+# ---------------------------------------------------------------- server processes
+
+
+def serve(db_url: str, port: int, workdir: Path) -> None:
+    """The service as production starts it (no deadline watcher: it would add events)."""
+    import logging
+
+    from aiohttp import web
+
+    from hotline.app import create_app
+    from hotline.settings import load_settings
+
+    logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(
+        database_url=db_url,
+        pii_keys=PII_KEY,
+        attachment_dir=workdir / "attachments",
+        holiday_override_file=workdir / "no-holidays.yaml",
+        card_keyring_file=workdir / "keyring.json",
+        card_service_key_file=workdir / "service.pem",
+        log_level="WARNING",
+    )
+    app = create_app(settings, migrate=False, watch_deadlines=False)
+    web.run_app(app, host=HOST, port=port, print=None, access_log=None)
+
+
+def serve_ceiling(port: int) -> None:
+    """Same POSTs, same sockets, same batching and shared encoding; nothing else."""
+    from aiohttp import web
+
+    sockets: set[web.WebSocketResponse] = set()
+    pending: list[dict[str, Any]] = []
+    wake = asyncio.Event()
+    seq = 0
+
+    async def broadcaster() -> None:
+        nonlocal seq
+        while True:
+            await wake.wait()
+            wake.clear()
+            batch, pending[:] = list(pending), []
+            events = []
+            for item in batch:
+                seq += 1
+                events.append(
+                    {"seq": seq, "op": "upsert", "key": item["key"], "item": item, "at": item["at"]}
+                )
+            text = json.dumps({"type": "events", "events": events}, ensure_ascii=False)
+            for ws in list(sockets):
+                with contextlib.suppress(ConnectionResetError, RuntimeError):
+                    await ws.send_str(text)
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        n = secrets.token_hex(6)
+        pending.append(
+            {
+                "key": f"ticket:{n}",
+                "ref": n,
+                "title": body.get("title"),
+                "audience": "agents",
+                "action": "dispatch",
+                "priority": 2,
+                "at": time.time(),
+            }
+        )
+        wake.set()
+        return web.json_response({"number": n}, status=201)
+
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"type": "snapshot", "seq": seq, "items": []}))
+        sockets.add(ws)
+        try:
+            async for _ in ws:
+                pass
+        finally:
+            sockets.discard(ws)
+        return ws
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def run_broadcaster(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(broadcaster())
+        yield
+        task.cancel()
+
+    async def close_sockets(app: web.Application) -> None:
+        for ws in list(sockets):
+            await ws.close()
+
+    app = web.Application()
+    app.router.add_post("/api/v1/tickets", create)
+    app.router.add_get("/api/v1/console/ws", socket)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(run_broadcaster)
+    app.on_shutdown.append(close_sockets)
+    web.run_app(app, host=HOST, port=port, print=None, access_log=None)
+
+
+async def migrate_and_seed(url: str, workdir: Path, agents: int) -> list[str]:
+    """Schema, taxonomy, `agents` agent accounts each with a live session (the tokens)."""
+    import sqlalchemy as sa
+
+    from hotline.auth import create_user, hash_password, session_t, token_hash, user_t
+    from hotline.bootstrap import build_deps
+    from hotline.migrate import upgrade_head_async
+    from hotline.settings import load_settings
+    from ticketing.catalog import seed_from_taxonomy
+    from ticketing.lifecycle import Role
+    from ticketing.models import utcnow
+    from ticketing.taxonomy import load_taxonomy
+
+    settings = load_settings(
+        database_url=url,
+        pii_keys=PII_KEY,
+        attachment_dir=workdir / "attachments",
+        holiday_override_file=workdir / "no-holidays.yaml",
+        card_keyring_file=workdir / "keyring.json",
+        card_service_key_file=workdir / "service.pem",
+    )
+    await upgrade_head_async(url)
+    deps = build_deps(settings)
+    tokens = [secrets.token_urlsafe(32) for _ in range(agents)]
+    try:
+        await seed_from_taxonomy(deps.db, load_taxonomy())
+        await deps.catalog.reload(deps.db)
+        pw = await hash_password(PASSWORD)
+        for i in range(agents):
+            await create_user(deps, f"agent{i:04d}", PASSWORD, Role.AGENT, password_hash=pw)
+        now = utcnow()
+        async with deps.db.write() as conn:
+            ids = dict((await conn.execute(sa.select(user_t.c.username, user_t.c.id))).all())
+            await conn.execute(
+                sa.insert(session_t),
+                [
+                    {
+                        "token_hash": token_hash(tok),
+                        "user_id": ids[f"agent{i:04d}"],
+                        "created_at": now,
+                        "expires_at": now + timedelta(hours=2),
+                    }
+                    for i, tok in enumerate(tokens)
+                ],
+            )
+    finally:
+        await deps.db.dispose()
+    return tokens
+
+
+# ---------------------------------------------------------------- the load
+
+
+@dataclass
+class Client:
+    frames: list[tuple[float, str]] = field(default_factory=list)
+    events: int = 0  # events received so far (counted cheaply, parsed after the burst)
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def connect_all(
+    session: aiohttp.ClientSession, base: str, tokens: list[str], expect: int
+) -> tuple[list[Client], list[aiohttp.ClientWebSocketResponse], list[asyncio.Task[None]]]:
+    clients = [Client() for _ in tokens]
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    sem = asyncio.Semaphore(50)
+
+    async def one(tok: str) -> aiohttp.ClientWebSocketResponse:
+        async with sem:
+            ws = await session.ws_connect(
+                base + "/api/v1/console/ws", headers={"Authorization": f"Bearer {tok}"}
+            )
+            await ws.receive()  # the snapshot
+            return ws
+
+    sockets = list(await asyncio.gather(*(one(t) for t in tokens)))
+
+    async def reader(c: Client, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                c.frames.append((time.time(), msg.data))
+                c.events += msg.data.count('"seq":')
+                if c.events >= expect:
+                    c.all_in.set()
+
+    tasks = [asyncio.create_task(reader(c, ws)) for c, ws in zip(clients, sockets, strict=True)]
+    return clients, sockets, tasks
+
+
+async def burst(session: aiohttp.ClientSession, base: str, token: str, n: int) -> float:
+    """n tickets through the API by 32 concurrent clients; returns the seconds taken."""
+    sem = asyncio.Semaphore(32)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def one(i: int) -> None:
+        async with sem:
+            body = {
+                "kind": "complaint",
+                "title": f"路灯不亮 {i}",
+                "channel": "phone",
+                "description": "幸福小区南门路灯不亮",
+                "category": "urban.street-lights",
+            }
+            async with session.post(base + "/api/v1/tickets", json=body, headers=headers) as r:
+                if r.status != 201:
+                    raise RuntimeError(f"ticket {i}: HTTP {r.status} {await r.text()}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return time.perf_counter() - t0
+
+
+def fanout_ms(clients: list[Client]) -> list[float]:
+    """Per event: received by the last client minus published."""
+    last: dict[str, float] = {}
+    published: dict[str, float] = {}
+    for c in clients:
+        for at, text in c.frames:
+            for ev in json.loads(text).get("events", []):
+                key = ev["key"]
+                published[key] = ev["at"]
+                last[key] = max(last.get(key, 0.0), at)
+    return sorted((last[k] - published[k]) * 1000 for k in last)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Result:
+    name: str
+    p50: float
+    p99: float
+    worst: float
+    events: int
+    burst_s: float
+    rss: tuple[float, float, float]
+
+
+async def measure(
+    name: str, server: Server, tokens: list[str], events: int, session: aiohttp.ClientSession
+) -> Result:
+    assert server.proc is not None
+    pid = server.proc.pid
+    rss0 = rss_mib(pid)
+    clients, sockets, tasks = await connect_all(session, server.base, tokens, events)
+    await asyncio.sleep(0.5)
+    rss1 = rss_mib(pid)
+    burst_s = await burst(session, server.base, tokens[0], events)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(120):
+            for c in clients:
+                await c.all_in.wait()
+    rss2 = rss_mib(pid)
+    for ws in sockets:
+        await ws.close()
+    for t in tasks:
+        t.cancel()
+    lat = fanout_ms(clients)
+    got = min(c.events for c in clients)
+    if got < events:
+        print(f"{name}: only {got} of {events} events reached every client", file=sys.stderr)
+    return Result(
+        name,
+        statistics.median(lat),
+        lat[max(0, int(len(lat) * 0.99) - 1)],
+        lat[-1],
+        len(lat),
+        burst_s,
+        (rss0, rss1, rss2),
+    )
+
+
+async def bench(args: argparse.Namespace) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-console-"))
+    results: list[Result] = []
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        async with Server(["--serve-ceiling"], workdir / "ceiling.log") as ceiling:
+            fake = [f"t{i}" for i in range(args.clients)]
+            results.append(await measure("ceiling", ceiling, fake, args.events, session))
+        for backend in args.backends.split(","):
+            store = await make_store(backend, workdir, "console")
+            if store is None:
+                continue
+            try:
+                bdir = workdir / backend
+                bdir.mkdir()
+                tokens = await migrate_and_seed(store.url, bdir, args.clients)
+                cmd = ["--serve", "--db", store.url, "--workdir", str(bdir)]
+                async with Server(cmd, workdir / f"{backend}.log") as server:
+                    results.append(await measure(backend, server, tokens, args.events, session))
+                    summary = server.log_summary()
+                print(f"{backend} server log: {summary}")
+            finally:
+                await drop_store(store)
+    ceiling_p99 = results[0].p99
+    print(
+        f"\n{args.clients} agent sockets, burst of {args.events} queue events "
+        f"(load average {loadavg()})"
+    )
+    print(
+        "| server | fan-out p50 ms | p99 ms | max ms | p99 vs ceiling | burst s "
+        "| RSS MiB idle / 500 sockets / after |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
+    ok = True
+    for r in results:
+        ratio = ceiling_p99 / r.p99 if r.p99 else float("nan")
+        print(
+            f"| {r.name} | {r.p50:.1f} | {r.p99:.1f} | {r.worst:.1f} | {ratio:.0%} | "
+            f"{r.burst_s:.2f} | {r.rss[0]:.0f} / {r.rss[1]:.0f} / {r.rss[2]:.0f} |"
+        )
+        if r.name != "ceiling":
+            ok &= r.p99 < TARGET_P99_MS
+            per = (r.rss[1] - r.rss[0]) * 1024 / args.clients
+            print(
+                f"    {r.name}: {per:.0f} KiB per socket; target p99 < {TARGET_P99_MS:.0f} ms: "
+                f"{'met' if r.p99 < TARGET_P99_MS else 'MISSED'}"
+            )
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=500, help="agent websockets (default 500)")
+    p.add_argument("--events", type=int, default=1000, help="queue events in the burst")
+    p.add_argument("--backends", default="sqlite", help="sqlite,postgres")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--db", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.db, args.port, args.workdir)
+        return 0
+    if args.serve_ceiling:
+        serve_ceiling(args.port)
+        return 0
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,488 @@
+"""The live queue behind every console: a mirror of the work queue, pushed over websockets.
+
+Each instance keeps the whole work queue in memory (the *mirror*), refreshed from
+the database whenever the bus says an item may have changed, and in full every few
+seconds as a safety net (a PostgreSQL NOTIFY lost during a reconnect, a writer that
+forgot to announce). Every change to the mirror gets the next number of this
+instance's sequence and goes to the sockets whose audiences it touches.
+
+The contract with a client (documented in hotline/console/README.md):
+
+- On connect the first frame is either a `snapshot` (all items the user sees, with
+  the sequence number they reflect) or, when the client passed `instance` and
+  `after` and this instance still holds every event since, a `resume` with the
+  missed events. Nothing is sent between the two, because the snapshot is taken
+  from the mirror in the same step that registers the socket (no await in between).
+- Then `events` frames: `[{seq, op: "upsert"|"remove", key, item, at}]`, seq strictly
+  increasing per instance. A client drops events with seq <= what it has; on a
+  new `instance` id (restart, another instance behind the balancer) it must take
+  the snapshot, which the server sends by itself.
+- A socket that cannot keep up (its outbox full) is closed with code 4008; the
+  client reconnects and resumes. Nothing is lost; it is only late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import WSCloseCode, web
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ticketing.events import (
+    DeadlineBreached,
+    DeadlineWarning,
+    DomainEvent,
+    SessionRevoked,
+    TicketCreated,
+    TicketTransitioned,
+    WorkItemChanged,
+)
+from ticketing.handlers import DISPATCH_PHASE, FEEDBACK_PHASE, Deps, ticket_t
+from ticketing.lifecycle import Status
+from ticketing.models import WorkItem
+
+log = logging.getLogger(__name__)
+
+work_item = WorkItem.__table__  # type: ignore[attr-defined]
+
+RING_SIZE = 5000
+OUTBOX_FRAMES = 256
+SNAPSHOT_LIMIT = 2000
+SLOW_CONSUMER = 4008  # websocket close code: the client fell behind and must resume
+CHUNK = 500
+
+Key = tuple[str, str]  # (kind, ref)
+# kind -> loader of extra display fields for refs of that kind (conversations, calls)
+Enricher = Callable[[AsyncConnection, list[str]], Awaitable[dict[str, dict[str, Any]]]]
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt else None
+
+
+def item_key(kind: str, ref: str) -> str:
+    return f"{kind}:{ref}"
+
+
+def sort_key(item: dict[str, Any]) -> tuple[Any, ...]:
+    """Emergencies (priority 0) first, then priority, then the nearest deadline, then age."""
+    return (
+        item["priority"],
+        item["due_at"] is None,
+        item["due_at"] or "",
+        item["since"] or "",
+        item["key"],
+    )
+
+
+def _ticket_risk(row: Any) -> str | None:
+    if row.t_status is None:
+        return None
+    status = Status(row.t_status)
+    if status in DISPATCH_PHASE:
+        warned, breached = row.dispatch_warned_at, row.dispatch_breached_at
+    elif status in FEEDBACK_PHASE:
+        warned, breached = row.feedback_warned_at, row.feedback_breached_at
+    else:
+        return None
+    return "breached" if breached else "warning" if warned else None
+
+
+def item_view(row: Any) -> dict[str, Any]:
+    """What a console shows for one queue item (generic fields, plus the ticket's)."""
+    view: dict[str, Any] = {
+        "key": item_key(row.kind, row.ref),
+        "id": row.id,
+        "kind": row.kind,
+        "ref": row.ref,
+        "audience": row.audience,
+        "action": row.action,
+        "priority": row.priority,
+        "emergency": row.priority == 0,
+        "due_at": _iso(row.due_at),
+        "since": _iso(row.created_at),
+        "claimed_by": row.claimed_by,
+        "title": None,
+        "channel": None,
+        "status": None,
+        "risk": None,
+    }
+    if row.kind == "ticket" and row.t_status is not None:
+        view.update(
+            title=row.title,
+            channel=row.channel,
+            status=row.t_status,
+            ticket_kind=row.t_kind,
+            urgency=row.urgency,
+            category=row.category_code,
+            lead_department=row.lead_department,
+            risk=_ticket_risk(row),
+        )
+    return view
+
+
+def _select() -> sa.Select[Any]:
+    t = ticket_t.c
+    return sa.select(
+        work_item,
+        t.title,
+        t.channel,
+        t.status.label("t_status"),
+        t.kind.label("t_kind"),
+        t.urgency,
+        t.category_code,
+        t.lead_department,
+        t.dispatch_warned_at,
+        t.dispatch_breached_at,
+        t.feedback_warned_at,
+        t.feedback_breached_at,
+    ).select_from(
+        work_item.outerjoin(
+            ticket_t, sa.and_(work_item.c.kind == "ticket", t.number == work_item.c.ref)
+        )
+    )
+
+
+def keys_of(event: DomainEvent) -> list[Key]:
+    """Which queue items an event may have changed (the routing table of the feed)."""
+    if isinstance(event, TicketCreated | TicketTransitioned | DeadlineWarning | DeadlineBreached):
+        return [("ticket", event.number)]
+    if isinstance(event, WorkItemChanged):
+        return [(event.kind, event.ref)]
+    return []
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One open console socket."""
+
+    ws: web.WebSocketResponse
+    username: str
+    role: str
+    audiences: frozenset[str]
+    token_hash: str | None
+    outbox: asyncio.Queue[str | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=OUTBOX_FRAMES)
+    )
+    writer: asyncio.Task[None] | None = None
+    closing: bool = False
+
+
+@dataclass(frozen=True)
+class _Event:
+    seq: int
+    audiences: frozenset[str]  # the item's audience before and after the change
+    data: dict[str, Any]
+
+
+class QueueFeed:
+    def __init__(
+        self,
+        deps: Deps,
+        *,
+        reconcile_s: float = 10.0,
+        ring_size: int = RING_SIZE,
+        enrichers: dict[str, Enricher] | None = None,
+    ) -> None:
+        self.deps = deps
+        self.instance = uuid.uuid4().hex[:16]
+        self.seq = 0
+        self.reconcile_s = reconcile_s
+        self.enrichers: dict[str, Enricher] = dict(enrichers or {})
+        self.mirror: dict[str, dict[str, Any]] = {}
+        self.ring: deque[_Event] = deque(maxlen=ring_size)
+        self.subscribers: set[Subscriber] = set()
+        self.ready = asyncio.Event()
+        self._pending: dict[Key, float] = {}
+        self._touched: set[str] = set()  # keys refreshed since the last reconcile began
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # tells other parts (the wall) that something changed, after the sockets
+        self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.reconcile()
+        self.ready.set()
+        self._tasks = [
+            asyncio.create_task(self._run(), name="console-feed"),
+            asyncio.create_task(self._tick(), name="console-feed-reconcile"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.close_all()
+
+    async def close_all(self) -> None:
+        subs = list(self.subscribers)
+        self.subscribers.clear()
+        await asyncio.gather(
+            *(self._close(s, WSCloseCode.GOING_AWAY, "server shutting down") for s in subs)
+        )
+
+    async def on_event(self, event: DomainEvent) -> None:
+        """Bus subscriber: only notes what to refresh (the bus wants quick subscribers)."""
+        if isinstance(event, SessionRevoked):
+            for sub in list(self.subscribers):
+                if sub.token_hash == event.token_hash:
+                    self._close_soon(sub, WSCloseCode.POLICY_VIOLATION, "signed out")
+            return
+        keys = keys_of(event)
+        if not keys:
+            return
+        now = time.time()
+        for key in keys:
+            self._pending.setdefault(key, now)
+        self._wake.set()
+
+    # ------------------------------------------------------------ sockets
+
+    def snapshot(self, audiences: Iterable[str]) -> dict[str, Any]:
+        """The items these audiences see and the sequence number they reflect."""
+        wanted = set(audiences)
+        items = sorted((i for i in self.mirror.values() if i["audience"] in wanted), key=sort_key)
+        return {
+            "type": "snapshot",
+            "instance": self.instance,
+            "seq": self.seq,
+            "items": items[:SNAPSHOT_LIMIT],
+            "truncated": len(items) > SNAPSHOT_LIMIT,
+        }
+
+    def attach(
+        self, sub: Subscriber, *, instance: str | None = None, after: int | None = None
+    ) -> str:
+        """Register a socket and queue its first frame; returns "snapshot" or "resume".
+
+        Synchronous on purpose: no event can slip between the first frame and the
+        live events that follow it."""
+        first: dict[str, Any]
+        kind = "snapshot"
+        if instance == self.instance and after is not None and self._can_resume(after):
+            kind = "resume"
+            first = {
+                "type": "resume",
+                "instance": self.instance,
+                "seq": self.seq,
+                "events": [
+                    _seen_by(e.data, sub.audiences)
+                    for e in self.ring
+                    if e.seq > after and e.audiences & sub.audiences
+                ],
+            }
+        else:
+            first = self.snapshot(sub.audiences)
+        sub.outbox.put_nowait(_dumps(first))
+        self.subscribers.add(sub)
+        sub.writer = asyncio.create_task(self._write(sub), name=f"console-ws-{sub.username}")
+        return kind
+
+    def _can_resume(self, after: int) -> bool:
+        if after > self.seq or after < 0:
+            return False
+        if after == self.seq:
+            return True
+        return bool(self.ring) and self.ring[0].seq <= after + 1
+
+    async def detach(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        if sub.writer is not None:
+            sub.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sub.writer
+
+    async def _write(self, sub: Subscriber) -> None:
+        try:
+            while True:
+                frame = await sub.outbox.get()
+                if frame is None:
+                    return
+                await sub.ws.send_str(frame)
+        except (ConnectionResetError, RuntimeError):
+            pass  # the peer went away; the handler's read loop ends and detaches
+
+    def _close_soon(self, sub: Subscriber, code: int, reason: str) -> None:
+        if sub.closing:
+            return
+        sub.closing = True
+        self.subscribers.discard(sub)
+        task = asyncio.create_task(self._close(sub, code, reason))
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+    async def _close(self, sub: Subscriber, code: int, reason: str) -> None:
+        self.subscribers.discard(sub)
+        with contextlib.suppress(Exception):
+            await sub.ws.close(code=code, message=reason.encode())
+
+    def push(self, sub_filter: Callable[[Subscriber], bool], frame: dict[str, Any]) -> int:
+        """Send a frame outside the queue sequence (alerts, hints) to some sockets."""
+        text = _dumps(frame)
+        sent = 0
+        for sub in list(self.subscribers):
+            if sub_filter(sub):
+                self._offer(sub, text)
+                sent += 1
+        return sent
+
+    def _offer(self, sub: Subscriber, text: str) -> None:
+        try:
+            sub.outbox.put_nowait(text)
+        except asyncio.QueueFull:
+            log.warning("console socket of %s fell behind; closing it", sub.username)
+            self._close_soon(sub, SLOW_CONSUMER, "too slow; resume")
+
+    # ------------------------------------------------------------ refreshing
+
+    async def _tick(self) -> None:
+        """The safety net runs beside the live path, never in front of it: a burst's
+        events are not held up behind a full re-read."""
+        while True:
+            await asyncio.sleep(self.reconcile_s)
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("console feed reconcile failed; retrying on the next tick")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, {}
+            if not pending:
+                continue
+            try:
+                await self.refresh(pending)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # the database blinked: the next reconcile re-reads everything
+                log.exception("console feed refresh failed; the next reconcile catches up")
+
+    async def refresh(self, pending: dict[Key, float]) -> list[dict[str, Any]]:
+        """Re-read the given items and publish what changed."""
+        by_kind: dict[str, list[str]] = {}
+        for kind, ref in pending:
+            by_kind.setdefault(kind, []).append(ref)
+        fresh: dict[str, dict[str, Any]] = {}
+        async with self.deps.db.read() as conn:
+            for kind, refs in by_kind.items():
+                for i in range(0, len(refs), CHUNK):
+                    chunk = refs[i : i + CHUNK]
+                    rows = await conn.execute(
+                        _select().where(work_item.c.kind == kind, work_item.c.ref.in_(chunk))
+                    )
+                    views = [item_view(r) for r in rows]
+                    await self._enrich(conn, kind, views)
+                    fresh.update((v["key"], v) for v in views)
+        stamps = {item_key(k, r): at for (k, r), at in pending.items()}
+        self._touched.update(stamps)
+        return self._apply(stamps.keys(), fresh, stamps)
+
+    async def reconcile(self) -> list[dict[str, Any]]:
+        """Re-read the whole queue: catches whatever the bus did not say.
+
+        Items refreshed while this read was under way are newer than what it read,
+        so they are left alone."""
+        self._touched = set()
+        async with self.deps.db.read() as conn:
+            rows = (await conn.execute(_select())).all()
+            views = [item_view(r) for r in rows]
+            by_kind: dict[str, list[dict[str, Any]]] = {}
+            for v in views:
+                by_kind.setdefault(v["kind"], []).append(v)
+            for kind, vs in by_kind.items():
+                await self._enrich(conn, kind, vs)
+        fresh = {v["key"]: v for v in views}
+        keys = (set(self.mirror) | set(fresh)) - self._touched
+        return self._apply(sorted(keys), fresh, {})
+
+    async def _enrich(self, conn: AsyncConnection, kind: str, views: list[dict[str, Any]]) -> None:
+        enricher = self.enrichers.get(kind)
+        if enricher is None or not views:
+            return
+        try:
+            extra = await enricher(conn, [v["ref"] for v in views])
+        except Exception:
+            log.exception("queue enricher for %s failed; showing generic items", kind)
+            return
+        for v in views:
+            v.update(extra.get(v["ref"], {}))
+
+    def _apply(
+        self, keys: Iterable[str], fresh: dict[str, dict[str, Any]], stamps: dict[str, float]
+    ) -> list[dict[str, Any]]:
+        now = time.time()
+        out: list[_Event] = []
+        for key in keys:
+            old = self.mirror.get(key)
+            new = fresh.get(key)
+            if old == new:
+                continue
+            self.seq += 1
+            audiences = frozenset(
+                a for a in ((old or {}).get("audience"), (new or {}).get("audience")) if a
+            )
+            data = {
+                "seq": self.seq,
+                "op": "upsert" if new else "remove",
+                "key": key,
+                "item": new,
+                "at": stamps.get(key, now),
+            }
+            if new is None:
+                del self.mirror[key]
+            else:
+                self.mirror[key] = new
+            ev = _Event(self.seq, audiences, data)
+            self.ring.append(ev)
+            out.append(ev)
+        if out:
+            self._broadcast(out)
+            for listener in self.listeners:
+                listener([e.data for e in out])
+        return [e.data for e in out]
+
+    def _broadcast(self, events: list[_Event]) -> None:
+        """One JSON encoding per distinct audience set, shared by all its sockets."""
+        groups: dict[frozenset[str], list[Subscriber]] = {}
+        for sub in self.subscribers:
+            groups.setdefault(sub.audiences, []).append(sub)
+        for audiences, subs in groups.items():
+            mine = [_seen_by(e.data, audiences) for e in events if e.audiences & audiences]
+            if not mine:
+                continue
+            text = _dumps({"type": "events", "instance": self.instance, "events": mine})
+            for sub in subs:
+                self._offer(sub, text)
+
+
+def _seen_by(data: dict[str, Any], audiences: frozenset[str]) -> dict[str, Any]:
+    """An item that moved to someone else's queue is, for these audiences, removed."""
+    item = data["item"]
+    if item is not None and item["audience"] not in audiences:
+        return {**data, "op": "remove", "item": None}
+    return data
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,240 @@
+"""The console in a real headless Chromium (Debian's /usr/bin/chromium, driven by
+Playwright), against the whole service started on a free port.
+
+No browser, no pass: without Chromium these tests FAIL with the install command,
+unless HOTLINE_NO_BROWSER=1 says explicitly that this machine has none.
+Screenshots of each main screen land in the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from hotline.appkeys import DEPS
+from ticketing.handlers import ticket_t
+
+CHROMIUM = os.environ.get("HOTLINE_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "test-password-1"
+
+
+def require_chromium() -> None:
+    if os.environ.get("HOTLINE_NO_BROWSER") == "1":
+        pytest.skip("HOTLINE_NO_BROWSER=1: browser tests switched off explicitly")
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: apt-get install -y chromium "
+            "(or set HOTLINE_NO_BROWSER=1 to skip the browser tests on purpose)"
+        )
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    require_chromium()
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("Playwright for Python is missing: pip install -e '.[test]'")
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+async def service(sqlite_api):  # type: ignore[no-untyped-def]
+    """The service on a free port (SQLite), seeded with staff; `.base` is its URL."""
+    sqlite_api.base = str(sqlite_api.client.make_url("")).rstrip("/")
+    return sqlite_api
+
+
+async def login(browser, service, who: str, shots: Path | None = None):  # type: ignore[no-untyped-def]
+    context = await browser.new_context(viewport={"width": 1440, "height": 1000}, locale="zh-CN")
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    await page.goto(service.base + "/console/")
+    await page.wait_for_selector("#login-form")
+    if shots:
+        await page.screenshot(path=str(shots / "login.png"))
+    await page.fill("#login-username", who)
+    await page.fill("#login-password", PASSWORD)
+    await page.press("#login-password", "Enter")
+    await page.wait_for_selector("#app-view:not([hidden])")
+    await page.wait_for_selector("#live:not(.down):text('实时')")
+    return page
+
+
+async def test_a_ticket_created_elsewhere_appears_in_the_queue_within_a_second(
+    browser, service, tmp_path
+):
+    page = await login(browser, service, "agent", tmp_path)
+    assert await page.inner_text(".brand") == "12345 工作台"
+    # no call on this agent (or no phone line at all): the panel says which, buttons off
+    phone = any(r.resource.canonical == "/api/v1/agents/me" for r in service.app.router.routes())
+    status = "暂无来电" if phone else "电话线路未接入"
+    assert await page.inner_text("#call-status") == status
+    assert await page.is_disabled("#call-panel button[data-line='119']")
+    emergency = await service.new_ticket(title="燃气泄漏", urgency="emergency")
+    start = time.monotonic()
+    await page.wait_for_selector(
+        f'#queue li[data-key="ticket:{emergency["number"]}"]', timeout=1000
+    )
+    assert time.monotonic() - start < 1.0
+    normal = await service.new_ticket(title="噪音扰民")
+    await page.wait_for_selector(f'#queue li[data-key="ticket:{normal["number"]}"]', timeout=1000)
+    keys = await page.eval_on_selector_all("#queue li", "els => els.map(e => e.dataset.key)")
+    assert keys[0] == f"ticket:{emergency['number']}"  # emergencies pinned on top
+    assert "紧急" in await page.inner_text("#queue li.emergency")
+    await page.screenshot(path=str(tmp_path / "workspace.png"), full_page=True)
+    assert page.errors == []
+
+
+async def test_agent_dispatches_and_the_department_signs_and_replies(browser, service, tmp_path):
+    page = await login(browser, service, "agent")
+    await page.select_option("#f-kind", "complaint")
+    await page.fill("#f-category-search", "路灯")
+    assert await page.input_value("#f-category") == "urban.street-lights"
+    await page.fill("#f-title", "幸福路路灯不亮")
+    await page.fill("#f-description", "幸福路 12 号门前三盏路灯整晚不亮")
+    await page.fill("#f-address", "幸福路 12 号")
+    await page.fill("#f-lat", "39.91")
+    await page.fill("#f-lon", "116.40")
+    await page.keyboard.press("Alt+D")  # dispatch, by keyboard
+    await page.wait_for_selector("#dispatch-dialog:not([hidden])")
+    await page.wait_for_selector("#d-preview dd")
+    preview = await page.inner_text("#d-preview")
+    assert "示例市城市管理局" in preview and "按分类默认" in preview
+    due_shown = await page.get_attribute("#d-preview", "data-due")
+    assert due_shown
+    await page.screenshot(path=str(tmp_path / "dispatch.png"), full_page=True)
+    await page.click("#d-confirm")
+    await page.wait_for_selector("#dispatch-dialog", state="hidden")
+    async with service.app[DEPS].db.read() as conn:
+        row = (
+            await conn.execute(sa.select(ticket_t).where(ticket_t.c.title == "幸福路路灯不亮"))
+        ).one()
+    assert row.status == "dispatched"
+    assert row.lead_department == "urban-mgmt"
+    assert (row.lat, row.lon, row.address) == (39.91, 116.40, "幸福路 12 号")
+    # the deadline shown before confirming is the one the ticket got
+    assert row.feedback_due_at.isoformat().replace("+00:00", "Z")[:19] == due_shown[:19]
+    assert page.errors == []
+
+    dept = await login(browser, service, "urban")
+    row_sel = f'#inbox-rows tr[data-number="{row.number}"]'
+    await dept.wait_for_selector(row_sel)
+    await dept.screenshot(path=str(tmp_path / "inbox.png"), full_page=True)
+    await dept.click(row_sel)
+    await dept.wait_for_selector("#inbox-detail:not([hidden])")
+    assert await dept.is_disabled("[data-move='reply']")  # sign first
+    await dept.click("[data-move='sign']")
+    await dept.wait_for_selector("[data-move='reply']:not([disabled])")
+    await dept.fill("#i-text", "已更换灯泡，恢复照明。")
+    await dept.click("[data-move='reply']")
+    await dept.wait_for_selector(row_sel, state="detached")
+    async with service.app[DEPS].db.read() as conn:
+        done = (
+            await conn.execute(sa.select(ticket_t).where(ticket_t.c.number == row.number))
+        ).one()
+    assert done.status == "replied"
+    assert done.reply_text == "已更换灯泡，恢复照明。"
+    # and the reply lands in the agents' queue for follow-up, live
+    await page.wait_for_selector(f'#queue li[data-key="ticket:{row.number}"]', timeout=2000)
+    assert "待回访" in await page.inner_text(f'#queue li[data-key="ticket:{row.number}"]')
+    assert dept.errors == []
+
+
+async def test_knowledge_base_edit_search_and_two_keystroke_insert(browser, service, tmp_path):
+    sup = await login(browser, service, "supervisor")
+    await sup.click("#tabs button[data-view='kb']")
+    await sup.fill("#k-question", "路灯不亮怎么报修？")
+    await sup.fill("#k-answer", "请拨打12345或在市民App提交，城管部门两个工作日内修复。")
+    await sup.select_option("#k-owner", "urban-mgmt")
+    await sup.click("#kb-form button[type='submit']")
+    await sup.wait_for_selector("#kb-list li")
+    await sup.screenshot(path=str(tmp_path / "knowledge-base.png"), full_page=True)
+
+    agent = await login(browser, service, "agent")
+    await agent.keyboard.press("/")
+    assert await agent.evaluate("document.activeElement.id") == "kb-q"
+    await agent.keyboard.type("路灯")
+    await agent.wait_for_selector("#kb-results li")
+    await agent.click("#f-answer")
+    await agent.keyboard.press("Alt+1")
+    assert (
+        await agent.input_value("#f-answer")
+        == "请拨打12345或在市民App提交，城管部门两个工作日内修复。"
+    )
+    assert agent.errors == []
+
+
+async def test_supervisor_wall_numbers_match_the_database(browser, service, tmp_path):
+    for i in range(3):
+        await service.new_ticket(title=f"投诉{i}", channel="wechat" if i else "phone")
+    page = await login(browser, service, "supervisor")
+    await page.click("#tabs button[data-view='wall']")
+    await page.wait_for_selector("[data-testid='tile-volume_today'] .v")
+    async with service.app[DEPS].db.read() as conn:
+        total = (await conn.execute(sa.select(sa.func.count()).select_from(ticket_t))).scalar_one()
+        wechat = (
+            await conn.execute(sa.select(sa.func.count()).where(ticket_t.c.channel == "wechat"))
+        ).scalar_one()
+    assert await page.inner_text("[data-testid='tile-volume_today'] .v") == str(total)
+    assert await page.inner_text("[data-testid='tile-service_level'] .v") == "—"
+    bars = await page.query_selector_all("#chart-channel rect.bar")
+    assert len(bars) == 2
+    labels = await page.text_content("#chart-channel svg") or ""
+    assert re.search(r"微信", labels) and str(wechat) in labels
+    await page.focus("#chart-channel rect.bar >> nth=0")
+    await page.keyboard.press("Enter")  # drill down by keyboard
+    await page.wait_for_selector("#drill:not([hidden]) tbody tr")
+    rows = await page.query_selector_all("#drill tbody tr")
+    assert len(rows) == wechat  # the busiest channel first: wechat, 2 tickets
+    await page.screenshot(path=str(tmp_path / "wall.png"), full_page=True)
+    assert page.errors == []
+
+
+async def test_help_overlay_english_switch_and_labels(browser, service, tmp_path):
+    page = await login(browser, service, "agent")
+    await page.keyboard.press("?")
+    await page.wait_for_selector("#help:not([hidden])")
+    assert "Alt+1 … Alt+9" in await page.inner_text("#help-list")
+    await page.screenshot(path=str(tmp_path / "help.png"))
+    await page.keyboard.press("Escape")
+    await page.wait_for_selector("#help", state="hidden")
+    await page.click("#app-view .lang-toggle")
+    await page.wait_for_selector("html[lang='en']")
+    assert await page.inner_text("#queue-title") == "Queue (0)"
+    phone = any(r.resource.canonical == "/api/v1/agents/me" for r in service.app.router.routes())
+    status = "No call" if phone else "Phone line not connected"
+    assert await page.inner_text("#call-status") == status
+    # every visible form control has a label (accessibility basics)
+    unlabeled = await page.evaluate(
+        """() => Array.from(document.querySelectorAll('input, select, textarea'))
+            .filter(e => e.offsetParent !== null)
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+            .map(e => e.id)"""
+    )
+    assert unlabeled == []
+    assert page.errors == []

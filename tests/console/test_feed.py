@@ -1,0 +1,250 @@
+"""The live queue: sequence numbers, snapshot, resume, audiences, slow consumers.
+
+Through the real websocket of the service (aiohttp test client), on SQLite and
+PostgreSQL: what an agent's console receives must equal the work queue in the
+database, and a reconnecting console must not lose an item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import sqlalchemy as sa
+
+from hotline.appkeys import CONSOLE, DEPS
+from ticketing.events import WorkItemChanged
+from ticketing.models import WorkItem, utcnow
+
+work_item = WorkItem.__table__  # type: ignore[attr-defined]
+
+
+async def connect(api, who: str = "agent", **params: Any):  # type: ignore[no-untyped-def]
+    headers = await api.headers(who)
+    query = {k: str(v) for k, v in params.items()}
+    return await api.client.ws_connect("/api/v1/console/ws", headers=headers, params=query)
+
+
+async def frame(ws, wait: float = 2.0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return await asyncio.wait_for(ws.receive_json(), wait)
+
+
+async def until_key(ws, key: str, op: str = "upsert") -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    while True:
+        f = await frame(ws)
+        for ev in f.get("events", []):
+            if ev["key"] == key and ev["op"] == op:
+                return ev
+
+
+async def settled(api, *keys: str) -> None:  # type: ignore[no-untyped-def]
+    """ticket.created goes out just after the commit: wait until the feed has seen it."""
+    feed = api.app[CONSOLE].feed
+    for _ in range(200):
+        if all(k in feed.mirror for k in keys):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"feed never saw {keys}")
+
+
+async def test_first_frame_is_the_snapshot_of_my_audience(api):
+    t = await api.new_ticket()
+    await settled(api, f"ticket:{t['number']}")
+    ws = await connect(api)
+    first = await frame(ws)
+    assert first["type"] == "snapshot"
+    assert first["seq"] >= 1
+    assert [i["key"] for i in first["items"]] == [f"ticket:{t['number']}"]
+    item = first["items"][0]
+    assert item["action"] == "dispatch"
+    assert item["audience"] == "agents"
+    assert item["title"] == "路灯不亮"
+    assert item["channel"] == "phone"
+    assert item["status"] == "new"
+    # a department user sees nothing of the agents' floor
+    dept = await connect(api, "urban")
+    assert (await frame(dept))["items"] == []
+    await ws.close()
+    await dept.close()
+
+
+async def test_new_ticket_then_dispatch_flows_from_agents_to_the_department(api):
+    agent = await connect(api)
+    dept = await connect(api, "urban")
+    snap = await frame(agent)
+    await frame(dept)
+    t = await api.new_ticket()
+    key = f"ticket:{t['number']}"
+    created = await until_key(agent, key)
+    assert created["seq"] > snap["seq"]
+    assert created["item"]["action"] == "dispatch"
+    await api.move(t["number"], "dispatch", {"department": "urban-mgmt"})
+    removed = await until_key(agent, key, "remove")
+    assert removed["seq"] > created["seq"]
+    arrived = await until_key(dept, key)
+    assert arrived["item"]["audience"] == "dept:urban-mgmt"
+    assert arrived["item"]["action"] == "sign"
+    assert arrived["seq"] == removed["seq"]  # one change, one number, on this instance
+    await agent.close()
+    await dept.close()
+
+
+async def test_reconnect_resumes_with_exactly_the_missed_events(api):
+    ws = await connect(api)
+    snap = await frame(ws)
+    await ws.close()
+    missed = []
+    for i in range(3):  # one by one, so the order of the events is the order of creation
+        missed.append(await api.new_ticket(title=f"漏掉的{i}"))
+        await settled(api, f"ticket:{missed[-1]['number']}")
+    ws = await connect(api, instance=snap["instance"], after=snap["seq"])
+    first = await frame(ws)
+    assert first["type"] == "resume"
+    got = [e["key"] for e in first["events"]]
+    assert got == [f"ticket:{t['number']}" for t in missed]
+    seqs = [e["seq"] for e in first["events"]]
+    assert seqs == sorted(seqs) and seqs[0] > snap["seq"] and seqs[-1] == first["seq"]
+    await ws.close()
+
+
+async def test_unknown_instance_or_too_old_gets_a_fresh_snapshot(api):
+    t = await api.new_ticket()
+    await settled(api, f"ticket:{t['number']}")
+    ws = await connect(api, instance="another-instance", after=5)
+    first = await frame(ws)
+    assert first["type"] == "snapshot"
+    assert [i["ref"] for i in first["items"]] == [t["number"]]
+    await ws.close()
+    feed = api.app[CONSOLE].feed
+    ws = await connect(api, instance=feed.instance, after=feed.seq + 10)  # from the future
+    assert (await frame(ws))["type"] == "snapshot"
+    await ws.close()
+
+
+async def test_http_snapshot_and_socket_agree_with_the_database(api):
+    for i in range(4):
+        await api.new_ticket(title=f"工单{i}", urgency="emergency" if i == 2 else None)
+    deps = api.app[DEPS]
+    await api.app[CONSOLE].feed.reconcile()
+    r = await api.get("/api/v1/console/queue")
+    body = await r.json()
+    async with deps.db.read() as conn:
+        refs = {
+            row.ref
+            for row in await conn.execute(
+                sa.select(work_item.c.ref).where(work_item.c.audience == "agents")
+            )
+        }
+    assert {i["ref"] for i in body["items"]} == refs
+    # emergencies first
+    assert body["items"][0]["emergency"] is True
+    assert body["items"][0]["title"] == "工单2"
+    assert [i["priority"] for i in body["items"]] == sorted(i["priority"] for i in body["items"])
+
+
+async def test_items_changed_behind_the_bus_are_found_by_reconcile(api):
+    """A writer that forgot to announce (or a NOTIFY lost in a reconnect) is caught."""
+    deps = api.app[DEPS]
+    feed = api.app[CONSOLE].feed
+    ws = await connect(api)
+    await frame(ws)
+    async with deps.db.write() as conn:
+        await conn.execute(
+            sa.insert(work_item).values(
+                kind="conversation",
+                ref="c-42",
+                audience="agents",
+                action="answer",
+                priority=2,
+                due_at=None,
+                created_at=utcnow(),
+            )
+        )
+    await feed.reconcile()
+    ev = await until_key(ws, "conversation:c-42")
+    assert ev["item"]["kind"] == "conversation"
+    # and an announced change of another kind arrives through the bus
+    async with deps.db.write() as conn:
+        await conn.execute(sa.delete(work_item).where(work_item.c.ref == "c-42"))
+    await deps.bus.publish(WorkItemChanged("conversation", "c-42"))
+    gone = await until_key(ws, "conversation:c-42", "remove")
+    assert gone["seq"] > ev["seq"]
+    await ws.close()
+
+
+async def test_a_slow_consumer_is_cut_off_and_told_to_resume(sqlite_api, monkeypatch):
+    from hotline.console import feed as feed_mod
+
+    feed = sqlite_api.app[CONSOLE].feed
+    ws = await connect(sqlite_api)
+    await frame(ws)
+    sub = next(iter(feed.subscribers))
+    sub.writer.cancel()  # nobody drains this socket any more
+    for i in range(feed_mod.OUTBOX_FRAMES + 2):
+        feed.push(lambda s: True, {"type": "hint", "n": i})
+    await asyncio.sleep(0.05)
+    assert sub not in feed.subscribers
+    msg = await asyncio.wait_for(ws.receive(), 2)
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert msg.data == feed_mod.SLOW_CONSUMER
+    assert msg.extra == "too slow; resume"
+
+
+async def test_logout_closes_the_sessions_sockets(sqlite_api):
+    ws = await connect(sqlite_api)
+    await frame(ws)
+    r = await sqlite_api.post("/api/v1/auth/logout", {})
+    assert r.status == 204
+    msg = await asyncio.wait_for(ws.receive(), 2)
+    assert ws.closed, msg
+
+
+async def test_socket_needs_a_session_and_the_same_origin(sqlite_api):
+    r = await sqlite_api.client.get("/api/v1/console/ws")
+    assert r.status == 401
+    headers = await sqlite_api.headers("agent", {"Origin": "https://evil.example"})
+    r = await sqlite_api.client.get(
+        "/api/v1/console/ws",
+        headers={**headers, "Upgrade": "websocket", "Connection": "Upgrade",
+                 "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+    )  # fmt: skip
+    assert r.status == 403
+    assert (await r.json())["type"] == "/problems/forbidden"
+
+
+async def test_two_instances_on_postgresql_give_agents_the_same_live_queue(
+    aiohttp_client, pg_url, tmp_path
+):
+    """Two service instances, one PostgreSQL: a ticket created and dispatched on one
+    reaches the agents and the department connected to the other, live."""
+    from conftest import Api, _seed, make_settings
+
+    from hotline.app import create_app
+    from hotline.bootstrap import build_deps
+
+    apis = []
+    for name in ("a", "b"):
+        settings = make_settings(tmp_path / name, pg_url)
+        deps = build_deps(settings)
+        if not apis:
+            await deps.db.create_all()
+        app = create_app(settings, deps=deps, migrate=False, watch_deadlines=False)
+        apis.append(Api(await aiohttp_client(app), app))
+    await _seed(apis[0].app[DEPS])
+    for api in apis[1:]:
+        await api.app[DEPS].catalog.reload(api.app[DEPS].db)
+    a, b = apis
+    agent_on_b = await connect(b)
+    dept_on_b = await connect(b, "urban")
+    assert (await frame(agent_on_b))["instance"] == b.app[CONSOLE].feed.instance
+    await frame(dept_on_b)
+    t = await a.new_ticket(title="跨实例")
+    key = f"ticket:{t['number']}"
+    ev = await until_key(agent_on_b, key)
+    assert ev["item"]["title"] == "跨实例"
+    await a.move(t["number"], "dispatch")
+    assert (await until_key(agent_on_b, key, "remove"))["seq"] > ev["seq"]
+    assert (await until_key(dept_on_b, key))["item"]["action"] == "sign"
+    await agent_on_b.close()
+    await dept_on_b.close()
