@@ -29,10 +29,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.getLogger().setLevel(settings.log_level)
-    app = create_app(settings)
+    demo = bool(getattr(args, "demo", False))
+    app = create_app(settings, demo=demo)
     print(
         f"12345 hotline engine on http://{settings.host}:{settings.port}/ "
-        f"(database: {settings.database_url.split('://')[0]})",
+        f"(database: {settings.database_url.split('://')[0]})"
+        + (" with simulated agents and callers (--demo)" if demo else ""),
         flush=True,
     )
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
@@ -102,6 +104,35 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_open311_key(args: argparse.Namespace) -> int:
+    """Issue (prints the key, shown only this once), revoke or list Open311 API keys."""
+    from channels.open311 import ApiKeyError, issue_key, list_keys, revoke_key
+
+    settings = _settings(args)
+
+    async def work(deps, _card):  # type: ignore[no-untyped-def]
+        if args.revoke:
+            await revoke_key(deps.db, args.revoke)
+            return f"revoked the Open311 key {args.revoke!r}"
+        if args.list:
+            rows = await list_keys(deps.db)
+            return "\n".join(
+                f"{k.name}\tcreated {k.created_at:%Y-%m-%d %H:%M}Z\t"
+                + (f"revoked {k.revoked_at:%Y-%m-%d %H:%M}Z" if k.revoked_at else "active")
+                for k in rows
+            )
+        return await issue_key(deps.db, args.name)
+
+    try:
+        out = asyncio.run(_with_deps(settings, work))
+    except ApiKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if out:
+        print(out)
+    return 0
+
+
 def cmd_card_root_key(args: argparse.Namespace) -> int:
     """Print the root public key partners pin (creating the keyring on first use)."""
     from citizen_card.keystore import load_or_create_keyring
@@ -109,6 +140,38 @@ def cmd_card_root_key(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ring = load_or_create_keyring(settings.card_keyring_file, issuer=settings.city_code)
     sys.stdout.write(ring.root_public_pem().decode())
+    return 0
+
+
+def cmd_wechat_menu(args: argparse.Namespace) -> int:
+    """Publish the WeChat menu (我要反映 / 我的工单 / 紧急求助) through the WeChat API."""
+    import json
+
+    from channels.wechat import publish_menu
+
+    settings = _settings(args)
+    try:
+        menu = asyncio.run(publish_menu(settings))
+    except Exception as exc:  # ValueError (settings) or DeliveryError (WeChat said no)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("published menu: " + json.dumps(menu, ensure_ascii=False))
+    return 0
+
+
+def cmd_telegram_webhook(args: argparse.Namespace) -> int:
+    """Point the Telegram bot at our /telegram/webhook (setWebhook with the secret token)."""
+    import json
+
+    from channels.telegram import register_webhook
+
+    settings = _settings(args)
+    try:
+        info = asyncio.run(register_webhook(settings, args.url, drop_pending=args.drop_pending))
+    except ValueError as exc:  # settings, a non-https URL, or Telegram said no
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("telegram webhook: " + json.dumps(info, ensure_ascii=False))
     return 0
 
 
@@ -122,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the HTTP service (default)")
     s.add_argument("--host", help="listen address (HOTLINE_HOST, default 127.0.0.1)")
     s.add_argument("--port", type=int, help="listen port (HOTLINE_PORT, default 8080)")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="simulated switch with a few agents and a trickle of callers (see /metrics)",
+    )
     s.set_defaults(func=cmd_serve)
     m = sub.add_parser("migrate", help="upgrade the database schema to the latest version")
     m.set_defaults(func=cmd_migrate)
@@ -136,6 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_seed_demo)
     k = sub.add_parser("card-root-key", help="print the citizen-card root public key (PEM)")
     k.set_defaults(func=cmd_card_root_key)
+    o = sub.add_parser("open311-key", help="issue (prints it), revoke or list Open311 API keys")
+    og = o.add_mutually_exclusive_group(required=True)
+    og.add_argument("--name", help="issue a key for this client and print it")
+    og.add_argument("--revoke", metavar="NAME", help="revoke the key of this client")
+    og.add_argument("--list", action="store_true", help="list keys (names and dates only)")
+    o.set_defaults(func=cmd_open311_key)
+    w = sub.add_parser("wechat-menu", help="publish the WeChat official account menu")
+    w.set_defaults(func=cmd_wechat_menu)
+    t = sub.add_parser(
+        "telegram-webhook", help="register /telegram/webhook with Telegram (setWebhook)"
+    )
+    t.add_argument(
+        "--url",
+        required=True,
+        help="public https URL, e.g. https://hotline.example/telegram/webhook",
+    )
+    t.add_argument(
+        "--drop-pending", action="store_true", help="discard updates Telegram is still holding"
+    )
+    t.set_defaults(func=cmd_telegram_webhook)
     return p
 
 

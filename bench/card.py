@@ -112,6 +112,7 @@ from bench.harness import (
     loadavg,
     machine_busy,
     make_store,
+    wait_for_quiet,
 )
 from citizen_card.keys import Keyring, build_status_list, build_trust_list, issue_token
 from citizen_card.partner_auth import (
@@ -400,6 +401,9 @@ def _service_settings(db_url: str, workdir: Path) -> Any:
         card_keyring_file=workdir / "citycard-keyring.json",
         card_service_key_file=workdir / "citycard-service.pem",
         log_level="WARNING",
+        # no FreeSWITCH here: no reconnect loop, no listener port shared by instances
+        esl_host="",
+        esl_listen="127.0.0.1:0",
     )
 
 
@@ -450,22 +454,25 @@ class _Stages:
             setattr(owner, attr, timed)
 
     def install(self) -> None:
-        from citizen_card import ledger, partner_auth, partner_middleware, partner_routes
+        from citizen_card import journal, ledger, partner_auth, partner_middleware, partner_routes
         from citizen_card import service as card_service
         from citizen_card import verify as card_verify
 
         api = partner_routes._PartnerApi
+        j = journal.PartnerJournal
         for owner, attr, name in [
-            (partner_auth.SqlPartnerRegistry, "get", "partner lookup (SQL read)"),
+            (partner_auth.SqlPartnerRegistry, "get", "partner lookup (cached read)"),
             (partner_middleware, "verify_signature", "request signature check"),
-            (partner_auth.SqlNonceStore, "remember", "nonce insert (SQL write)"),
-            (partner_routes, "_record", "audit row (SQL write)"),
+            (j, "remember_nonce", "nonce alone (group commit)"),
+            (j, "admit", "nonce + Idempotency-Key claim (group commit)"),
+            (partner_routes, "_record", "audit row [+ deferred nonce] (group commit)"),
             (api, "verify_online", "verify_online: token + card"),
-            (api, "verifier", "  status list version (SQL read)"),
+            (api, "verifier", "  status list version (cached read)"),
             (card_verify.Verifier, "verify", "  token COSE check (CPU)"),
-            (api, "payment_by_key", "Idempotency-Key lookup (SQL read)"),
+            (card_service, "card_by_status_index", "  card by status index (cached read)"),
+            (api, "payment_by_key", "Idempotency-Key lookup (SQL read, retries only)"),
             (card_service, "get_card", "card read (SQL)"),
-            (card_service, "get_resident", "resident read (SQL)"),
+            (card_service, "wallet_of", "wallet of the resident (cached read)"),
             (ledger.Ledger, "pay", "Ledger.pay (SQL write)"),
             (partner_auth.CitySigner, "sign", "response signature"),
         ]:
@@ -497,7 +504,12 @@ class _Stages:
 
 
 def serve_service(
-    db_url: str, port: int, workdir: Path, profile: Path | None, stages: Path | None
+    db_url: str,
+    port: int,
+    workdir: Path,
+    profile: Path | None,
+    stages: Path | None,
+    reuse_port: bool = False,
 ) -> None:
     """The service as production starts it (create_app + run_app) on ``db_url``."""
     from aiohttp import web
@@ -535,7 +547,7 @@ def serve_service(
     app.on_startup.append(on_signals)
     app.on_cleanup.append(dump)
     try:
-        web.run_app(app, host=HOST, port=port, print=None, access_log=None)
+        web.run_app(app, host=HOST, port=port, print=None, access_log=None, reuse_port=reuse_port)
     finally:
         if profiler is not None and profile is not None:
             profiler.disable()
@@ -577,6 +589,34 @@ def serve_ceiling(port: int) -> None:
 
 class _Proc(ServerProcess):
     MODULE = "bench.card"
+
+
+class _Group:
+    """Several service processes on one port (SO_REUSEPORT: the kernel spreads the
+    clients' connections over them), as several instances of the service share one
+    PostgreSQL database in production. Looks like one `_Proc` to the load loop: CPU is
+    summed over the processes, signals go to all."""
+
+    def __init__(self, procs: list[_Proc]) -> None:
+        self.procs = procs
+        self.base = procs[0].base
+
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        readings = [p.cpu_seconds() for p in self.procs]
+        if any(r is None for r in readings):
+            return None
+        return sum(r[0] for r in readings if r), sum(r[1] for r in readings if r)
+
+    def signal(self, sig: signal.Signals) -> None:
+        for p in self.procs:
+            p.signal(sig)
+
+    async def stop(self) -> None:
+        for p in self.procs:
+            await p.stop()
+
+    def log_summary(self) -> str:
+        return "; ".join(p.log_summary() for p in self.procs)
 
 
 def _client_session(clients: int) -> aiohttp.ClientSession:
@@ -680,7 +720,19 @@ class _Service:
             cmd += ["--stages-out", str(self.stages_file)]
         if self.args.profile:
             cmd += ["--profile-out", str(self.pstats_file)]
-        self.proc = await stack.enter_async_context(_Proc(cmd, self.dir / "server.log"))
+        workers = self.args.pay_workers if self.backend == "postgres" else 1
+        if workers > 1 and (self.args.stages or self.args.profile):
+            raise SystemExit("--pay-workers > 1 does not combine with --stages or --profile")
+        if workers > 1:
+            cmd.append("--reuse-port")
+        first = await stack.enter_async_context(_Proc(cmd, self.dir / "server.log"))
+        procs = [first]
+        for n in range(1, workers):
+            extra = _Proc(cmd, self.dir / f"server-{n}.log")
+            extra.port = first.port  # the same port: the kernel balances connections
+            extra.args = [*cmd, "--port", str(first.port)]
+            procs.append(await stack.enter_async_context(extra))
+        self.proc: _Proc | _Group = first if workers == 1 else _Group(procs)
         self.session = await stack.enter_async_context(_client_session(self.args.clients))
         self.base = self.proc.base
         async with self.session.post(
@@ -1320,6 +1372,8 @@ async def _payments(args: argparse.Namespace) -> dict[str, Any]:
             svc = _Service(b, tmp, args)
             if await svc.start(stack):
                 label = f"payments {b}" + (" (2 calls)" if args.pay_mode == "authorize" else "")
+                if b == "postgres" and args.pay_workers > 1:
+                    label += f" x{args.pay_workers} instances"
                 services.append((svc, _PayLoad(svc, _Result(label), args.pay_mode)))
         if not services:
             raise SystemExit("payments: no backend available")
@@ -1430,6 +1484,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--online-backends", default="sqlite", help="online verify (sqlite)")
     g.add_argument("--pay-backends", default="sqlite,postgres", help="(sqlite,postgres)")
     g.add_argument(
+        "--pay-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="PostgreSQL payments: N service instances sharing one port and database (1)",
+    )
+    g.add_argument(
         "--pay-mode",
         choices=("token", "authorize"),
         default="token",
@@ -1441,6 +1502,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--stages", action="store_true", help="time the service's steps per request")
     g.add_argument("--profile", action="store_true", help="cProfile the service processes")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for a lull in the machine's other work (0: no)",
+    )
     # internal: the server processes
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
@@ -1448,12 +1516,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--stages-out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
         if not (args.db and args.port and args.workdir):
             p.error("--serve needs --db, --port and --workdir")
-        serve_service(args.db, args.port, args.workdir, args.profile_out, args.stages_out)
+        serve_service(
+            args.db, args.port, args.workdir, args.profile_out, args.stages_out, args.reuse_port
+        )
         return 0
     if args.serve_ceiling:
         if not args.port:
@@ -1468,6 +1539,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--clients <= 999 (one resident per client)")
     results: dict[str, Any] = {}
     t0 = time.monotonic()
+    if args.wait_quiet > 0:
+        print(wait_for_quiet(args.wait_quiet), flush=True)
     for name in args.only or list(SECTIONS):
         if name == "offline":
             results[name] = bench_offline(args.rounds, args.tokens, args.block)

@@ -131,6 +131,25 @@ def machine_busy() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_for_quiet(max_wait_s: float, below_cores: float = 0.5, window_s: float = 3.0) -> str:
+    """Wait (at most `max_wait_s`) until the machine's busy cores over `window_s` fall
+    below `below_cores`: on a machine shared with other work, measure in its lulls.
+    Returns what was seen, for the report."""
+    deadline = time.monotonic() + max_wait_s
+    used = float("nan")
+    while True:
+        a, t0 = machine_busy(), time.monotonic()
+        time.sleep(window_s)
+        b, t1 = machine_busy(), time.monotonic()
+        if a is None or b is None:
+            return "machine load unknown"
+        used = (b - a) / (t1 - t0)
+        if used < below_cores:
+            return f"quiet: {used:.2f} cores busy over {window_s:g} s (load {loadavg()})"
+        if time.monotonic() >= deadline:
+            return f"still busy after {max_wait_s:g} s: {used:.2f} cores (load {loadavg()})"
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

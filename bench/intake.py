@@ -64,6 +64,7 @@ from bench.harness import (
     loadavg,
     machine_busy,
     make_store,
+    wait_for_quiet,
 )
 
 PII_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # 32 bytes, benchmark only
@@ -137,6 +138,9 @@ def serve(db_url: str, port: int, workdir: Path, profile: Path | None, stats: Pa
         attachment_dir=workdir / "attachments",
         holiday_override_file=workdir / "no-holidays.yaml",
         log_level="WARNING",
+        # no FreeSWITCH here: no reconnect loop, no listener port shared by instances
+        esl_host="",
+        esl_listen="127.0.0.1:0",
     )
     batch_times = _instrument_intake() if profile else None
     app = create_app(settings, migrate=False, watch_deadlines=False)
@@ -659,6 +663,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slice", type=float, default=2.5, help="length of one turn (2.5)")
     p.add_argument("--backends", default="sqlite,postgres", help="comma-separated (both)")
     p.add_argument("--profile", action="store_true", help="cProfile the service processes")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for a lull in the machine's other work (0: no)",
+    )
     # internal: the server processes
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--serve-ceiling", action="store_true", help=argparse.SUPPRESS)
@@ -680,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.clients < 1 or args.seconds <= 0 or args.warmup < 0 or args.slice <= 0:
         p.error("--clients >= 1, --seconds > 0, --warmup >= 0, --slice > 0")
+    if args.wait_quiet > 0:
+        print(wait_for_quiet(args.wait_quiet), flush=True)
     return asyncio.run(bench(args))
 
 

@@ -152,7 +152,7 @@ ACCOUNT_KINDS = (
     "insurance_fund",
 )
 SYSTEM_KINDS = ("topup_clearing", "benefits_fund", "refunds", "insurance_fund")
-RECONCILED_KINDS = ("payment", "refund", "reversal")
+RECONCILED_KINDS = ("payment", "refund", "reversal", "settlement")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -522,6 +522,8 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 def _retryable(exc: BaseException) -> bool:
+    if type(exc).__name__ == "ConnectionDoesNotExistError":  # asyncpg: the backend went
+        return True  # away mid-transaction (rolled back); a retry uses a fresh connection
     return _sqlstate(exc) in ("40P01", "40001")  # deadlock detected, serialization failure
 
 
@@ -543,7 +545,7 @@ class _Tx:
     """One write transaction: the SQLAlchemy connection (callers' prechecks, cold
     paths) and the driver connection under it (hot path)."""
 
-    conn: AsyncConnection
+    conn: Any  # AsyncConnection; None on the raw asyncpg path (no SQLAlchemy at all)
     pg: Any = None  # PostgreSQL: the asyncpg connection
     lite: Any = None  # SQLite: the aiosqlite connection
     seq: int | None = None  # SQLite: drawn by the transaction's first statement
@@ -694,6 +696,20 @@ def _pg_insert(n_entries: int, n_pending: int) -> str:
     return f"WITH {', '.join(parts)} {entries}"
 
 
+def _raw_ok(precheck: Precheck | None) -> bool:
+    return precheck is None or hasattr(precheck, "asyncpg")
+
+
+async def _precheck(precheck: Precheck, tx: _Tx) -> None:
+    """A precheck that also speaks asyncpg (``precheck.asyncpg(connection)``) runs on
+    the driver connection: one round trip, without SQLAlchemy's per-statement cost."""
+    raw = getattr(precheck, "asyncpg", None)
+    if tx.pg is not None and raw is not None:
+        await raw(tx.pg)
+    else:
+        await precheck(tx.conn)
+
+
 class Ledger:
     """Async operations of the wallet ledger over the caller's engine (see module doc)."""
 
@@ -722,6 +738,10 @@ class Ledger:
         )
         self.max_amount = max_amount
         self.disbursement_chunk = disbursement_chunk
+        # (wallet owner handle, partner id) -> the handle that partner's receipts show
+        self.pseudonym: Callable[[str, str], str] | None = None
+        # PostgreSQL: plain asyncpg connections for payments (citizen_card.pgpool)
+        self.raw_pool: Any = None
         self._accounts: dict[int, Account] = {}  # immutable attributes only
         self._system: dict[str, int] = {}
         self._bind_procs: dict[str, list[tuple[str, Any]]] = {}
@@ -729,10 +749,15 @@ class Ledger:
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.asynccontextmanager
-    async def _write(self, *, transfer: bool = False) -> AsyncIterator[_Tx]:
+    async def _write(self, *, transfer: bool = False, raw: bool = False) -> AsyncIterator[_Tx]:
+        """One write transaction. ``raw``: the body touches only ``tx.pg`` on PostgreSQL,
+        so it may run on a connection of ``raw_pool`` (no SQLAlchemy checkout)."""
         lock = self._lock if self._lock is not None else contextlib.nullcontext()
         async with lock:
-            if self._pg_engine is None:
+            if raw and self._pg_engine is not None and self.raw_pool is not None:
+                async with self.raw_pool.acquire() as pg, pg.transaction():
+                    yield _Tx(None, pg)
+            elif self._pg_engine is None:
                 async with self.engine.begin() as conn:
                     lite = (await conn.get_raw_connection()).driver_connection
                     tx = _Tx(conn, lite=lite)
@@ -817,7 +842,9 @@ class Ledger:
         async with self.engine.connect() as conn:
             return await self._find_idem(conn, idem)
 
-    async def _once(self, idem: _Idem, body: Callable[[_Tx], Awaitable[Transfer]]) -> Transfer:
+    async def _once(
+        self, idem: _Idem, body: Callable[[_Tx], Awaitable[Transfer]], *, raw: bool = False
+    ) -> Transfer:
         """Run one idempotent transfer transaction, optimistically.
 
         The unique index on (scope, key) is the idempotency check: a retry of a done
@@ -829,7 +856,7 @@ class Ledger:
         """
         for attempt in range(4):
             try:
-                async with self._write(transfer=True) as tx:
+                async with self._write(transfer=True, raw=raw) as tx:
                     return await body(tx)
             except IdempotencyConflict:
                 raise
@@ -904,6 +931,13 @@ class Ledger:
         assert row is not None
         return after, int(row["seq"]), row["at"].astimezone(UTC)
 
+    def _receipt_handle(self, acct: Account, partner_id: str | None) -> str:
+        """A wallet appears on a partner's receipt under a handle made for that partner,
+        so two partners cannot link their customers by comparing receipts."""
+        if acct.kind == "wallet" and partner_id is not None and self.pseudonym is not None:
+            return self.pseudonym(acct.owner, partner_id)
+        return acct.owner
+
     def _sqlite_bind(self, table: sa.Table, row: dict[str, Any]) -> list[Any]:
         procs = self._bind_procs.get(table.name)
         if procs is None:
@@ -960,7 +994,7 @@ class Ledger:
             kind=kind,
             amount=amount,
             currency=currency,
-            accounts=[(a.owner, m) for a, m in legs],
+            accounts=[(self._receipt_handle(a, partner_id), m) for a, m in legs],
             at=at,
             partner_id=partner_id,
             original_transfer_id=original,
@@ -1160,7 +1194,7 @@ class Ledger:
 
         async def body(tx: _Tx) -> Transfer:
             if precheck is not None:
-                await precheck(tx.conn)
+                await _precheck(precheck, tx)
             return await self._post(
                 tx,
                 kind="topup",
@@ -1213,7 +1247,7 @@ class Ledger:
 
         async def body(tx: _Tx) -> Transfer:
             if precheck is not None:
-                await precheck(tx.conn)
+                await _precheck(precheck, tx)
             return await self._post(
                 tx,
                 kind="payment",
@@ -1224,7 +1258,7 @@ class Ledger:
                 meta=meta,
             )
 
-        return await self._once(idem, body)
+        return await self._once(idem, body, raw=_raw_ok(precheck))
 
     async def settle_bill(
         self,
@@ -1284,7 +1318,7 @@ class Ledger:
 
         async def body(tx: _Tx) -> Transfer:
             if precheck is not None:
-                await precheck(tx.conn)
+                await _precheck(precheck, tx)
             return await self._post(
                 tx,
                 kind="settlement",
@@ -1322,7 +1356,7 @@ class Ledger:
             st = await self._state(tx.conn, oid)
             check_refund(st.kind, st.amount, st.refunded_amount, st.reversed_by is not None, amount)
             if precheck is not None:
-                await precheck(tx.conn)
+                await _precheck(precheck, tx)
             # The cap, atomically: concurrent refunds queue on the payment's row.
             bumped = await tx.conn.execute(
                 sa.update(transfer_t)
@@ -1379,7 +1413,7 @@ class Ledger:
             st = await self._state(tx.conn, oid)
             check_reversible(st.kind, st.reversed_by is not None, st.refunded_amount)
             if precheck is not None:
-                await precheck(tx.conn)
+                await _precheck(precheck, tx)
             tid = uuid.uuid4()
             marked = await tx.conn.execute(
                 sa.update(transfer_t)

@@ -56,6 +56,7 @@ and the SQL partner registry.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -75,9 +76,11 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from citizen_card.changes import PARTNER as PARTNER_TOPIC
+from citizen_card.changes import ChangeFeed, TtlCache
+from citizen_card.journal import PartnerJournal
 from citizen_card.partner_models import PARTNER_NONCE_TABLE, PARTNER_TABLE
 
 SCHEME_ED25519 = "CITYCARD-ED25519"
@@ -623,21 +626,13 @@ class MemoryNonceStore:
         return True
 
 
-def _insert_ignore(engine: AsyncEngine, table: sa.Table, row: dict[str, Any]) -> Any:
-    dialect = engine.dialect.name
-    if dialect == "sqlite":
-        return sqlite.insert(table).values(row).on_conflict_do_nothing()
-    if dialect == "postgresql":
-        return postgresql.insert(table).values(row).on_conflict_do_nothing()
-    raise NotImplementedError(f"no insert-if-absent for {dialect}")
-
-
 class SqlNonceStore:
     """Shared by every instance through the database (table `partner_nonce`).
 
-    INSERT ... ON CONFLICT DO NOTHING and its row count decide "first time"; a
-    conflicting row that has already expired is deleted and the insert retried.
-    Expired rows are purged at most every `purge_every_s` seconds, from `remember`.
+    Nonces go through the instance's `PartnerJournal` (group commit): an upsert that
+    takes over only an expired row decides "first time", so the database's unique key,
+    not this process, refuses a replay -- on any instance. Expired rows are purged by
+    the journal about once a minute.
     """
 
     def __init__(
@@ -645,34 +640,16 @@ class SqlNonceStore:
         engine: AsyncEngine,
         *,
         clock: Callable[[], float] = time.time,
-        purge_every_s: float = 60.0,
+        write_lock: asyncio.Lock | None = None,
+        journal: PartnerJournal | None = None,
     ) -> None:
         self.engine = engine
         self._clock = clock
-        self._purge_every_s = purge_every_s
-        self._next_purge = 0.0
+        self.journal = journal or PartnerJournal(engine, write_lock=write_lock, clock=clock)
         self._t = PARTNER_NONCE_TABLE
 
     async def remember(self, partner_id: str, nonce: str, expires_at: int) -> bool:
-        now = self._clock()
-        row = {"partner_id": partner_id, "nonce": nonce, "expires_at": expires_at}
-        t = self._t
-        async with self.engine.begin() as conn:
-            if now >= self._next_purge:
-                self._next_purge = now + self._purge_every_s
-                await conn.execute(sa.delete(t).where(t.c.expires_at <= int(now)))
-            result = await conn.execute(_insert_ignore(self.engine, t, row))
-            if result.rowcount == 1:
-                return True
-            stale = await conn.execute(
-                sa.delete(t).where(
-                    t.c.partner_id == partner_id, t.c.nonce == nonce, t.c.expires_at <= int(now)
-                )
-            )
-            if stale.rowcount != 1:
-                return False
-            result = await conn.execute(_insert_ignore(self.engine, t, row))
-            return bool(result.rowcount == 1)
+        return await self.journal.remember_nonce(partner_id, nonce, expires_at)
 
     async def purge(self) -> int:
         """Delete every expired nonce now; returns how many."""
@@ -713,14 +690,50 @@ def _keys_from_json(data: Mapping[str, Any]) -> dict[str, PartnerKey]:
 
 
 class SqlPartnerRegistry:
-    """The `partner` table; `get` is the middleware's `lookup`."""
+    """The `partner` table; `get` is the middleware's `lookup`.
 
-    def __init__(self, engine: AsyncEngine, cipher: SecretCipher) -> None:
+    Every partner call looks its partner up, so answers (unknown partners too) are
+    cached for `cache_ttl_s`. A change made here is forgotten at once; with a
+    `ChangeFeed` the other instances forget it when the bus tells them, and the TTL
+    bounds how long a lost message could keep a disabled partner or a removed key alive.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        cipher: SecretCipher,
+        *,
+        changes: ChangeFeed | None = None,
+        cache_ttl_s: float = 5.0,
+    ) -> None:
         self.engine = engine
         self.cipher = cipher
         self._t = PARTNER_TABLE
+        self._cache: TtlCache[str, PartnerCredentials | None] = TtlCache(cache_ttl_s)
+        self.changes = changes
+        if changes is not None:
+            changes.listen(self._on_change)
+
+    def _on_change(self, topic: str, key: str) -> None:
+        if topic == PARTNER_TOPIC:
+            self._cache.drop(key or None)
+
+    async def _changed(self, partner_id: str) -> None:
+        if self.changes is not None:
+            await self.changes.changed(PARTNER_TOPIC, partner_id)
+        else:
+            self._cache.drop(partner_id)
 
     async def get(self, partner_id: str) -> PartnerCredentials | None:
+        found, partner = self._cache.get(partner_id)
+        if found:
+            return partner
+        generation = self._cache.generation
+        partner = await self._read(partner_id)
+        self._cache.put(partner_id, partner, generation)
+        return partner
+
+    async def _read(self, partner_id: str) -> PartnerCredentials | None:
         async with self.engine.connect() as conn:
             row = (
                 (await conn.execute(sa.select(self._t).where(self._t.c.partner_id == partner_id)))
@@ -768,10 +781,12 @@ class SqlPartnerRegistry:
                         partner_id=partner.partner_id, created_at=datetime.now(UTC), **values
                     )
                 )
+        await self._changed(partner.partner_id)
 
     async def set_enabled(self, partner_id: str, enabled: bool) -> bool:
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.update(self._t).where(self._t.c.partner_id == partner_id).values(enabled=enabled)
             )
-            return bool(result.rowcount == 1)
+        await self._changed(partner_id)
+        return bool(result.rowcount == 1)

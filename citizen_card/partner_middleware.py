@@ -44,6 +44,7 @@ from citizen_card.partner_auth import (
     PartnerCredentials,
     PartnerRateLimiter,
     SignedRequestParams,
+    nonce_expiry,
     parse_authorization,
     remember_nonce,
     verify_signature,
@@ -57,6 +58,7 @@ PARTNER = web.RequestKey("citycard_partner", PartnerCredentials)
 PARTNER_REQUEST = web.RequestKey("citycard_partner_request", SignedRequestParams)
 
 Lookup = Callable[[str], Awaitable[PartnerCredentials | None]]
+Admit = Callable[[web.Request, SignedRequestParams, int], Awaitable[bool]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
@@ -154,8 +156,14 @@ def partner_auth_middleware(
     clock: Callable[[], float] = time.time,
     rate_limiter: PartnerRateLimiter | None = None,
     max_body: int = MAX_BODY,
+    admit: Admit | None = None,
 ) -> Middleware:
-    """Build the middleware; `lookup(partner_id)` answers from the registry (None: unknown)."""
+    """Build the middleware; `lookup(partner_id)` answers from the registry (None: unknown).
+
+    `admit(request, params, expires_at)` records the nonce instead of the nonce store
+    (True: fresh). The partner API uses it to record the nonce together with the
+    Idempotency-Key claim, or -- for a call that changes nothing -- together with the
+    call's audit row, after the handler (see partner_routes)."""
     limiter = rate_limiter if rate_limiter is not None else PartnerRateLimiter()
 
     async def authenticate(request: web.Request) -> SignedRequestParams:
@@ -179,7 +187,10 @@ def partner_auth_middleware(
                 retry_after=max(1, math.ceil(wait)),
             )
         try:
-            await remember_nonce(params, nonce_store, skew_s=skew_s)
+            if admit is None:
+                await remember_nonce(params, nonce_store, skew_s=skew_s)
+            elif not await admit(request, params, nonce_expiry(params, skew_s)):
+                raise PartnerAuthError("replayed_nonce", f"nonce {params.nonce} was already used")
         except NonceStoreFull:
             raise PartnerAuthError(
                 "nonce_store_full", "too many requests in flight", retry_after=1

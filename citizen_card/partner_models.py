@@ -11,7 +11,7 @@ leaves the accepted window, so a captured request cannot be replayed. Expiry is 
 plain integer (Unix seconds) so the purge is one indexed range delete on SQLite
 and PostgreSQL alike.
 
-Both tables live on `SQLModel.metadata`; `PARTNER_TABLES` names just these two for
+The tables live on `SQLModel.metadata`; `PARTNER_TABLES` names just these for
 `SQLModel.metadata.create_all(conn, tables=list(PARTNER_TABLES))`.
 """
 
@@ -56,6 +56,29 @@ class PartnerNonce(SQLModel, table=True):
     expires_at: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, index=True))
 
 
+class PartnerIdempotency(SQLModel, table=True):
+    """The first answer to a partner's `Idempotency-Key`, shared by every instance.
+
+    A row with `status` NULL is a claim: the first request is still running (another
+    request with the key gets 409). `expires_at` (Unix s) is a short lease while in
+    flight -- so a crashed instance's claim frees itself -- and 24 h once answered.
+    """
+
+    __tablename__ = "partner_idempotency"
+    partner_id: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=128)
+    fingerprint: str = Field(max_length=64)
+    status: int | None = Field(default=None)
+    content_type: str | None = Field(default=None, max_length=64)
+    body: bytes | None = Field(default=None, sa_column=sa.Column(sa.LargeBinary, nullable=True))
+    expires_at: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False, index=True))
+
+
 PARTNER_TABLE: sa.Table = Partner.__table__  # type: ignore[attr-defined]
 PARTNER_NONCE_TABLE: sa.Table = PartnerNonce.__table__  # type: ignore[attr-defined]
-PARTNER_TABLES: tuple[sa.Table, ...] = (PARTNER_TABLE, PARTNER_NONCE_TABLE)
+PARTNER_IDEMPOTENCY_TABLE: sa.Table = PartnerIdempotency.__table__  # type: ignore[attr-defined]
+PARTNER_TABLES: tuple[sa.Table, ...] = (
+    PARTNER_TABLE,
+    PARTNER_NONCE_TABLE,
+    PARTNER_IDEMPOTENCY_TABLE,
+)

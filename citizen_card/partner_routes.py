@@ -54,6 +54,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from citizen_card import service as svc
+from citizen_card.journal import ClaimResult, PartnerJournal, StoredAnswer
 from citizen_card.ledger import (
     IdempotencyConflict,
     InsufficientFunds,
@@ -73,11 +74,14 @@ from citizen_card.partner_auth import (
     PartnerCredentials,
     PartnerKey,
     PartnerType,
+    SignedRequestParams,
+    SqlNonceStore,
     load_public_key,
 )
 from citizen_card.partner_middleware import (
     PARTNER,
     PARTNER_REQUEST,
+    Admit,
     partner_auth_middleware,
     require_scope,
 )
@@ -117,13 +121,6 @@ class PartnerRegistry(Protocol):
 # ---------------------------------------------------------------- idempotency store
 
 
-@dataclass(frozen=True)
-class StoredAnswer:
-    status: int
-    body: bytes
-    content_type: str
-
-
 class IdempotencyKeyReused(Exception):
     """The key was used for a different request."""
 
@@ -135,18 +132,20 @@ class IdempotencyInFlight(Exception):
 class IdempotencyStore(Protocol):
     """First answers by (partner, key). `begin` claims the key or returns the answer.
 
-    A SQL version would be one table (see `MemoryIdempotencyStore` for the rules):
-    partner_idempotency(partner_id varchar(64), key varchar(128), fingerprint
-    char(64), status int NULL -- NULL while in flight, content_type varchar(64),
-    body bytea/blob, expires_at bigint (Unix s, indexed); PRIMARY KEY (partner_id,
-    key)), claimed with INSERT ... ON CONFLICT DO NOTHING.
+    `SqlIdempotencyStore` (table `partner_idempotency`, shared by every instance) is
+    what the service runs; `MemoryIdempotencyStore` is for one process (tests).
     """
 
     async def begin(self, partner_id: str, key: str, fingerprint: str) -> StoredAnswer | None:
         """None: the key is now ours (in flight). Raises IdempotencyKeyReused/InFlight."""
         ...
 
-    async def complete(self, partner_id: str, key: str, answer: StoredAnswer) -> None: ...
+    async def complete(
+        self, partner_id: str, key: str, answer: StoredAnswer
+    ) -> Awaitable[Any] | None:
+        """Keep the answer. May return an awaitable that resolves once it is durable
+        (the audit middleware awaits it with the call's audit row: one commit)."""
+        ...
 
     async def abandon(self, partner_id: str, key: str) -> None:
         """Forget a claimed key whose request produced no answer worth keeping."""
@@ -210,11 +209,51 @@ class MemoryIdempotencyStore:
         entry = self._entries.get((partner_id, key))
         if entry is not None:
             entry.answer = answer
+        return None
 
     async def abandon(self, partner_id: str, key: str) -> None:
         entry = self._entries.get((partner_id, key))
         if entry is not None and entry.answer is None:
             del self._entries[(partner_id, key)]
+
+
+class SqlIdempotencyStore:
+    """Shared by every instance (table `partner_idempotency`), through the instance's
+    `PartnerJournal`: the claim is an upsert the database decides (so two instances
+    never both run one key), answers are kept `ttl_s`, an unanswered claim frees
+    itself after a short lease (an instance that died mid-request)."""
+
+    def __init__(self, journal: PartnerJournal, *, ttl_s: int = IDEMPOTENCY_TTL_S) -> None:
+        self.journal = journal
+        self.ttl_s = ttl_s
+        self._mine: dict[tuple[str, str], str] = {}  # claims of this instance: fingerprint
+
+    async def begin(self, partner_id: str, key: str, fingerprint: str) -> StoredAnswer | None:
+        return self.resolve(
+            partner_id, key, fingerprint, await self.journal.claim(partner_id, key, fingerprint)
+        )
+
+    def resolve(
+        self, partner_id: str, key: str, fingerprint: str, found: ClaimResult
+    ) -> StoredAnswer | None:
+        """What a claim made (by `begin`, or with the nonce by `journal.admit`) means."""
+        if found.claimed:
+            self._mine[(partner_id, key)] = fingerprint
+            return None
+        if not hmac.compare_digest(found.fingerprint, fingerprint):
+            raise IdempotencyKeyReused(key)
+        if found.answer is None:
+            raise IdempotencyInFlight(key)
+        return found.answer
+
+    async def complete(self, partner_id: str, key: str, answer: StoredAnswer) -> Awaitable[Any]:
+        fingerprint = self._mine.pop((partner_id, key), "")
+        return self.journal.complete(partner_id, key, fingerprint, answer, self.ttl_s)
+
+    async def abandon(self, partner_id: str, key: str) -> None:
+        fingerprint = self._mine.pop((partner_id, key), None)
+        if fingerprint is not None:
+            await self.journal.abandon(partner_id, key, fingerprint)
 
 
 @dataclass(frozen=True)
@@ -234,9 +273,20 @@ class _Audit:
     action: str = "unknown"
     card_no: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    # writes queued before the audit row that must be durable with it (a first answer)
+    durable: list[Awaitable[Any]] = field(default_factory=list)
+    fresh: bool = True  # False: the deferred nonce was a replay (see _admission)
 
 
 AUDIT = web.RequestKey("citycard_partner_audit", _Audit)
+# set by `_admission`: the nonce to record with the audit row (partner, nonce, expires_at)
+DEFERRED_NONCE = web.RequestKey("citycard_partner_deferred_nonce", tuple)
+# set by `_admission`: the Idempotency-Key claimed with the nonce (key, fingerprint, found)
+PRECLAIM = web.RequestKey("citycard_partner_preclaim", tuple)
+# calls that change nothing: their nonce is recorded with their audit row (one commit)
+DEFERRED_NONCE_ROUTES = frozenset(
+    {"tokens.verify", "identity.verify", "reconciliation", "hospital-cards"}
+)
 
 
 def _audit(request: web.Request) -> _Audit:
@@ -372,32 +422,34 @@ class _PartnerApi:
         self._verifier = (trust, status, verifier)
         return verifier
 
-    async def verify_online(self, token: str, purpose: str) -> tuple[str, Any]:
-        """(reason, card row): the token's checks, then the card's live status."""
+    async def verify_online(
+        self, token: str, purpose: str, *, consume: bool = True
+    ) -> tuple[str, Any, tuple[str, str, int] | None]:
+        """(reason, card row, one-time nonce): the token's checks, then the card's live
+        status (cached for at most a second, forgotten at once on any card change).
+
+        A pay token is used up here (`consume`), or -- for a payment -- handed back as
+        the nonce the payment's own transaction uses up."""
         verdict = (await self.verifier()).verify(token, purpose, now=self.card.clock())
         if not verdict.valid:
-            return verdict.reason, None
+            return verdict.reason, None, None
         claims = verdict.claims
-        async with self.card.read() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(card_t).where(card_t.c.status_index == claims["status_index"])
-                )
-            ).first()
+        row = await svc.card_by_status_index(self.card, claims["status_index"])
         if row is None:
-            return "status_unknown", None
+            return "status_unknown", None, None
         expected = svc.card_handle(self.card, row.card_no, purpose)
         if not hmac.compare_digest(str(claims["sub"]).encode(), expected.encode()):
-            return "bad_claims", None
+            return "bad_claims", None, None
         if row.status != CardStatus.ACTIVE.value:
-            return "revoked", None
+            return "revoked", None, None
+        once = None
         if purpose == "pay":  # one-time across instances, not only in this process
-            fresh = await self.nonce_store.remember(
-                PAY_TOKENS, "t-" + claims["cti"].hex(), int(claims["exp"]) + 60
-            )
-            if not fresh:
-                return "replayed", None
-        return "ok", row
+            once = (PAY_TOKENS, "t-" + claims["cti"].hex(), int(claims["exp"]) + 60)
+            if consume:
+                if not await self.nonce_store.remember(*once):
+                    return "replayed", None, None
+                once = None
+        return "ok", row, once
 
     def authorization(self, partner_id: str, card_no: str) -> str:
         exp = int(self.card.clock().timestamp()) + AUTHORIZATION_TTL_S
@@ -410,8 +462,9 @@ class _PartnerApi:
         }
         return self.card.cipher.encrypt(json.dumps(body, separators=(",", ":")))
 
-    async def redeem(self, partner_id: str, authorization: str) -> str:
-        """The card of a payment authorization, which is used up by this call."""
+    def redeem(self, partner_id: str, authorization: str) -> tuple[str, tuple[str, str, int]]:
+        """The card of a payment authorization and the nonce that uses it up (in the
+        payment's transaction)."""
         try:
             data = json.loads(self.card.cipher.decrypt(authorization))
             ok = isinstance(data, dict) and data.get("t") == "pay-auth"
@@ -423,9 +476,7 @@ class _PartnerApi:
             raise problem(422, "invalid-authorization", "This payment authorization is not valid")
         if self.card.clock().timestamp() > exp:
             raise problem(409, "authorization-expired", "The payment authorization has expired")
-        if not await self.nonce_store.remember(partner_id, "a-" + nonce, exp + 1):
-            raise problem(409, "authorization-used", "The payment authorization was used already")
-        return card_no
+        return card_no, (partner_id, "a-" + nonce, exp + 1)
 
     async def merchant_account(self, partner_id: str) -> int:
         aid = self._merchants.get(partner_id)
@@ -444,6 +495,19 @@ class _PartnerApi:
                     )
                 )
             ).first()
+
+    async def _replay(self, pid: str, idem: _Idem, audit: _Audit) -> web.Response | None:
+        """The first answer to a payment's Idempotency-Key from the ledger, if any."""
+        done = await self.payment_by_key(pid, idem.key)
+        if done is None:
+            return None
+        if (done.metadata or {}).get("request") != idem.fingerprint:
+            raise problem(
+                422, "idempotency-key-reused", "This Idempotency-Key was used for another request"
+            )
+        audit.card_no = ""
+        audit.data = {"transfer_id": str(done.id), "amount": done.amount, "replayed": True}
+        return _json(_payment_view(done), 201, {REPLAYED_HEADER: "true"})
 
     # -------------------------------------------------------- handlers
 
@@ -465,7 +529,7 @@ class _PartnerApi:
             require_scope(request, "id")  # a 403 before anything is read
         body = await _read(request, TokenVerifyIn)
         require_scope(request, body.purpose)
-        reason, row = await self.verify_online(body.token, body.purpose)
+        reason, row, _ = await self.verify_online(body.token, body.purpose)
         audit.data = {"purpose": body.purpose, "valid": row is not None, "reason": reason}
         if row is None:
             return _json({"valid": False, "reason": reason})
@@ -501,46 +565,53 @@ class _PartnerApi:
                 "Give exactly one of authorization and token",
                 errors=[{"field": "authorization", "message": "or token, exactly one"}],
             )
-        done = await self.payment_by_key(pid, idem.key)
-        if done is not None:  # answered before (another instance, or before a restart)
-            if (done.metadata or {}).get("request") != idem.fingerprint:
-                raise problem(
-                    422,
-                    "idempotency-key-reused",
-                    "This Idempotency-Key was used for another request",
-                )
-            audit.data = {"transfer_id": str(done.id), "amount": done.amount, "replayed": True}
-            return _json(_payment_view(done), 201, {REPLAYED_HEADER: "true"})
+        # No look-up by Idempotency-Key first: a retry of a payment that went through
+        # finds its token (or authorization) used inside the ledger's transaction, and
+        # the ledger then answers with the first transfer (or 422 for another request).
         if body.authorization is not None:
-            card_no = await self.redeem(pid, body.authorization)
+            card_no, once = self.redeem(pid, body.authorization)
+            card = await svc.get_card(self.card, card_no)
         else:
-            reason, row = await self.verify_online(body.token, "pay")
-            if row is None:
+            reason, card, token_once = await self.verify_online(body.token, "pay", consume=False)
+            if card is None:
+                if reason == "revoked":  # a retry after a freeze still gets its answer
+                    done = await self._replay(pid, idem, audit)
+                    if done is not None:
+                        return done
                 raise problem(
                     422, "token-not-valid", "The payment token is not valid", reason=reason
                 )
-            card_no = row.card_no
+            assert token_once is not None
+            card_no, once = card.card_no, token_once
         audit.card_no = card_no
         merchant = await self.merchant_account(pid)
         meta: dict[str, Any] = {"request": idem.fingerprint}
         if body.description:
             meta["description"] = body.description
         try:
-            card = await svc.get_card(self.card, card_no)
-            resident = await svc.get_resident(self.card, card.resident_id)
+            wallet = await svc.wallet_of(self.card, card.resident_id)
             transfer = await self.card.ledger.pay(
-                resident.wallet_account_id,
+                wallet,
                 merchant,
                 body.amount,
                 idem.key,
                 pid,
                 meta,
-                precheck=svc.card_precheck(card_no, self.card),
+                precheck=svc.CardPrecheck(card_no, self.card, consume=once),
             )
         except InsufficientFunds:
             audit.data = {"amount": body.amount, "refused": "insufficient-funds"}
             raise problem(
                 402, "insufficient-funds", "The wallet balance is too low for this payment"
+            ) from None
+        except svc.OneTimeUsed:
+            audit.data = {"amount": body.amount, "refused": "replayed"}
+            if body.authorization is not None:
+                raise problem(
+                    409, "authorization-used", "The payment authorization was used already"
+                ) from None
+            raise problem(
+                422, "token-not-valid", "The payment token is not valid", reason="replayed"
             ) from None
         except CardError as exc:
             audit.data = {"amount": body.amount, "refused": exc.code}
@@ -683,7 +754,7 @@ def _payment_view(t: Transfer | Any) -> dict[str, Any]:
     return {"transfer_id": str(t.id), "amount": t.amount, "seq": t.seq, "receipt": t.receipt}
 
 
-def _audit_middleware(card: CardDeps) -> Any:
+def _audit_middleware(card: CardDeps, journal: PartnerJournal) -> Any:
     @web.middleware
     async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
         entry = request[AUDIT] = _Audit(action=_action(request))
@@ -691,25 +762,40 @@ def _audit_middleware(card: CardDeps) -> Any:
         try:
             resp = await handler(request)
             status = resp.status
-        except web.HTTPException as exc:
-            status = exc.status
-            await _record(card, request, entry, status)
-            raise
-        except PartnerAuthError as exc:
-            status = exc.status
-            await _record(card, request, entry, status)
+        except (web.HTTPException, PartnerAuthError) as exc:
+            await _record_or_refuse(journal, card, request, entry, exc.status)
             raise
         except Exception:
-            await _record(card, request, entry, status)
+            await _record_or_refuse(journal, card, request, entry, status)
             raise
-        if not await _record(card, request, entry, status):
+        if not await _record_or_refuse(journal, card, request, entry, status):
             raise problem(500, "internal-error", "The call could not be audited")
         return resp
 
     return audit
 
 
-async def _record(card: CardDeps, request: web.Request, entry: _Audit, status: int) -> bool:
+async def _record_or_refuse(
+    journal: PartnerJournal, card: CardDeps, request: web.Request, entry: _Audit, status: int
+) -> bool:
+    """Record the call; for a call whose nonce was deferred (see `_admission`), refuse
+    it now if the nonce turned out to be a replay (nothing the handler found leaves)."""
+    ok = await _record(journal, card, request, entry, status)
+    deferred = request.get(DEFERRED_NONCE)
+    if deferred is not None:
+        if not ok:  # the nonce is unproven: disclose nothing
+            raise problem(500, "internal-error", "The call could not be audited")
+        if not entry.fresh:
+            params = request[PARTNER_REQUEST]
+            raise PartnerAuthError("replayed_nonce", f"nonce {params.nonce} was already used")
+    return ok
+
+
+async def _record(
+    journal: PartnerJournal, card: CardDeps, request: web.Request, entry: _Audit, status: int
+) -> bool:
+    """The call's audit row, group-committed (see citizen_card.journal); True once it
+    (and every write queued before it for this call) is durable."""
     partner = request[PARTNER]
     params = request.get(PARTNER_REQUEST)
     data = {
@@ -719,21 +805,31 @@ async def _record(card: CardDeps, request: web.Request, entry: _Audit, status: i
         "nonce": params.nonce if params else None,
         **entry.data,
     }
+    deferred = request.get(DEFERRED_NONCE)
+    refused = None
+    if deferred is not None:
+        refused = {**{k: data[k] for k in ("partner", "method", "nonce")}, "status": 401}
+        refused["refused"] = "replayed_nonce"
     try:
-        async with card.write() as conn:
-            await conn.execute(
-                sa.insert(event_t).values(
-                    card_no=entry.card_no,
-                    at=card.clock(),
-                    actor=f"partner:{partner.partner_id}"[:64],
-                    channel="partner",
-                    action=entry.action[:32],
-                    data=data,
-                )
-            )
+        entry.fresh = await journal.audit(
+            card_no=entry.card_no,
+            at=card.clock(),
+            actor=f"partner:{partner.partner_id}"[:64],
+            channel="partner",
+            action=entry.action[:32],
+            data=data,
+            nonce=deferred,
+            refused=refused,
+        )
     except Exception:
         log.exception("could not audit partner call %s %s", request.method, request.path)
         return False
+    finally:
+        for write in entry.durable:  # queued earlier: done by now
+            try:
+                await write
+            except Exception:
+                log.exception("could not keep the answer of %s %s", request.method, request.path)
     return True
 
 
@@ -752,8 +848,12 @@ def _idempotency_middleware(store: IdempotencyStore) -> Any:
             )
         pid = request[PARTNER].partner_id
         fingerprint = _fingerprint(request, await request.read())
+        pre = request.get(PRECLAIM)
         try:
-            stored = await store.begin(pid, key, fingerprint)
+            if pre is not None and pre[0] == key and isinstance(store, SqlIdempotencyStore):
+                stored = store.resolve(pid, key, fingerprint, pre[2])  # claimed with the nonce
+            else:
+                stored = await store.begin(pid, key, fingerprint)
         except IdempotencyKeyReused:
             raise problem(
                 422, "idempotency-key-reused", "This Idempotency-Key was used for another request"
@@ -776,7 +876,11 @@ def _idempotency_middleware(store: IdempotencyStore) -> Any:
             resp = await handler(request)
             if 200 <= resp.status < 300 and isinstance(resp, web.Response):
                 body = resp.body if isinstance(resp.body, bytes) else b""
-                await store.complete(pid, key, StoredAnswer(resp.status, body, resp.content_type))
+                durable = await store.complete(
+                    pid, key, StoredAnswer(resp.status, body, resp.content_type)
+                )
+                if durable is not None:
+                    _audit(request).durable.append(durable)
                 answered = True
             return resp
         finally:
@@ -784,6 +888,34 @@ def _idempotency_middleware(store: IdempotencyStore) -> Any:
                 await store.abandon(pid, key)
 
     return idempotency
+
+
+def _admission(journal: PartnerJournal, store: IdempotencyStore) -> Admit:
+    """How a request's nonce is recorded, with as few commits as the call allows:
+
+    * a call that changes nothing (`DEFERRED_NONCE_ROUTES`): with its audit row, after
+      the handler; a replay is answered 401 then, and nothing the handler found leaves;
+    * a POST with an Idempotency-Key: with the key's claim, before the handler;
+    * anything else: on its own, before the handler.
+    """
+    shared = isinstance(store, SqlIdempotencyStore) and store.journal is journal
+
+    async def admit(request: web.Request, params: SignedRequestParams, expires_at: int) -> bool:
+        if request.match_info.route.name in DEFERRED_NONCE_ROUTES:
+            request[DEFERRED_NONCE] = (params.partner_id, params.nonce, expires_at)
+            return True
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if shared and request.method == "POST" and key is not None and _valid_key(key):
+            fingerprint = _fingerprint(request, await request.read())
+            fresh, found = await journal.admit(
+                params.partner_id, params.nonce, expires_at, key, fingerprint
+            )
+            if fresh and found is not None:
+                request[PRECLAIM] = (key, fingerprint, found)
+            return fresh
+        return await journal.remember_nonce(params.partner_id, params.nonce, expires_at)
+
+    return admit
 
 
 def partner_app(
@@ -802,16 +934,37 @@ def partner_app(
     partner id; `medical_routes` are added as they are (they are authenticated,
     audited under their own path and idempotent like the rest).
     """
+    if isinstance(nonce_store, SqlNonceStore):
+        journal = nonce_store.journal  # one group-commit writer for all the call's rows
+    else:
+        journal = PartnerJournal(card.engine, write_lock=card.write_lock)
+    if idempotency_store is None:
+        idempotency_store = SqlIdempotencyStore(journal)
     api = _PartnerApi(card, nonce_store, hospital_codes or {})
+    admit = None
+    if isinstance(nonce_store, SqlNonceStore):
+        admit = _admission(journal, idempotency_store)
     app = web.Application(
         middlewares=[
             # "/": everything this sub-application serves is partner-only, wherever
             # it is mounted (requests arrive with their full path)
-            partner_auth_middleware(registry.get, nonce_store, city_signer, prefix="/"),
-            _audit_middleware(card),
-            _idempotency_middleware(idempotency_store or MemoryIdempotencyStore()),
+            partner_auth_middleware(
+                registry.get, nonce_store, city_signer, prefix="/", admit=admit
+            ),
+            _audit_middleware(card, journal),
+            _idempotency_middleware(idempotency_store),
         ]
     )
+
+    if journal.raw_pool is None:
+        journal.raw_pool = card.ledger.raw_pool
+
+    async def stop_journal(app: web.Application) -> None:
+        await journal.stop()
+        if card.ledger.raw_pool is not None:  # made again by the next use, if any
+            await card.ledger.raw_pool.close()
+
+    app.on_cleanup.append(stop_journal)
     app.add_routes(
         [
             web.post("/identity/verify", api.identity_verify, name="identity.verify"),
@@ -1014,6 +1167,7 @@ __all__ = [
     "IdempotencyStore",
     "MemoryIdempotencyStore",
     "PartnerRegistry",
+    "SqlIdempotencyStore",
     "StoredAnswer",
     "partner_admin_routes",
     "partner_app",

@@ -30,6 +30,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from citizen_card.changes import CARD as CARD_TOPIC
+from citizen_card.changes import ChangeFeed, TtlCache
 from citizen_card.identity import (
     InvalidIdNumber,
     is_valid_card_number,
@@ -40,6 +42,7 @@ from citizen_card.identity import (
 from citizen_card.keys import Keyring, build_status_list, build_trust_list, issue_token
 from citizen_card.ledger import Ledger
 from citizen_card.models import Card, CardCounter, CardEvent, FreezeReceipt, HospitalCard, Resident
+from citizen_card.pgpool import RawPool
 
 resident_t = Resident.__table__  # type: ignore[attr-defined]
 card_t = Card.__table__  # type: ignore[attr-defined]
@@ -49,6 +52,7 @@ receipt_t = FreezeReceipt.__table__  # type: ignore[attr-defined]
 counter_t = CardCounter.__table__  # type: ignore[attr-defined]
 
 MAX_PIN_FAILURES = 5
+CARD_CACHE_TTL_S = 1.0  # backstop for a lost bus message (see citizen_card.changes)
 CARD_PREFIX = "3100"
 CONCESSIONS = ("adult", "senior", "student", "disabled", "child")
 _pin_hasher = PasswordHasher()
@@ -133,8 +137,41 @@ class CardDeps:
     write_lock: asyncio.Lock | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     city_code: str = "CITY"
+    changes: ChangeFeed = field(default_factory=ChangeFeed)
+    card_cache_ttl_s: float = CARD_CACHE_TTL_S
     _status_cache: tuple[int, float, bytes] | None = None
     _trust_cache: tuple[float, bytes] | None = None
+    # hot reads of the partner API (see citizen_card.changes): the status-list version
+    # and card rows by status index, forgotten on any card change here or elsewhere
+    _version: TtlCache[str, int] = field(init=False, repr=False)
+    _cards: TtlCache[int, Any] = field(init=False, repr=False)
+    _wallets: dict[int, int] = field(init=False, repr=False)  # resident -> wallet (fixed)
+
+    def __post_init__(self) -> None:
+        self._version = TtlCache(self.card_cache_ttl_s)
+        self._cards = TtlCache(self.card_cache_ttl_s)
+        self._wallets = {}
+        self.changes.listen(self._on_change)
+        if not self.is_sqlite and self.ledger.raw_pool is None:
+            self.ledger.raw_pool = RawPool(self.engine)  # payments skip SQLAlchemy's pool
+        if self.ledger.pseudonym is None:
+            # receipts name a wallet by a handle made for the partner of the transfer,
+            # never by the owner handle every partner would see alike
+            self.ledger.pseudonym = self.partner_wallet_handle
+
+    def partner_wallet_handle(self, owner: str, partner_id: str) -> str:
+        return "h" + self.cipher.blind_index(f"handle|wallet:{partner_id}|{owner}")[:24]
+
+    def _on_change(self, topic: str, key: str) -> None:
+        if topic == CARD_TOPIC:
+            self._status_cache = None
+            self._version.drop()
+            self._cards.drop()
+
+    async def card_changed(self, card_no: str) -> None:
+        """A card's status (or anything a partner check reads) changed: forget it here
+        now, and on the other instances when the bus delivers."""
+        await self.changes.changed(CARD_TOPIC, card_no)
 
     @property
     def is_sqlite(self) -> bool:
@@ -446,7 +483,7 @@ async def report_lost(deps: CardDeps, card_no: str, *, actor: str, channel: str)
                 receipt=signed,
             )
         )
-    deps._status_cache = None
+    await deps.card_changed(card_no)
     return {**content, "signed": signed}
 
 
@@ -486,7 +523,7 @@ async def change_status(
             **changes,
         )
         row = (await conn.execute(sa.select(card_t).where(card_t.c.id == card.id))).one()
-    deps._status_cache = None
+    await deps.card_changed(card_no)
     return row
 
 
@@ -530,7 +567,7 @@ async def replace_card(deps: CardDeps, card_no: str, *, actor: str, channel: str
         )
         await _log(conn, new_no, actor, channel, "issue", now, {"replaces": card_no})
         new = res.one()
-    deps._status_cache = None
+    await deps.card_changed(card_no)
     return new
 
 
@@ -553,7 +590,7 @@ async def cancel_card(deps: CardDeps, card_no: str, *, actor: str, channel: str)
         resident = (
             await conn.execute(sa.select(resident_t).where(resident_t.c.id == card.resident_id))
         ).one()
-    deps._status_cache = None
+    await deps.card_changed(card_no)
     refunded = 0
     if not others and resident.wallet_account_id is not None:
         balance = await deps.ledger.balance(resident.wallet_account_id)
@@ -680,19 +717,59 @@ async def make_token(deps: CardDeps, card_no: str, purpose: str) -> str:
     )
 
 
-async def status_list(deps: CardDeps) -> bytes:
-    """The signed status list, rebuilt only when a card's revocation changed."""
+async def status_version(deps: CardDeps) -> int:
+    """The status list's version (bumped by every revocation change), cached briefly."""
+    found, version = deps._version.get("v")
+    if found and version is not None:
+        return version
+    generation = deps._version.generation
     async with deps.read() as conn:
         version = (
             await conn.execute(
                 sa.select(counter_t.c.value).where(counter_t.c.name == "status_version")
             )
         ).scalar_one_or_none() or 0
-        cached = deps._status_cache
-        # rebuilt when a revocation changed, and at least every minute so offline
-        # verifiers always hold a list whose `exp` lies ahead
-        if cached and cached[0] == version and time.time() - cached[1] < 60:
-            return cached[2]
+    deps._version.put("v", int(version), generation)
+    return int(version)
+
+
+async def card_by_status_index(deps: CardDeps, index: int) -> Any | None:
+    """The card at a status-list position (the online check's live status), cached
+    briefly and forgotten on any card change."""
+    found, row = deps._cards.get(index)
+    if found:
+        return row
+    generation = deps._cards.generation
+    async with deps.read() as conn:
+        row = (await conn.execute(sa.select(card_t).where(card_t.c.status_index == index))).first()
+    if row is not None:  # a card issued a moment later must not look unknown
+        deps._cards.put(index, row, generation)
+    return row
+
+
+async def wallet_of(deps: CardDeps, resident_id: int) -> int:
+    """A resident's wallet account (set at registration, never changed): cached."""
+    wallet = deps._wallets.get(resident_id)
+    if wallet is None:
+        resident = await get_resident(deps, resident_id)
+        if resident.wallet_account_id is None:
+            raise CardError("no-wallet", "this resident has no wallet")
+        wallet = int(resident.wallet_account_id)
+        if len(deps._wallets) > 100_000:
+            deps._wallets.clear()
+        deps._wallets[resident_id] = wallet
+    return wallet
+
+
+async def status_list(deps: CardDeps) -> bytes:
+    """The signed status list, rebuilt only when a card's revocation changed."""
+    version = await status_version(deps)
+    cached = deps._status_cache
+    # rebuilt when a revocation changed, and at least every minute so offline
+    # verifiers always hold a list whose `exp` lies ahead
+    if cached and cached[0] == version and time.time() - cached[1] < 60:
+        return cached[2]
+    async with deps.read() as conn:
         size = (
             await conn.execute(
                 sa.select(counter_t.c.value).where(counter_t.c.name == "status_index")
@@ -754,18 +831,77 @@ async def resolve_hospital_card(
         ).first()
 
 
-def card_precheck(card_no: str, deps: CardDeps) -> Callable[[AsyncConnection], Any]:
-    """For Ledger.pay: refuse a debit unless the card is active, read under a row lock."""
+class OneTimeUsed(CardError):
+    """A single-use credential (pay token, payment authorization) was used already."""
 
-    async def check(conn: AsyncConnection) -> None:
-        q = sa.select(card_t.c.status).where(card_t.c.card_no == card_no)
-        if not deps.is_sqlite:
-            q = q.with_for_update(read=True)
-        status = (await conn.execute(q)).scalar_one_or_none()
+    def __init__(self) -> None:
+        super().__init__("replayed", "this one-time credential was used already")
+
+
+_PG_CARD_STATUS = "SELECT status FROM card WHERE card_no = $1 FOR SHARE"
+_PG_CARD_STATUS_CONSUME = (
+    "WITH n AS (INSERT INTO partner_nonce (partner_id, nonce, expires_at) VALUES ($2, $3, $4) "
+    "ON CONFLICT (partner_id, nonce) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE partner_nonce.expires_at <= $5 RETURNING 1) "
+    "SELECT c.status, (SELECT count(*) FROM n) AS fresh FROM card c "
+    "WHERE c.card_no = $1 FOR SHARE OF c"
+)
+_CONSUME = sa.text(
+    "INSERT INTO partner_nonce (partner_id, nonce, expires_at) VALUES (:p, :n, :e) "
+    "ON CONFLICT (partner_id, nonce) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE partner_nonce.expires_at <= :now RETURNING 1"
+)
+
+
+class CardPrecheck:
+    """For Ledger.pay: refuse a debit unless the card is active, read under a row lock
+    (so a freeze waits for payments already past the check; see the ledger's doc).
+
+    With `consume=(namespace, nonce, expires_at)` it also uses up a one-time nonce in
+    the payment's own transaction (`OneTimeUsed` if it was used): a payment that fails
+    leaves its token usable, and a retry of a payment that went through finds its
+    token used -- the ledger then answers with the first transfer.
+    """
+
+    def __init__(
+        self, card_no: str, deps: CardDeps, consume: tuple[str, str, int] | None = None
+    ) -> None:
+        self.card_no = card_no
+        self.is_sqlite = deps.is_sqlite
+        self.consume = consume
+
+    def _check(self, status: str | None) -> None:
         if status != CardStatus.ACTIVE.value:
             raise CardError("card-not-active", f"the card is {status or 'unknown'}")
 
-    return check
+    async def __call__(self, conn: AsyncConnection) -> None:
+        q = sa.select(card_t.c.status).where(card_t.c.card_no == self.card_no)
+        if not self.is_sqlite:
+            q = q.with_for_update(read=True)
+        self._check((await conn.execute(q)).scalar_one_or_none())
+        if self.consume is not None:
+            ns, nonce, expires_at = self.consume
+            params = {"p": ns, "n": nonce, "e": expires_at, "now": int(time.time())}
+            if (await conn.execute(_CONSUME, params)).first() is None:
+                raise OneTimeUsed()
+
+    async def asyncpg(self, pg: Any) -> None:
+        """The same in one round trip on the ledger's asyncpg connection."""
+        if self.consume is None:
+            self._check(await pg.fetchval(_PG_CARD_STATUS, self.card_no))
+            return
+        ns, nonce, expires_at = self.consume
+        row = await pg.fetchrow(
+            _PG_CARD_STATUS_CONSUME, self.card_no, ns, nonce, expires_at, int(time.time())
+        )
+        self._check(None if row is None else row["status"])
+        if not row["fresh"]:
+            raise OneTimeUsed()
+
+
+def card_precheck(card_no: str, deps: CardDeps) -> CardPrecheck:
+    """For Ledger.pay: refuse a debit unless the card is active (row-locked read)."""
+    return CardPrecheck(card_no, deps)
 
 
 def today(deps: CardDeps) -> date:

@@ -9,19 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
+import sqlalchemy as sa
 from aiohttp import web
 
+import channels
+from channels import app as city_app
+from channels import telegram as channels_telegram
+from channels.open311 import Open311Config, open311_routes
 from citizen_card.medical_routes import medical_admin_routes, medical_routes
+from citizen_card.models import Resident
 from citizen_card.partner_auth import CitySigner, SqlNonceStore, SqlPartnerRegistry
 from citizen_card.partner_routes import partner_admin_routes, partner_app
 from citizen_card.routes import CardRoute, card_routes
+from citizen_card.self_service import resident_card_routes
 from citizen_card.service import CardDeps
 from hotline import appkeys
+from hotline.acd.switch import Switch
+from hotline.acd.wiring import build_phone_line
 from hotline.auth import SessionStore, auth_middleware, auth_routes
 from hotline.bootstrap import build_card_deps, build_deps
+from hotline.console import Console
 from hotline.errors import problem_middleware
 from hotline.idempotency import idempotency_middleware
 from hotline.metrics import Metrics
@@ -30,13 +40,13 @@ from hotline.openapi import build_openapi
 from hotline.routes import service_routes
 from hotline.settings import Settings
 from ticketing import deadline_watcher
-from ticketing.events import CatalogChanged, DomainEvent
+from ticketing.events import CardCacheInvalidated, CatalogChanged, DomainEvent
 from ticketing.handlers import Deps
 from ticketing.intake import Intake
 from ticketing.lifecycle import Role
 from ticketing.ports import Principal
 from ticketing.routes import ticket_routes
-from ticketing.webkit import RouteSpec, principal_of
+from ticketing.webkit import RouteSpec, principal_of, problem
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,8 @@ def create_app(
     card_deps: CardDeps | None = None,
     migrate: bool = True,
     watch_deadlines: bool = True,
+    phone_switch: Switch | None = None,
+    demo: bool = False,
 ) -> web.Application:
     # aiosqlite logs every statement with its parameters at DEBUG: personal data must
     # not reach the logs even when an operator turns debugging on
@@ -90,7 +102,7 @@ def create_app(
         {"max_bytes": settings.attachment_max_bytes, "types": settings.allowed_attachment_types},
     )
     specs += [_card_spec(r) for r in card_routes(card_deps, _staff)]
-    partners = SqlPartnerRegistry(card_deps.engine, card_deps.cipher)
+    partners = SqlPartnerRegistry(card_deps.engine, card_deps.cipher, changes=card_deps.changes)
     specs += [_card_spec(r) for r in partner_admin_routes(card_deps, partners, _staff)]
     specs += [_card_spec(r) for r in medical_admin_routes(card_deps, _staff)]
     city_signer = CitySigner(f"{settings.city_code.lower()}-service", card_deps.service_key)
@@ -99,12 +111,44 @@ def create_app(
         partner_app(
             card_deps,
             registry=partners,
-            nonce_store=SqlNonceStore(card_deps.engine),
+            nonce_store=SqlNonceStore(card_deps.engine, write_lock=card_deps.write_lock),
             city_signer=city_signer,
             medical_routes=medical_routes(card_deps, hospital_levels=settings.hospital_level_map),
         ),
     )
     openapi: dict = {}
+    console = Console(deps, settings.deadline_warn_fraction)
+    app[appkeys.CONSOLE] = console
+    specs += console.routes()
+    specs += open311_routes(
+        deps,
+        intake,
+        Open311Config(
+            base_url=settings.open311_base_url,
+            contact=settings.open311_contact,
+            key_service=settings.open311_key_service,
+        ),
+    )
+    channel_hub = channels.setup(app, deps, intake, settings)  # + the /wechat webhook
+    channels_telegram.setup(app, channel_hub, settings)  # /telegram/webhook + the bot
+    specs += channels.routes(channel_hub)
+    app_channel = city_app.setup(app, channel_hub, intake, settings)  # /api/v1/app
+    specs += city_app.routes(app_channel)
+    specs += [
+        _app_card_spec(r)
+        for r in resident_card_routes(card_deps, _card_resident(card_deps, app_channel))
+    ]
+    phone_line = build_phone_line(
+        settings,
+        deps,
+        card_deps.service_key,
+        metrics,
+        switch=phone_switch,
+        demo=demo,
+        card_deps=card_deps,
+    )
+    app[appkeys.PHONE_LINE] = phone_line
+    specs += phone_line.routes
     specs += service_routes(deps, metrics, openapi)
     openapi.update(build_openapi(specs, _version()))
     app.add_routes([s.route() for s in specs])
@@ -117,10 +161,17 @@ def create_app(
 
         async def on_event(ev: DomainEvent) -> None:
             await sessions.on_event(ev)
+            if isinstance(ev, CardCacheInvalidated):  # another instance changed a card
+                card_deps.changes.received(ev.topic, ev.key)
             if isinstance(ev, CatalogChanged):
                 await deps.catalog.reload(deps.db)
 
         unsubscribe = deps.bus.subscribe(on_event)
+
+        async def announce_card_change(topic: str, key: str) -> None:
+            await deps.bus.publish(CardCacheInvalidated(topic, key))
+
+        card_deps.changes.publish = announce_card_change
         await deps.catalog.reload(deps.db)
         yield
         unsubscribe()
@@ -155,6 +206,10 @@ def create_app(
             await task
 
     app.cleanup_ctx.extend([store_and_bus, intake_writer, watcher, ledger_settler])
+    app.cleanup_ctx.append(console.lifecycle)  # after the bus: it subscribes
+    app.on_shutdown.append(console.on_shutdown)
+    app.cleanup_ctx.append(channel_hub.context)  # after the bus and the ticket intake
+    app.cleanup_ctx.append(phone_line.context)  # after the bus: calls publish events
     return app
 
 
@@ -175,6 +230,49 @@ def _card_spec(r: CardRoute) -> RouteSpec:
         query=r.query,
         responses=r.responses,
     )
+
+
+def _app_card_spec(r: CardRoute) -> RouteSpec:
+    """A citizen-card route of the app: the resident's bearer token, tag "app"."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await r.handler(request)
+
+    handler.__name__ = f"app_card_{r.handler.__name__.removeprefix('app_')}"
+    return RouteSpec(
+        r.method,
+        r.path,
+        handler,
+        r.summary,
+        r.body,
+        (),
+        tag="app",
+        query=r.query,
+        responses=r.responses,
+    )
+
+
+def _card_resident(
+    card_deps: CardDeps, app_channel: city_app.AppChannel
+) -> Callable[[web.Request], Awaitable[int]]:
+    """The app's signed-in resident as the citizen card's resident: the one whose card
+    record carries the phone number the resident proved with the sign-in code."""
+    resident_t = Resident.__table__  # type: ignore[attr-defined]
+
+    async def resolve(request: web.Request) -> int:
+        who = await app_channel.resolve(request)
+        async with card_deps.read() as conn:
+            query = sa.select(resident_t.c.id).where(resident_t.c.phone_bidx == who.phone_bidx)
+            ids = (await conn.execute(query.limit(2))).scalars().all()
+        if not ids:
+            raise problem("not-found", "no citizen card holder is registered with your phone")
+        if len(ids) > 1:
+            raise problem(
+                "conflict", "several card holders share your phone number; ask at a counter"
+            )
+        return int(ids[0])
+
+    return resolve
 
 
 async def _settle_forever(card_deps: CardDeps, interval_s: float = 5.0) -> None:

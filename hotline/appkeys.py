@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from citizen_card.service import CardDeps
+from hotline.acd.wiring import PhoneLine
 from hotline.auth import SessionStore
+from hotline.console import Console
 from hotline.metrics import Metrics
 from hotline.settings import Settings
 from ticketing.handlers import Deps
@@ -18,3 +20,5 @@ INTAKE = web.AppKey("intake", Intake)
 SESSIONS = web.AppKey("sessions", SessionStore)
 METRICS = web.AppKey("metrics", Metrics)
 ROUTE_SPECS = web.AppKey("route_specs", list)
+CONSOLE = web.AppKey("console", Console)
+PHONE_LINE = web.AppKey("phone_line", PhoneLine)

@@ -31,6 +31,7 @@ from ticketing.schemas import Strict
 from ticketing.webkit import PRINCIPAL, RouteSpec, json_response, principal_of, problem, read_body
 
 COOKIE = "hotline_session"
+RESIDENT_PATHS = "/api/v1/app/"
 CACHE_TTL_S = 30.0
 user_t = StaffUser.__table__  # type: ignore[attr-defined]
 session_t = StaffSession.__table__  # type: ignore[attr-defined]
@@ -232,7 +233,8 @@ def auth_middleware(sessions: SessionStore) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         token, from_cookie = request_token(request)
-        if token:
+        # the city app's routes take residents' tokens (channels.app), never staff sessions
+        if token and not request.path.startswith(RESIDENT_PATHS):
             principal = await sessions.resolve(token)
             if principal is not None:
                 if (

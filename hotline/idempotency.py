@@ -35,12 +35,13 @@ def idempotency_middleware(db: Database) -> Any:
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         key = request.headers.get(HEADER)
         who: Principal | None = request.get(PRINCIPAL)
-        # the partner API keeps its own idempotency (signed, per partner, in the ledger)
+        # the partner API keeps its own idempotency (signed, per partner, in the ledger),
+        # and so does Open311 (per API key, recorded with the ticket)
         if (
             request.method != "POST"
             or key is None
             or who is None
-            or request.path.startswith("/partner/")
+            or request.path.startswith(("/partner/", "/open311/"))
         ):
             return await handler(request)
         if not (1 <= len(key) <= 255) or not key.isprintable() or not key.isascii():

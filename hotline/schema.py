@@ -11,11 +11,16 @@ import importlib
 
 MODEL_MODULES: tuple[str, ...] = (
     "ticketing.models",
+    "channels.models",
+    "channels.open311.models",
+    "channels.app.models",
     "citizen_card.dbtypes",
     "citizen_card.models",
     "citizen_card.partner_models",
     "citizen_card.ledger_models",
     "citizen_card.medical",
+    "hotline.console.models",
+    "hotline.calls.models",
 )
 
 

@@ -107,6 +107,9 @@ def make_settings(tmp_path, database_url: str, **overrides):  # type: ignore[no-
         "holiday_override_file": tmp_path / "no-holidays.yaml",
         "card_keyring_file": tmp_path / "citycard-keyring.json",
         "card_service_key_file": tmp_path / "citycard-service.pem",
+        "esl_host": "",  # no FreeSWITCH link unless a test brings its simulator
+        "recording_dir": tmp_path / "recordings",
+        "voicemail_dir": tmp_path / "voicemail",
         **overrides,
     }
     return load_settings(**values)

@@ -70,6 +70,26 @@ class CatalogChanged(DomainEvent):
     name: ClassVar[str] = "catalog.changed"
 
 
+@dataclass(frozen=True)
+class WorkItemChanged(DomainEvent):
+    """A work-queue item of any kind (conversation, call, callback) was added, changed
+    or removed; consoles re-read it. Publish after the commit, like every event."""
+
+    name: ClassVar[str] = "work_item.changed"
+    kind: str
+    ref: str
+
+
+@dataclass(frozen=True)
+class CardCacheInvalidated(DomainEvent):
+    """A citizen card or partner changed; every instance drops its cached copy
+    (topic "card" or "partner", key the card number or partner id)."""
+
+    name: ClassVar[str] = "card.cache_invalidated"
+    topic: str
+    key: str
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.name: cls
     for cls in (
@@ -79,6 +99,8 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         DeadlineBreached,
         SessionRevoked,
         CatalogChanged,
+        WorkItemChanged,
+        CardCacheInvalidated,
     )
 }
 

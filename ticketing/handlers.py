@@ -687,6 +687,19 @@ async def _append_system_event(
     await conn.execute(sa.insert(event_t), [ev])
 
 
+async def append_trail_event(
+    deps: Deps,
+    conn: AsyncConnection,
+    number: str,
+    who: Principal,
+    action: str,
+    data: dict[str, Any],
+) -> None:
+    """Add a status-neutral entry to a ticket's trail inside the caller's transaction
+    (a resident's follow-up message on a channel). TicketNotFound if there is none."""
+    await _append_system_event(deps, conn, number, who, action, data, deps.clock())
+
+
 async def _mirror_to_children(
     deps: Deps,
     conn: AsyncConnection,

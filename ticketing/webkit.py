@@ -39,6 +39,7 @@ PROBLEM_TITLES: dict[str, tuple[int, str]] = {
     "validation-error": (422, "Some fields are not valid"),
     "idempotency-key-reuse": (422, "This Idempotency-Key was used for a different request"),
     "idempotency-in-progress": (409, "A request with this Idempotency-Key is still running"),
+    "too-many-requests": (429, "Too many requests; wait as Retry-After says and retry"),
     "internal-error": (500, "Something went wrong on our side"),
     "service-unavailable": (503, "The service cannot reach its database; retry shortly"),
 }

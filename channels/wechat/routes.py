@@ -93,7 +93,17 @@ class WeChatWebhook:
             return _plain("stale timestamp", 403)
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return _plain("body too large", 413)
-        body = await request.content.read(MAX_BODY_BYTES + 1)
+        # read() returns what has arrived so far: a body split across TCP segments
+        # must be read to its end (or until it is too large), not cut short
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BODY_BYTES:
+            chunk = await request.content.read(MAX_BODY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = b"".join(chunks)
         if len(body) > MAX_BODY_BYTES:
             return _plain("body too large", 413)
         try:

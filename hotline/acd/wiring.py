@@ -1,7 +1,11 @@
 """Builds the phone line's parts from settings: ACD, emergency desk, routes, tasks.
 
-`hotline/app.py` calls `build_phone_line` and appends its cleanup context; the
-switch is given (tests, demo) or comes from the telephony package's ESL client.
+`hotline/app.py` calls `build_phone_line` and appends its cleanup context. The
+switch is given (tests with the in-memory switch) or is FreeSWITCH over the event
+socket (`hotline.phone.EslLine`: our outbound server for callers, the inbound
+client for everything else); `--demo` points that same line at the in-process
+simulator. With `HOTLINE_ESL_HOST` empty there is no switch: agents can log in and
+the API answers, but no call can arrive.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from aiohttp import web
 
 import ivr
 from citizen_card.ledger import Ed25519Signer
+from citizen_card.service import CardDeps
 from hotline.acd.domain import Rules, Strategy
 from hotline.acd.memory_switch import MemorySwitch
 from hotline.acd.routes import acd_routes
@@ -29,6 +34,9 @@ from hotline.acd.switch import Switch, SwitchError
 from hotline.calls import store
 from hotline.emergency import EmergencyDesk, build_lines
 from hotline.metrics import Metrics
+from hotline.phone import EslLine, build_call_entry
+from hotline.phone.demo import demo_simulator
+from hotline.phone.demo import demo_traffic as simulated_traffic
 from hotline.settings import Settings
 from ticketing.handlers import Deps
 from ticketing.webkit import RouteSpec
@@ -67,10 +75,14 @@ class PhoneLine:
     routes: list[RouteSpec]
     settings: Settings
     demo: bool = False
+    esl: EslLine | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    simulator: Any = None  # the demo's FreeSwitchSimulator
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         await self.service.start()
+        if self.esl is not None:
+            await self._start_esl()
         self.tasks.append(asyncio.create_task(self.desk.run_outbox(), name="emergency-outbox"))
         self.tasks.append(
             asyncio.create_task(
@@ -92,7 +104,27 @@ class PhoneLine:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.simulator is not None:
+            await self.simulator.stop()
+        if self.esl is not None:
+            await self.esl.stop()
         await self.service.stop()
+
+    async def _start_esl(self) -> None:
+        assert self.esl is not None
+        if self.demo:  # the simulated FreeSWITCH takes the real one's place, in-process
+            self.simulator = sim = demo_simulator(self.settings.esl_password)
+            await sim.start()
+            self.esl.inbound.host, self.esl.inbound.port = sim.host, sim.port
+        await self.esl.start()
+        if self.simulator is not None:
+            sim = self.simulator
+            if self.esl._listener is not None:
+                await self.esl._listener
+            sim.socket_target = (self.esl.server.host, self.esl.server.port)
+            self.tasks.append(
+                asyncio.create_task(simulated_traffic(self.service, sim), name="demo-traffic")
+            )
 
 
 def build_phone_line(
@@ -103,9 +135,15 @@ def build_phone_line(
     *,
     switch: Switch | None = None,
     demo: bool = False,
+    card_deps: CardDeps | None = None,
 ) -> PhoneLine:
+    esl: EslLine | None = None
     if switch is None:
-        switch = MemorySwitch(play_s=1.0) if demo else UnreachableSwitch()
+        if settings.esl_host or demo:
+            esl = EslLine(settings)
+            switch = esl.switch
+        else:
+            switch = UnreachableSwitch()
     config = acd_config(settings)
     service = AcdService(deps, switch, config, registry=metrics.registry)
     assert service.metrics is not None
@@ -122,7 +160,13 @@ def build_phone_line(
         city_code=settings.city_code,
     )
     service.emergency = desk
-    return PhoneLine(service, desk, switch, acd_routes(service), settings, demo)
+    if esl is not None:
+        esl.attach(
+            build_call_entry(
+                settings, deps, card_deps, service, desk, esl, registry=metrics.registry
+            )
+        )
+    return PhoneLine(service, desk, switch, acd_routes(service), settings, demo, esl)
 
 
 class UnreachableSwitch:

@@ -497,6 +497,8 @@ async def test_reconciliation_matches_the_ledger(ledger: Ledger, signer: Ed25519
     await _set_time(ledger, rev.id, local(2024, 5, 1, 13, 0))
     other = await ledger.pay(wallet, bus, 9_999, "bus-1", partner_id="bus")
     await _set_time(ledger, other.id, local(2024, 5, 1, 10, 0))
+    bill = await ledger.settle_bill(wallet, metro, 600, 400, "bill-1", partner_id="metro")
+    await _set_time(ledger, bill.id, local(2024, 5, 1, 11, 0))  # a clinic settlement counts
     top = await ledger.top_up(wallet, 10, "top")  # no partner: never in a partner's file
     await _set_time(ledger, top.id, local(2024, 5, 1, 10, 0))
 
@@ -516,6 +518,7 @@ async def test_reconciliation_matches_the_ledger(ledger: Ledger, signer: Ed25519
         str(r1.id),
         str(r2.id),
         str(rev.id),
+        str(bill.id),
     }
     assert {r["transfer_id"] for r in detail} == expected_ids
     assert [int(r["seq"]) for r in detail] == sorted(int(r["seq"]) for r in detail)
@@ -528,9 +531,10 @@ async def test_reconciliation_matches_the_ledger(ledger: Ledger, signer: Ed25519
     assert total("payment") == (3, 9_000, 9_000)
     assert total("refund") == (2, 1_100, -1_100)
     assert total("reversal") == (1, 5_000, -5_000)
-    assert int(totals["all"]["count"]) == 6
+    assert total("settlement") == (1, 1_000, 1_000)  # self-pay and insurance parts together
+    assert int(totals["all"]["count"]) == 7
     net = int(totals["all"]["merchant_net_fen"])
-    assert net == 9_000 - 1_100 - 5_000
+    assert net == 9_000 - 1_100 - 5_000 + 1_000
 
     # The file's figures are the ledger's: sum the merchant legs of the day independently.
     start, end = day_bounds(day, "Asia/Shanghai")
@@ -552,7 +556,7 @@ async def test_reconciliation_matches_the_ledger(ledger: Ledger, signer: Ed25519
 
     empty, sig = await ledger.reconciliation("metro", date(2024, 6, 1))
     verify_detached(empty, sig, signer.public_key_pem())
-    assert [r["record"] for r in csv.DictReader(io.StringIO(empty.decode()))] == ["T"] * 4
+    assert [r["record"] for r in csv.DictReader(io.StringIO(empty.decode()))] == ["T"] * 5
     await assert_books(ledger)
 
 

@@ -284,8 +284,10 @@ async def test_settlement_splits_pays_and_signs(deps: CardDeps) -> None:
 
     payload = verify_receipt(result.receipt, svc.receipt_public_pem(deps))
     assert payload["kind"] == "settlement" and payload["amount"] == 29_690
+    wallet_handle = deps.partner_wallet_handle(resident.handle, HOSPITAL)
+    assert wallet_handle != resident.handle  # the owner handle would be the same for all
     assert {a["handle"]: a["amount"] for a in payload["accounts"]} == {
-        resident.handle: -15_907,
+        wallet_handle: -15_907,
         "city:insurance_fund": -13_783,
         f"m:{HOSPITAL}": 29_690,
     }

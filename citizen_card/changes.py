@@ -1,0 +1,97 @@
+"""Cache invalidation for the card's hot reads, on this instance and the others.
+
+The partner API answers thousands of calls a second from a few facts that rarely
+change: a partner's keys and scopes, the status-list version, a card's status. Each
+instance keeps them in memory for a short time (`TtlCache`) and drops them the moment
+they change: here at once, on the other instances when the event bus delivers the
+change (the hotline wires `ChangeFeed.publish` to its bus and feeds what the bus
+delivers into `ChangeFeed.received`). The time-to-live is the backstop for a lost
+bus message, so it stays short.
+
+This module knows nothing of the bus; `citizen_card` imports no other package.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+Listener = Callable[[str, str], None]
+Publisher = Callable[[str, str], Awaitable[None]]
+
+# topics
+PARTNER = "partner"  # key: partner id
+CARD = "card"  # key: card number ("" = any)
+
+
+class ChangeFeed:
+    """Who must forget what when something changed (topic, key)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self.publish: Publisher | None = None  # set by the hotline: the bus
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def received(self, topic: str, key: str) -> None:
+        """A change seen here or announced by another instance."""
+        for listener in tuple(self._listeners):
+            try:
+                listener(topic, key)
+            except Exception:  # one broken cache must not stop the others
+                log.exception("cache invalidation failed for %s %s", topic, key)
+
+    async def changed(self, topic: str, key: str) -> None:
+        """Forget here first (synchronously), then tell the other instances."""
+        self.received(topic, key)
+        if self.publish is not None:
+            try:
+                await self.publish(topic, key)
+            except Exception:  # the TTL still bounds how long others may be stale
+                log.exception("could not announce %s %s to other instances", topic, key)
+
+
+class TtlCache(Generic[K, V]):
+    """A small dict whose entries live `ttl_s` seconds; bounded by clearing when full."""
+
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._data: dict[K, tuple[float, V]] = {}
+        self.generation = 0  # bumped by every invalidation: a read that raced one is not kept
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        hit = self._data.get(key)
+        if hit is None or hit[0] <= self._clock():
+            return False, None
+        return True, hit[1]
+
+    def put(self, key: K, value: V, generation: int | None = None) -> None:
+        """Keep `value`, unless an invalidation happened since `generation` was read."""
+        if generation is not None and generation != self.generation:
+            return
+        if len(self._data) >= self.max_entries:
+            self._data.clear()
+        self._data[key] = (self._clock() + self.ttl_s, value)
+
+    def drop(self, key: K | None = None) -> None:
+        self.generation += 1
+        if key is None:
+            self._data.clear()
+        else:
+            self._data.pop(key, None)
