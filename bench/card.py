@@ -1339,16 +1339,18 @@ async def _library(args: argparse.Namespace, backends: list[str]) -> dict[str, A
                 )
         else:
             try:
-                url = await ledger_bench._create_pg_db()
+                store = await make_store("postgres", Path(), name="ledger")
             except Exception as exc:  # reported; the rest still runs
+                store = None
                 print(f"library postgres: unavailable ({exc}); skipping")
+            if store is None:
                 continue
             try:
                 res = await ledger_bench.bench_payments(
-                    url, args.clients, args.library_seconds, scenarios=("hot_merchant",)
+                    store.url, args.clients, args.library_seconds, scenarios=("hot_merchant",)
                 )
             finally:
-                await ledger_bench._drop_pg_db(url)
+                await drop_store(store)
         run = res["runs"]["hot_merchant"]
         out[backend] = {**run, "loadavg_1m_after": res["loadavg_1m_after"]}
         print(

@@ -156,6 +156,12 @@ class EmergencyRules:
             (re.compile(r"(?<![a-z])" + re.escape(w).replace(r"\ ", r"\s+") + r"(?![a-z])"), w, ln)
             for w, ln in sorted(english, key=lambda p: -len(p[0]))
         ]
+        # one pass every match needs (a superset of the rules below): most texts name no
+        # emergency at all, and one compiled alternation rules them out in a microsecond
+        alts = [re.escape(w) for w, _ in self._zh] + [
+            re.escape(w).replace(r"\ ", r"\s+") for w, _ in english
+        ]
+        self._any = re.compile("|".join(alts)) if alts else None
         masks = sorted((h.lower() for h in harmless if h.strip()), key=len, reverse=True)
         self._harmless = re.compile("|".join(re.escape(h) for h in masks)) if masks else None
 
@@ -185,6 +191,8 @@ class EmergencyRules:
         t = text.lower()
         if self._harmless is not None:
             t = self._harmless.sub("\x00", t)  # a separator, so no new word forms across it
+        if self._any is None or self._any.search(t) is None:
+            return []
         found: dict[str, Match] = {}
         for w, line in self._zh:
             if line.key not in found and w in t:

@@ -215,8 +215,11 @@ class ChannelHub:
                 events.append(EmergencyAlert(r.conversation_id, h.channel, lines, h.excerpt))
         for cid, h in touched.items():
             events.append(ConversationUpdated(cid, h.channel, h.waiting, h.emergency_conversation))
-            if h.waiting:  # its queue item was added or refreshed
-                events.append(WorkItemChanged(workqueue.CONVERSATION, str(cid)))
+        # consoles re-read a queue item on this event: only for items that were added or
+        # whose priority or deadline moved (the batch's last word on each conversation)
+        changed = {h.receipt.conversation_id for h in batch if h.item_changed}
+        for cid in changed:
+            events.append(WorkItemChanged(workqueue.CONVERSATION, str(cid)))
         if events:
             await announce(self.deps, events)
 

@@ -569,15 +569,21 @@ class _PartnerApi:
         # finds its token (or authorization) used inside the ledger's transaction, and
         # the ledger then answers with the first transfer (or 422 for another request).
         if body.authorization is not None:
-            card_no, once = self.redeem(pid, body.authorization)
+            try:
+                card_no, once = self.redeem(pid, body.authorization)
+            except web.HTTPException:  # expired by now: a retry still gets its answer
+                done = await self._replay(pid, idem, audit)
+                if done is not None:
+                    return done
+                raise
             card = await svc.get_card(self.card, card_no)
         else:
             reason, card, token_once = await self.verify_online(body.token, "pay", consume=False)
             if card is None:
-                if reason == "revoked":  # a retry after a freeze still gets its answer
-                    done = await self._replay(pid, idem, audit)
-                    if done is not None:
-                        return done
+                # expired or revoked by now: a retry of a payment made still gets its answer
+                done = await self._replay(pid, idem, audit)
+                if done is not None:
+                    return done
                 raise problem(
                     422, "token-not-valid", "The payment token is not valid", reason=reason
                 )

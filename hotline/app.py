@@ -148,6 +148,7 @@ def create_app(
         card_deps=card_deps,
     )
     app[appkeys.PHONE_LINE] = phone_line
+    console.attach_phone(phone_line.service)  # the wall's live phone figures
     specs += phone_line.routes
     specs += service_routes(deps, metrics, openapi)
     openapi.update(build_openapi(specs, _version()))

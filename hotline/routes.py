@@ -13,11 +13,13 @@ from ticketing.webkit import PROBLEM_TITLES, RouteSpec, json_response, problem, 
 INDEX = """<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">
 <title>12345 hotline engine</title></head><body>
 <h1>12345 市民服务热线 engine</h1>
-<ul><li><a href="/api/v1/openapi.json">API (OpenAPI 3.1)</a></li>
+<ul><li><a href="/console/">Agent console / 坐席工作台</a></li>
+<li><a href="/api/v1/openapi.json">API (OpenAPI 3.1)</a></li>
+<li><a href="/open311/v2/discovery.json">Open311 GeoReport v2</a></li>
 <li><a href="/metrics">Metrics</a></li><li><a href="/healthz">Health</a></li>
 <li><a href="/readyz">Readiness</a></li></ul>
-<p>Sign in with <code>POST /api/v1/auth/login</code>. The agent console arrives in a later
-release.</p></body></html>"""
+<p>Staff sign in at <a href="/console/">/console/</a> or with
+<code>POST /api/v1/auth/login</code>.</p></body></html>"""
 
 
 def service_routes(deps: Deps, metrics: Metrics, openapi: dict[str, Any]) -> list[RouteSpec]:

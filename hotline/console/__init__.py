@@ -1,10 +1,10 @@
 """The agent console and supervisor wall: served by the service at /console/.
 
-`Console` holds the live queue feed and the wall; `hotline/app.py` adds its routes
-and runs `lifecycle` as a cleanup context after the bus has started. Other parts
-plug in here as they land: `console.feed.enrichers[kind]` adds display fields to
-queue items of a kind (conversation, call), `console.wall.phone_sources` adds the
-ACD's figures to the wall.
+`Console` holds the live queue feed and the wall; `hotline/app.py` adds its routes,
+runs `lifecycle` as a cleanup context after the bus has started, and hands it the
+phone line's ACD (`attach_phone`) for the wall's live figures. Queue items of the
+channels (conversations) and the phone line (calls, callbacks) get their display
+fields from `hotline.console.enrich`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from hotline.acd.service import AcdService
+from hotline.console import enrich
 from hotline.console.feed import QueueFeed
 from hotline.console.routes import console_routes
 from hotline.console.wall import Wall
@@ -25,8 +27,12 @@ __all__ = ["Console"]
 class Console:
     def __init__(self, deps: Deps, warn_fraction: float, *, reconcile_s: float = 10.0) -> None:
         self.deps = deps
-        self.feed = QueueFeed(deps, reconcile_s=reconcile_s)
-        self.wall = Wall(deps, warn_fraction)
+        self.feed = QueueFeed(deps, reconcile_s=reconcile_s, enrichers=enrich.ENRICHERS)
+        self.wall = Wall(deps, warn_fraction, alerts=self.feed.alerts)
+
+    def attach_phone(self, acd: AcdService) -> None:
+        """The ACD whose live figures (queue, agents by state) the wall shows."""
+        self.wall.acd = acd
 
     def routes(self) -> list[RouteSpec]:
         return console_routes(self.deps, self.feed, self.wall)

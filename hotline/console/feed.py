@@ -17,16 +17,26 @@ The contract with a client (documented in hotline/console/README.md):
   increasing per instance. A client drops events with seq <= what it has; on a
   new `instance` id (restart, another instance behind the balancer) it must take
   the snapshot, which the server sends by itself.
-- A socket that cannot keep up (its outbox full) is closed with code 4008; the
+- A socket that cannot keep up (too much unsent) is closed with code 4008; the
   client reconnects and resumes. Nothing is lost; it is only late.
+
+Fan-out is the hot path (hundreds of consoles, bursts of events): sockets are kept
+grouped by their audiences, each batch is encoded once per group into one complete
+websocket frame, and that same bytes object is written straight to every socket's
+transport. No task, no queue and no copy per socket: the kernel and the transport
+buffer what a client has not read yet, and a socket whose buffer passes
+`MAX_UNSENT_BYTES` is cut off (4008). Frames are therefore never compressed (a
+per-socket deflate context could not share one encoding).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import struct
 import time
 import uuid
 from collections import deque
@@ -39,6 +49,8 @@ import sqlalchemy as sa
 from aiohttp import WSCloseCode, web
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+import channels
+from hotline.acd import events as acd
 from ticketing.events import (
     DeadlineBreached,
     DeadlineWarning,
@@ -57,10 +69,12 @@ log = logging.getLogger(__name__)
 work_item = WorkItem.__table__  # type: ignore[attr-defined]
 
 RING_SIZE = 5000
-OUTBOX_FRAMES = 256
+OUTBOX_FRAMES = 256  # frames queued for a socket that is not written directly
+MAX_UNSENT_BYTES = 4 * 1024 * 1024  # a console this far behind reconnects and resumes
 SNAPSHOT_LIMIT = 2000
 SLOW_CONSUMER = 4008  # websocket close code: the client fell behind and must resume
 CHUNK = 500
+WATCHERS = frozenset({"supervisor", "admin"})
 
 Key = tuple[str, str]  # (kind, ref)
 # kind -> loader of extra display fields for refs of that kind (conversations, calls)
@@ -76,8 +90,9 @@ def item_key(kind: str, ref: str) -> str:
 
 
 def sort_key(item: dict[str, Any]) -> tuple[Any, ...]:
-    """Emergencies (priority 0) first, then priority, then the nearest deadline, then age."""
+    """Emergencies first, then priority, then the nearest deadline, then age."""
     return (
+        not item["emergency"],
         item["priority"],
         item["due_at"] is None,
         item["due_at"] or "",
@@ -100,7 +115,10 @@ def _ticket_risk(row: Any) -> str | None:
 
 
 def item_view(row: Any) -> dict[str, Any]:
-    """What a console shows for one queue item (generic fields, plus the ticket's)."""
+    """What a console shows for one queue item (generic fields, plus the ticket's).
+
+    Emergencies are priority 0 (tickets, calls) or below (a conversation with
+    emergency words is -1, above every ticket)."""
     view: dict[str, Any] = {
         "key": item_key(row.kind, row.ref),
         "id": row.id,
@@ -109,7 +127,7 @@ def item_view(row: Any) -> dict[str, Any]:
         "audience": row.audience,
         "action": row.action,
         "priority": row.priority,
-        "emergency": row.priority == 0,
+        "emergency": row.priority <= 0,
         "due_at": _iso(row.due_at),
         "since": _iso(row.created_at),
         "claimed_by": row.claimed_by,
@@ -154,27 +172,99 @@ def _select() -> sa.Select[Any]:
     )
 
 
+_CALL_EVENTS = (
+    acd.CallQueued,
+    acd.CallOffered,
+    acd.CallAnswered,
+    acd.CallAbandoned,
+    acd.CallEnded,
+    acd.CallTransferred,
+    acd.EmergencyHandedOff,
+)
+
+
 def keys_of(event: DomainEvent) -> list[Key]:
     """Which queue items an event may have changed (the routing table of the feed)."""
     if isinstance(event, TicketCreated | TicketTransitioned | DeadlineWarning | DeadlineBreached):
         return [("ticket", event.number)]
     if isinstance(event, WorkItemChanged):
         return [(event.kind, event.ref)]
+    if isinstance(event, channels.ConversationUpdated | channels.EmergencyAlert):
+        return [("conversation", str(event.conversation_id))]
+    if isinstance(event, _CALL_EVENTS):
+        return [("call", event.uuid)]
+    if isinstance(event, acd.CallbackRequested):
+        keys: list[Key] = [("callback", str(event.callback_id))]
+        return keys + ([("call", event.uuid)] if event.uuid else [])
+    if isinstance(event, acd.EmergencyAlert) and event.uuid:
+        return [("call", event.uuid)]
     return []
+
+
+def alert_of(event: DomainEvent) -> dict[str, Any] | None:
+    """An emergency a supervisor must see now, as the wall and the banner show it."""
+    if isinstance(event, channels.EmergencyAlert):
+        return {
+            "source": "channel",
+            "key": item_key("conversation", str(event.conversation_id)),
+            "channel": event.channel,
+            "lines": [x for x in event.lines.split(",") if x],
+            "text": event.excerpt,
+        }
+    if isinstance(event, acd.EmergencyAlert):
+        return {
+            "source": "phone",
+            "key": item_key("call", event.uuid) if event.uuid else None,
+            "channel": "phone",
+            "lines": [event.line],
+            "text": event.reason,
+        }
+    return None
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame (RFC 6455 section 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class Frame:
+    """A frame encoded once and shared by every socket it goes to."""
+
+    __slots__ = ("_raw", "text")
+
+    def __init__(self, data: Any) -> None:
+        self.text = _dumps(data)
+        self._raw: bytes | None = None
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = ws_text_frame(self.text.encode())
+        return self._raw
 
 
 @dataclass(eq=False)
 class Subscriber:
-    """One open console socket."""
+    """One open console socket.
+
+    `transport` is set when frames can be written to the connection directly (an
+    uncompressed server socket); otherwise frames go through `outbox` and a writer
+    task that lives only while the outbox has frames."""
 
     ws: web.WebSocketResponse
     username: str
     role: str
     audiences: frozenset[str]
     token_hash: str | None
-    outbox: asyncio.Queue[str | None] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=OUTBOX_FRAMES)
-    )
+    transport: asyncio.Transport | None = None
+    outbox: deque[str] = field(default_factory=deque)
     writer: asyncio.Task[None] | None = None
     closing: bool = False
 
@@ -203,13 +293,20 @@ class QueueFeed:
         self.mirror: dict[str, dict[str, Any]] = {}
         self.ring: deque[_Event] = deque(maxlen=ring_size)
         self.subscribers: set[Subscriber] = set()
+        # the same sockets, by audience set (fan-out) and by user (pushes to one agent)
+        self.groups: dict[frozenset[str], set[Subscriber]] = {}
+        self.by_user: dict[str, set[Subscriber]] = {}
         self.ready = asyncio.Event()
         self._pending: dict[Key, float] = {}
         self._touched: set[str] = set()  # keys refreshed since the last reconcile began
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # the emergency alerts of an item while it is in the queue (pinned on top)
+        self.pins: dict[str, dict[str, Any]] = {}
         # tells other parts (the wall) that something changed, after the sockets
         self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
+        # alerts for supervisors, newest last (the wall lists them)
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -232,18 +329,27 @@ class QueueFeed:
 
     async def close_all(self) -> None:
         subs = list(self.subscribers)
-        self.subscribers.clear()
+        for sub in subs:
+            self._forget(sub)
         await asyncio.gather(
             *(self._close(s, WSCloseCode.GOING_AWAY, "server shutting down") for s in subs)
         )
 
     async def on_event(self, event: DomainEvent) -> None:
-        """Bus subscriber: only notes what to refresh (the bus wants quick subscribers)."""
+        """Bus subscriber: notes what to refresh and relays what a person must see now
+        (the bus wants quick subscribers: nothing here waits)."""
         if isinstance(event, SessionRevoked):
             for sub in list(self.subscribers):
                 if sub.token_hash == event.token_hash:
                     self._close_soon(sub, WSCloseCode.POLICY_VIOLATION, "signed out")
             return
+        alert = alert_of(event)
+        if alert is not None:
+            self._alert(alert)
+        if isinstance(event, acd.CallScreenPop):
+            self.push_to_user(event.agent, {"type": "screen_pop", **dataclasses.asdict(event)})
+        elif isinstance(event, acd.AgentStateEvent):
+            self.push_to_user(event.username, {"type": "agent_state", **dataclasses.asdict(event)})
         keys = keys_of(event)
         if not keys:
             return
@@ -251,6 +357,13 @@ class QueueFeed:
         for key in keys:
             self._pending.setdefault(key, now)
         self._wake.set()
+
+    def _alert(self, alert: dict[str, Any]) -> None:
+        alert = {**alert, "at": _iso(self.deps.clock())}
+        self.alerts.append(alert)
+        if alert["key"]:
+            self.pins[alert["key"]] = alert
+        self.push(lambda s: s.role in WATCHERS, {"type": "alert", "alert": alert})
 
     # ------------------------------------------------------------ sockets
 
@@ -269,7 +382,7 @@ class QueueFeed:
     def attach(
         self, sub: Subscriber, *, instance: str | None = None, after: int | None = None
     ) -> str:
-        """Register a socket and queue its first frame; returns "snapshot" or "resume".
+        """Register a socket and send its first frame; returns "snapshot" or "resume".
 
         Synchronous on purpose: no event can slip between the first frame and the
         live events that follow it."""
@@ -289,9 +402,10 @@ class QueueFeed:
             }
         else:
             first = self.snapshot(sub.audiences)
-        sub.outbox.put_nowait(_dumps(first))
         self.subscribers.add(sub)
-        sub.writer = asyncio.create_task(self._write(sub), name=f"console-ws-{sub.username}")
+        self.groups.setdefault(sub.audiences, set()).add(sub)
+        self.by_user.setdefault(sub.username, set()).add(sub)
+        self._offer(sub, Frame(first))
         return kind
 
     def _can_resume(self, after: int) -> bool:
@@ -301,53 +415,93 @@ class QueueFeed:
             return True
         return bool(self.ring) and self.ring[0].seq <= after + 1
 
-    async def detach(self, sub: Subscriber) -> None:
+    def _forget(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        group = self.groups.get(sub.audiences)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self.groups[sub.audiences]
+        mine = self.by_user.get(sub.username)
+        if mine is not None:
+            mine.discard(sub)
+            if not mine:
+                del self.by_user[sub.username]
+
+    async def detach(self, sub: Subscriber) -> None:
+        self._forget(sub)
         if sub.writer is not None:
             sub.writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sub.writer
 
+    def _offer(self, sub: Subscriber, frame: Frame) -> None:
+        """Send now if the connection takes it, else queue; cut off a socket too far behind."""
+        if sub.closing:
+            return
+        transport = sub.transport
+        if transport is not None:
+            if transport.is_closing():
+                return  # the peer went away; the handler's read loop ends and detaches
+            if transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+                self._slow(sub)
+                return
+            transport.write(frame.raw)
+            return
+        if len(sub.outbox) >= OUTBOX_FRAMES:
+            self._slow(sub)
+            return
+        sub.outbox.append(frame.text)
+        if sub.writer is None or sub.writer.done():
+            sub.writer = asyncio.create_task(self._write(sub), name=f"console-ws-{sub.username}")
+
     async def _write(self, sub: Subscriber) -> None:
         try:
-            while True:
-                frame = await sub.outbox.get()
-                if frame is None:
-                    return
-                await sub.ws.send_str(frame)
+            while sub.outbox:
+                await sub.ws.send_str(sub.outbox.popleft())
         except (ConnectionResetError, RuntimeError):
             pass  # the peer went away; the handler's read loop ends and detaches
+
+    def _slow(self, sub: Subscriber) -> None:
+        log.warning("console socket of %s fell behind; closing it", sub.username)
+        self._close_soon(sub, SLOW_CONSUMER, "too slow; resume")
 
     def _close_soon(self, sub: Subscriber, code: int, reason: str) -> None:
         if sub.closing:
             return
         sub.closing = True
-        self.subscribers.discard(sub)
+        self._forget(sub)
         task = asyncio.create_task(self._close(sub, code, reason))
         self._tasks.append(task)
         task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
 
     async def _close(self, sub: Subscriber, code: int, reason: str) -> None:
-        self.subscribers.discard(sub)
+        self._forget(sub)
+        sub.closing = True
+        if sub.writer is not None:
+            sub.writer.cancel()
         with contextlib.suppress(Exception):
             await sub.ws.close(code=code, message=reason.encode())
 
     def push(self, sub_filter: Callable[[Subscriber], bool], frame: dict[str, Any]) -> int:
         """Send a frame outside the queue sequence (alerts, hints) to some sockets."""
-        text = _dumps(frame)
+        shared = Frame(frame)
         sent = 0
         for sub in list(self.subscribers):
             if sub_filter(sub):
-                self._offer(sub, text)
+                self._offer(sub, shared)
                 sent += 1
         return sent
 
-    def _offer(self, sub: Subscriber, text: str) -> None:
-        try:
-            sub.outbox.put_nowait(text)
-        except asyncio.QueueFull:
-            log.warning("console socket of %s fell behind; closing it", sub.username)
-            self._close_soon(sub, SLOW_CONSUMER, "too slow; resume")
+    def push_to_user(self, username: str, frame: dict[str, Any]) -> int:
+        """A frame for one user's consoles (a screen pop, their phone state)."""
+        subs = self.by_user.get(username)
+        if not subs:
+            return 0
+        shared = Frame(frame)
+        for sub in list(subs):
+            self._offer(sub, shared)
+        return len(subs)
 
     # ------------------------------------------------------------ refreshing
 
@@ -436,6 +590,12 @@ class QueueFeed:
         for key in keys:
             old = self.mirror.get(key)
             new = fresh.get(key)
+            pin = self.pins.get(key)
+            if new is None:
+                self.pins.pop(key, None)  # handled: the alert has done its work
+            elif pin is not None:
+                new["emergency"] = True
+                new["alert"] = pin
             if old == new:
                 continue
             self.seq += 1
@@ -463,17 +623,14 @@ class QueueFeed:
         return [e.data for e in out]
 
     def _broadcast(self, events: list[_Event]) -> None:
-        """One JSON encoding per distinct audience set, shared by all its sockets."""
-        groups: dict[frozenset[str], list[Subscriber]] = {}
-        for sub in self.subscribers:
-            groups.setdefault(sub.audiences, []).append(sub)
-        for audiences, subs in groups.items():
+        """One encoding per audience group, the same bytes written to all its sockets."""
+        for audiences, subs in list(self.groups.items()):
             mine = [_seen_by(e.data, audiences) for e in events if e.audiences & audiences]
             if not mine:
                 continue
-            text = _dumps({"type": "events", "instance": self.instance, "events": mine})
-            for sub in subs:
-                self._offer(sub, text)
+            frame = Frame({"type": "events", "instance": self.instance, "events": mine})
+            for sub in list(subs):
+                self._offer(sub, frame)
 
 
 def _seen_by(data: dict[str, Any], audiences: frozenset[str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tables of the console: the knowledge base, its search index, agents' presence.
+"""Tables of the console: the knowledge base and its search index.
 
 The search index is a plain table of character n-grams (`kb_gram`) rather than a
 full-text engine: Chinese has no spaces, SQLite's FTS5 tokenizers and PostgreSQL's
@@ -46,12 +46,3 @@ class KbGram(SQLModel, table=True):
     gram: str = Field(primary_key=True, max_length=32)
     article_id: int = Field(primary_key=True, index=True)
     weight: int  # 3 when the gram is in the question, 1 when only in the answer
-
-
-class AgentPresence(SQLModel, table=True):
-    """The state an agent set in the console (available, break, wrap-up, logged out)."""
-
-    __tablename__ = "agent_presence"
-    username: str = Field(primary_key=True, max_length=64)
-    state: str = Field(max_length=16, index=True)
-    since: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))

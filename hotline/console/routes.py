@@ -1,5 +1,8 @@
 """HTTP and websocket routes of the console: the static app, the live queue, the
-knowledge base, agents' states, the dispatch preview and the supervisor wall."""
+knowledge base, the dispatch preview and the supervisor wall.
+
+Agents' states are not here: the console sets them through the ACD's own API
+(`/api/v1/agents/me/...`), the one record of who is available."""
 
 from __future__ import annotations
 
@@ -16,13 +19,11 @@ from pydantic import Field, model_validator
 
 from hotline.auth import request_token, token_hash
 from hotline.console import kb
-from hotline.console.events import AgentStateChanged
 from hotline.console.feed import QueueFeed, Subscriber
-from hotline.console.presence import AGENT_STATES, get_state, set_state
 from hotline.console.wall import DRILL_METRICS, Wall
 from ticketing import workqueue
 from ticketing.deadlines import Urgency, due_at
-from ticketing.handlers import Deps, TicketNotFound, announce, get_ticket, limits_for
+from ticketing.handlers import Deps, TicketNotFound, get_ticket, limits_for
 from ticketing.lifecycle import Role
 from ticketing.schemas import Code, Strict
 from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body
@@ -37,6 +38,8 @@ CSP = (
 )
 # what the console asks to learn whether the other parts have landed
 FEATURE_ROUTES = {"conversations": "/api/v1/conversations", "phone": "/api/v1/agents/me"}
+# the states an agent picks in the console (ringing, on_call, wrap_up are the ACD's doing)
+AGENT_CHOICES = ("available", "break", "logged_out")
 
 
 class ArticleIn(Strict):
@@ -62,10 +65,6 @@ class ArticlePatch(Strict):
     valid_from: date | None = None
     valid_to: date | None = None
     version: int | None = Field(None, description="the version edited; 409 if it changed")
-
-
-class StateIn(Strict):
-    state: Annotated[str, Field(pattern="^(" + "|".join(AGENT_STATES) + ")$")]
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
                 "audiences": workqueue.audiences_for(who),
                 "instance": feed.instance,
                 "features": {k: path in known for k, path in FEATURE_ROUTES.items()},
-                "agent_states": list(AGENT_STATES),
+                "agent_states": list(AGENT_CHOICES),
                 "timezone": str(deps.tz),
             }
         )
@@ -167,7 +166,8 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
             after = int(q["after"]) if q.get("after") else None
         except ValueError:
             after = None
-        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+        # uncompressed: one encoded frame is shared by every socket (see feed.py)
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096, compress=False)
         if not ws.can_prepare(request).ok:
             raise problem("invalid-request", "this URL speaks websocket only")
         await ws.prepare(request)
@@ -179,6 +179,7 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
             who.role.value,
             frozenset(workqueue.audiences_for(who)),
             token_hash(token) if token else None,
+            transport=request.transport,
         )
         feed.attach(sub, instance=q.get("instance") or None, after=after)
         try:
@@ -188,17 +189,6 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
         finally:
             await feed.detach(sub)
         return ws
-
-    async def my_state(request: web.Request) -> web.StreamResponse:
-        who = principal_of(request)
-        return json_response(await get_state(deps.db, who.username))
-
-    async def put_state(request: web.Request) -> web.StreamResponse:
-        who = principal_of(request, *FLOOR)
-        body = await read_body(request, StateIn)
-        view = await set_state(deps.db, who.username, body.state, deps.clock())
-        await announce(deps, [AgentStateChanged(who.username, body.state)])
-        return json_response(view)
 
     async def dispatch_preview(request: web.Request) -> web.StreamResponse:
         """What a dispatch would do now: lead department and deadlines, before confirming."""
@@ -393,8 +383,6 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
                   roles=(), tag=tag, query=(("instance", "instance id of the last frame"),
                                             ("after", "last seq applied")),
                   responses={101: "switching to websocket", 400: "not a websocket request"}),
-        RouteSpec("GET", c + "/state", my_state, "My agent state", roles=(), tag=tag),
-        RouteSpec("PUT", c + "/state", put_state, "Set my agent state", StateIn, FLOOR, tag=tag),
         RouteSpec("GET", c + "/dispatch-preview", dispatch_preview,
                   "Lead department and deadlines a dispatch would give now", roles=FLOOR,
                   tag=tag, query=(("ticket", "ticket number (its category, urgency, district)"),

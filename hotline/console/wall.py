@@ -1,33 +1,47 @@
 """The supervisor wall: the numbers a 12345 centre is judged by, each with its list.
 
-Every number is computed from the database at request time with the same predicate
-its drill-down list uses, so a number and the list behind it cannot disagree.
-Phone figures the ACD owns (service level, connection rate, emergency hand-offs)
-come from `PhoneStats` providers registered by the phone line; until one is
-registered they are reported as unknown (null), never as zero.
+Every number is computed at request time with the same predicate its drill-down
+list uses, so a number and the list behind it cannot disagree. Two sources:
+
+- the database, for what is history: tickets, today's volume, and the phone
+  line's record (`call`, `emergency_handoff` rows): the service level today
+  (answered within the ACD's target, 15 s, over answered today), the connection
+  rate over the last 24 h (answered over answered + abandoned, as the ACD and
+  GB/T 33358 count it: callbacks and emergency hand-offs are neither) and the
+  emergency hand-offs today. History is shared by every instance and survives a
+  restart, which the ACD's in-memory counters do not.
+- the ACD in this process, for what is live: calls waiting, the longest wait,
+  agents by state (one truth: the state an agent sets in the console is the
+  ACD's, `PUT /api/v1/agents/me/state`).
+
+Rates are fractions (0..1), as the ACD reports them; null when nothing was
+counted yet (no call today), never a made-up 100 %.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from hotline.console.presence import AGENT_STATES, presence_t
+from hotline.acd.domain import AgentState
+from hotline.acd.service import AcdService
+from hotline.calls.models import Call, EmergencyHandoff
 from ticketing.handlers import DISPATCH_PHASE, FEEDBACK_PHASE, Deps, ticket_t
 from ticketing.models import WorkItem
 
 work_item = WorkItem.__table__  # type: ignore[attr-defined]
+call_t = Call.__table__  # type: ignore[attr-defined]
+handoff_t = EmergencyHandoff.__table__  # type: ignore[attr-defined]
+AGENT_STATES = tuple(s.value for s in AgentState)
+DAY = timedelta(hours=24)
 
 TEXT_ANSWER_LIMIT = timedelta(minutes=3)  # GB/T 33358-2016: text channels within 3 minutes
 CENTRE = "(hotline)"  # tickets still waiting for dispatch belong to the centre itself
 DRILL_LIMIT = 500
-
-PhoneStats = Callable[[], Awaitable[dict[str, Any]]]
-
 
 @dataclass(frozen=True)
 class Risk:
@@ -65,11 +79,61 @@ def classify(row: Any, now: datetime, warn_fraction: float) -> Risk | None:
     return None
 
 
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
 class Wall:
-    def __init__(self, deps: Deps, warn_fraction: float) -> None:
+    def __init__(
+        self, deps: Deps, warn_fraction: float, alerts: Iterable[dict[str, Any]] = ()
+    ) -> None:
         self.deps = deps
         self.warn_fraction = warn_fraction
-        self.phone_sources: list[PhoneStats] = []
+        self.acd: AcdService | None = None  # the phone line's ACD, set when the app starts
+        self.alerts = alerts  # the console feed's recent emergency alerts, oldest first
+
+    @property
+    def service_level_s(self) -> float:
+        return self.acd.config.rules.service_level_s if self.acd else 15.0
+
+    async def phone_history(self, conn: Any, now: datetime) -> dict[str, Any]:
+        """What the call records say: service level today, connection rate 24 h,
+        emergency hand-offs today."""
+        today = start_of_today(now, self.deps)
+        c = call_t.c
+        answered_today, within = (
+            await conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.sum(sa.case((c.wait_s <= self.service_level_s, 1), else_=0)),
+                ).where(c.answered_at >= today)
+            )
+        ).one()
+        since = now - DAY
+        answered_24h = (
+            await conn.execute(sa.select(sa.func.count()).where(c.answered_at >= since))
+        ).scalar_one()
+        abandoned_24h = (
+            await conn.execute(
+                sa.select(sa.func.count()).where(c.state == "abandoned", c.ended_at >= since)
+            )
+        ).scalar_one()
+        handoffs = (
+            await conn.execute(
+                sa.select(sa.func.count()).where(handoff_t.c.requested_at >= today)
+            )
+        ).scalar_one()
+        within = int(within or 0)
+        return {
+            "answered_today": answered_today,
+            "answered_within_target_today": within,
+            "service_level_target_s": self.service_level_s,
+            "service_level_15s_today": _rate(within, answered_today),
+            "answered_24h": answered_24h,
+            "abandoned_24h": abandoned_24h,
+            "connection_rate_24h": _rate(answered_24h, answered_24h + abandoned_24h),
+            "emergency_handoffs_today": handoffs,
+        }
 
     async def _risks(self, now: datetime) -> list[Risk]:
         phases = [s.value for s in (*DISPATCH_PHASE, *FEEDBACK_PHASE)]
@@ -112,12 +176,8 @@ class Wall:
                     .group_by(c.category_code)
                 )
             ).all()
-            states = (
-                await conn.execute(
-                    sa.select(presence_t.c.state, sa.func.count()).group_by(presence_t.c.state)
-                )
-            ).all()
             waiting = await self._waiting(conn, now)
+            history = await self.phone_history(conn, now)
         catalog = self.deps.catalog
         depts = []
         for code, counts in sorted(
@@ -126,19 +186,17 @@ class Wall:
             dept = catalog.departments.get(code)
             depts.append({"department": code, "name": dept["name"] if dept else None, **counts})
         agents = dict.fromkeys(AGENT_STATES, 0)
-        agents.update({s: n for s, n in states})
-        phone = {
-            "connected": False,
-            "calls_waiting": waiting["call"]["count"],
-            "longest_wait_s": waiting["call"]["longest_s"],
+        phone: dict[str, Any] = {
+            "connected": self.acd is not None,
+            "calls_waiting": None,
+            "longest_wait_s": None,
             "callbacks_waiting": waiting["callback"]["count"],
-            "service_level_15s_today": None,
-            "connection_rate_24h": None,
-            "emergency_handoffs_today": None,
+            **history,
         }
-        for source in self.phone_sources:
-            phone.update(await source())
-            phone["connected"] = True
+        if self.acd is not None:
+            kpis = self.acd.kpis()
+            agents.update(kpis["agents"])
+            phone.update(calls_waiting=kpis["waiting"], longest_wait_s=kpis["longest_wait_s"])
         return {
             "generated_at": _iso(now),
             "today_from": _iso(today),
@@ -168,6 +226,7 @@ class Wall:
                 "longest_wait_s": waiting["conversation"]["longest_s"],
             },
             "phone": phone,
+            "alerts": list(reversed(list(self.alerts)))[:20],
         }
 
     async def _waiting(self, conn: Any, now: datetime) -> dict[str, dict[str, Any]]:
@@ -181,13 +240,13 @@ class Wall:
                     sa.func.min(w.created_at),
                     sa.func.sum(sa.case((w.created_at <= limit, 1), else_=0)),
                 )
-                .where(w.kind.in_(["conversation", "call", "callback"]))
+                .where(w.kind.in_(["conversation", "callback"]))
                 .group_by(w.kind)
             )
         ).all()
         out = {
             k: {"count": 0, "longest_s": None, "over_limit": 0}
-            for k in ("conversation", "call", "callback")
+            for k in ("conversation", "callback")
         }
         for kind, n, oldest, over in rows:
             oldest = oldest.replace(tzinfo=UTC) if oldest and oldest.tzinfo is None else oldest
@@ -223,17 +282,44 @@ class Wall:
                 ).scalars()
                 return await self._tickets(list(numbers))
         if metric == "agents":
-            q = sa.select(presence_t).order_by(presence_t.c.since)
-            if value:
-                q = q.where(presence_t.c.state == value)
+            agents = self.acd.agents_view() if self.acd else []
+            return [
+                {
+                    "username": a["username"],
+                    "state": a["state"],
+                    "state_for_s": a.get("state_for_s"),
+                    "reason": a.get("reason"),
+                    "call_uuid": a.get("call_uuid"),
+                }
+                for a in sorted(agents, key=lambda a: -(a.get("state_for_s") or 0))
+                if not value or a["state"] == value
+            ]
+        if metric == "calls_waiting":
+            live = self.acd.live_calls() if self.acd else []
+            return [c for c in live if c["position"] is not None]
+        if metric == "emergency_handoffs":
+            h = handoff_t.c
             async with self.deps.db.read() as conn:
+                rows = await conn.execute(
+                    sa.select(handoff_t)
+                    .where(h.requested_at >= start_of_today(now, self.deps))
+                    .order_by(h.requested_at.desc())
+                    .limit(DRILL_LIMIT)
+                )
                 return [
-                    {"username": r.username, "state": r.state, "since": _iso(r.since)}
-                    for r in await conn.execute(q)
+                    {
+                        "call": r.call_uuid,
+                        "line": r.line,
+                        "route": r.route,
+                        "agent": r.agent,
+                        "ticket": r.ticket_number,
+                        "outcome": r.outcome,
+                        "requested_at": _iso(r.requested_at),
+                    }
+                    for r in rows
                 ]
-        if metric in ("conversations_waiting", "conversations_over_3min", "calls_waiting"):
-            kind = "call" if metric == "calls_waiting" else "conversation"
-            q = sa.select(work_item).where(work_item.c.kind == kind)
+        if metric in ("conversations_waiting", "conversations_over_3min"):
+            q = sa.select(work_item).where(work_item.c.kind == "conversation")
             if metric == "conversations_over_3min":
                 q = q.where(work_item.c.created_at <= now - TEXT_ANSWER_LIMIT)
             async with self.deps.db.read() as conn:
@@ -286,4 +372,5 @@ DRILL_METRICS = (
     "conversations_waiting",
     "conversations_over_3min",
     "calls_waiting",
+    "emergency_handoffs",
 )

@@ -225,6 +225,69 @@ async def test_safe_mode_garbage_inside_a_valid_envelope_gets_success(wx) -> Non
     assert (await _post(wx, body, q)).status == 200
 
 
+_FLAT_CASES = [
+    rig.text_xml("路灯坏了 <b>&amp; ]] > 😀", msg_id="77"),  # markup-like text inside CDATA
+    "<xml><A>plain &amp; text</A></xml>",  # an entity: the parser's job
+    "<xml><A><![CDATA[x]]]]><![CDATA[>y]]></A></xml>",  # "]]>" split over two sections
+    "<xml><A> <![CDATA[x]]></A></xml>",  # text around a CDATA section
+    "<xml>\n  <A><![CDATA[]]></A>\n  <B></B>\n  <C>  spaced  </C>\n</xml>\n",
+    "<xml><A>1</A><A>2</A></xml>",  # a repeated element: the last one wins
+    "<xml><A x='1'>attr</A></xml>",
+    "<xml><A><!-- c --></A></xml>",
+    "<xml><A><B>n</B></A></xml>",
+    "<xml><A/><B>b</B></xml>",
+    "<?xml version='1.0' encoding='utf-8'?><xml><A>decl</A></xml>",
+    "\ufeff<xml><A>bom</A></xml>",
+    "<xml><A>cr\r\nlf</A></xml>",
+    "<xml><A>ctl\x01</A></xml>",  # not XML at all
+    "<xml><A>]]></A></xml>",  # not XML either
+    "<xml><A>x</B></xml>",
+    "<xml><A>x</A>",
+    "<xml><A>x</A></xml>trailing",
+    "<xml><A>x</A></xml><xml></xml>",
+    "<root><A>x</A></root>",
+    "\u3000<xml><A>ideographic space</A></xml>",
+    "<xml><Ä>non-ascii name</Ä></xml>",
+]
+
+
+@pytest.mark.parametrize("doc", _FLAT_CASES)
+def test_flat_fast_path_reads_what_the_xml_parser_reads(doc: str) -> None:
+    """WeChat's flat pushes skip ElementTree; every document must still read exactly as
+    ElementTree reads it, or be refused exactly when ElementTree refuses it."""
+    from xml.etree import ElementTree
+
+    from channels.wechat.inbound import ParseError
+
+    def reference() -> dict[str, object] | None:
+        try:
+            root = ElementTree.fromstring(doc.encode())
+        except ElementTree.ParseError:
+            return None
+        if root.tag != "xml":
+            return None
+        return {c.tag: {"children": len(c)} if len(c) else (c.text or "") for c in root}
+
+    want = reference()
+    for given in (doc, doc.encode()):
+        try:
+            got: dict[str, object] | None = parse_xml(given)
+        except ParseError:
+            got = None
+        assert got == want
+
+
+def test_wechat_shaped_pushes_skip_the_xml_parser() -> None:
+    from channels.wechat.inbound import _parse_flat
+
+    _q, envelope = rig.encrypted(rig.text_xml("着火了"))
+    assert _parse_flat(envelope) is not None
+    assert _parse_flat(rig.text_xml("着火了", msg_id="5")) == parse_xml(
+        rig.text_xml("着火了", msg_id="5").encode()
+    )
+    assert _parse_flat(_FLAT_CASES[4]) is not None  # WeChat's sample layout, with newlines
+
+
 def _xml(mtype: str, extra: str, msg_id: str | None = "9001") -> str:
     mid = f"<MsgId>{msg_id}</MsgId>" if msg_id else ""
     return (

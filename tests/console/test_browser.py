@@ -1,88 +1,20 @@
 """The console in a real headless Chromium (Debian's /usr/bin/chromium, driven by
 Playwright), against the whole service started on a free port.
 
-No browser, no pass: without Chromium these tests FAIL with the install command,
-unless HOTLINE_NO_BROWSER=1 says explicitly that this machine has none.
+The `browser` fixture is in conftest.py (see browser_kit.py).
 Screenshots of each main screen land in the test's tmp_path.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from hotline.appkeys import DEPS
+from tests.console.browser_kit import login
 from ticketing.handlers import ticket_t
-
-CHROMIUM = os.environ.get("HOTLINE_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PASSWORD = "test-password-1"
-
-
-def require_chromium() -> None:
-    if os.environ.get("HOTLINE_NO_BROWSER") == "1":
-        pytest.skip("HOTLINE_NO_BROWSER=1: browser tests switched off explicitly")
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: apt-get install -y chromium "
-            "(or set HOTLINE_NO_BROWSER=1 to skip the browser tests on purpose)"
-        )
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    require_chromium()
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.fail("Playwright for Python is missing: pip install -e '.[test]'")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@pytest.fixture
-async def service(sqlite_api):  # type: ignore[no-untyped-def]
-    """The service on a free port (SQLite), seeded with staff; `.base` is its URL."""
-    sqlite_api.base = str(sqlite_api.client.make_url("")).rstrip("/")
-    return sqlite_api
-
-
-async def login(browser, service, who: str, shots: Path | None = None):  # type: ignore[no-untyped-def]
-    context = await browser.new_context(viewport={"width": 1440, "height": 1000}, locale="zh-CN")
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.errors = errors
-    await page.goto(service.base + "/console/")
-    await page.wait_for_selector("#login-form")
-    if shots:
-        await page.screenshot(path=str(shots / "login.png"))
-    await page.fill("#login-username", who)
-    await page.fill("#login-password", PASSWORD)
-    await page.press("#login-password", "Enter")
-    await page.wait_for_selector("#app-view:not([hidden])")
-    await page.wait_for_selector("#live:not(.down):text('实时')")
-    return page
 
 
 async def test_a_ticket_created_elsewhere_appears_in_the_queue_within_a_second(

@@ -179,16 +179,50 @@ async def test_a_slow_consumer_is_cut_off_and_told_to_resume(sqlite_api, monkeyp
     feed = sqlite_api.app[CONSOLE].feed
     ws = await connect(sqlite_api)
     await frame(ws)
-    sub = next(iter(feed.subscribers))
-    sub.writer.cancel()  # nobody drains this socket any more
-    for i in range(feed_mod.OUTBOX_FRAMES + 2):
-        feed.push(lambda s: True, {"type": "hint", "n": i})
-    await asyncio.sleep(0.05)
+    (sub,) = feed.subscribers
+    assert sub.transport is not None  # frames go straight to the connection
+    # as if the client had stopped reading long ago: its unsent bytes pass the limit
+    monkeypatch.setattr(feed_mod, "MAX_UNSENT_BYTES", -1)
+    feed.push(lambda s: True, {"type": "hint"})
     assert sub not in feed.subscribers
     msg = await asyncio.wait_for(ws.receive(), 2)
     assert msg.type is aiohttp.WSMsgType.CLOSE
     assert msg.data == feed_mod.SLOW_CONSUMER
     assert msg.extra == "too slow; resume"
+
+
+async def test_one_encoded_frame_is_shared_by_every_socket_of_an_audience(sqlite_api):
+    """The fan-out writes the same bytes object to each socket: encoded once per group."""
+    feed = sqlite_api.app[CONSOLE].feed
+    agents = [await connect(sqlite_api) for _ in range(3)]
+    dept = await connect(sqlite_api, "urban")
+    for ws in (*agents, dept):
+        await frame(ws)
+    written: list[tuple[str, int]] = []
+    for sub in feed.subscribers:
+        real = sub.transport
+
+        class Spy:
+            def __init__(self, real, who):  # type: ignore[no-untyped-def]
+                self.real, self.who = real, who
+
+            def write(self, data: bytes) -> None:
+                written.append((self.who, id(data)))
+                self.real.write(data)
+
+            def __getattr__(self, name):  # type: ignore[no-untyped-def]
+                return getattr(self.real, name)
+
+        sub.transport = Spy(real, sub.username)
+    t = await sqlite_api.new_ticket()
+    for ws in agents:
+        await until_key(ws, f"ticket:{t['number']}")
+    agent_writes = {ident for who, ident in written if who == "agent"}
+    assert len([w for w in written if w[0] == "agent"]) == 3
+    assert len(agent_writes) == 1  # one frame, three sockets
+    assert not [w for w in written if w[0] == "urban"]  # not their audience
+    for ws in (*agents, dept):
+        await ws.close()
 
 
 async def test_logout_closes_the_sessions_sockets(sqlite_api):

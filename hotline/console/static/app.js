@@ -21,7 +21,6 @@ const ACD = {
   login: "/api/v1/agents/me/login",
   logout: "/api/v1/agents/me/logout",
   state: "/api/v1/agents/me/state",
-  kpis: "/api/v1/acd/kpis",
   call: (uuid, action) => `/api/v1/calls/${encodeURIComponent(uuid)}${action ? "/" + action : ""}`,
 };
 
@@ -30,6 +29,7 @@ let LANG = "zh-CN";
 let CONFIG = null;
 let CATALOG = { departments: [], categories: [] };
 let PHONE = null; // the ACD's view of me, or null when the phone line is not connected
+const SCREEN_POPS = new Map(); // call uuid -> what the ACD told us about the caller as it rang
 let feed = null;
 let selectedKey = null;
 let lastAnswerTarget = null;
@@ -248,7 +248,14 @@ class Feed {
     } else if (f.type === "events") {
       this.apply(f.events);
     } else if (f.type === "alert") {
-      toast(f.text || t("alert.generic"), true);
+      showAlert(f.alert);
+      return;
+    } else if (f.type === "screen_pop") {
+      SCREEN_POPS.set(f.uuid, f);
+      refreshPhone();
+      return;
+    } else if (f.type === "agent_state") {
+      refreshPhone();
       return;
     } else {
       return;
@@ -267,7 +274,8 @@ class Feed {
 
   sorted() {
     return Array.from(this.items.values()).sort((a, b) =>
-      a.priority - b.priority
+      Number(!!b.emergency) - Number(!!a.emergency)
+      || a.priority - b.priority
       || (a.due_at === null) - (b.due_at === null)
       || (a.due_at || "").localeCompare(b.due_at || "")
       || (a.since || "").localeCompare(b.since || "")
@@ -297,7 +305,9 @@ function renderQueue() {
     el("div", { class: "row1" },
       i.emergency ? el("span", { class: "badge emergency", text: t("queue.emergency") }) : null,
       el("span", { class: "badge", text: label("itemkind", i.kind) }),
-      el("span", { class: "title", text: i.title || i.ref })),
+      el("span", { class: "title", text: i.title || i.ref }),
+      i.emergency && (i.emergency_lines || i.alert) ? el("span", { class: "badge emergency",
+        text: (i.emergency_lines || (i.alert && i.alert.lines) || []).join("/") }) : null),
     el("div", { class: "row2" },
       el("span", { text: label("channel", i.channel) }),
       el("span", { text: label("action", i.action) }),
@@ -422,24 +432,61 @@ async function showConversation(id) {
   const status = $("#conversation-status");
   const list = $("#conversation-messages");
   const form = $("#conversation-form");
+  const history = $("#conversation-history");
+  const alarm = $("#conversation-emergency");
   list.replaceChildren();
+  history.replaceChildren();
+  alarm.hidden = true;
   if (!CONFIG.features.conversations) {
     status.textContent = t("conv.not_connected");
     form.hidden = true;
     return;
   }
+  let c;
   try {
-    const c = await api("GET", `/api/v1/conversations/${encodeURIComponent(id)}`);
-    status.textContent = `${label("channel", c.channel)} · ${c.status || ""}`;
-    list.replaceChildren(...(c.messages || []).map((m) =>
-      el("li", { class: m.direction === "out" ? "out" : "in" },
-        el("span", { class: "muted", text: fmtTime(m.at || m.created_at) + " " }),
-        el("span", { text: m.text || `[${m.kind || "media"}]` }))));
-    form.hidden = false;
+    c = await api("GET", `/api/v1/conversations/${encodeURIComponent(id)}`);
   } catch (e) {
     status.textContent = e.message;
     form.hidden = true;
+    return;
   }
+  if (box.dataset.id !== String(id)) return;  // another item was opened meanwhile
+  const who = c.contact ? c.contact.display_name || c.contact.address : "";
+  status.textContent = [label("channel", c.channel), label("convstatus", c.status), who,
+    c.ticket_number ? `${t("call.ticket")} ${c.ticket_number}` : ""].filter(Boolean).join(" · ");
+  if (c.emergency) {
+    alarm.textContent = t("conv.emergency", { lines: (c.emergency_lines || []).join(" / ") });
+    alarm.hidden = false;
+  }
+  list.replaceChildren(...(c.messages || []).map((m) =>
+    el("li", { class: m.direction === "out" ? "out" : "in", "data-id": m.id },
+      el("span", { class: "muted", text: `${fmtTime(m.sent_at)} ${m.direction === "out" ? m.author : ""} ` }),
+      el("span", { class: "text", text: m.text || `[${m.kind || "media"}]` }),
+      m.delivery ? el("span", { class: "muted delivery", text: ` · ${label("delivery", m.delivery.state)}` }) : null)));
+  list.scrollTop = list.scrollHeight;
+  form.hidden = c.status === "closed";
+  $("#conv-ticket").disabled = !!c.ticket_number;
+  $("#conv-attach").disabled = !!c.ticket_number;
+  if (c.contact_id) conversationHistory(c).catch(() => { /* the view works without it */ });
+}
+
+async function conversationHistory(c) {
+  const h = await api("GET", `/api/v1/contacts/${c.contact_id}/history`);
+  if ($("#conversation").dataset.id !== String(c.id)) return;
+  const others = (h.conversations || []).filter((x) => x.id !== c.id);
+  const parts = [];
+  if (others.length) {
+    parts.push(el("h3", { text: t("conv.other_conversations") }), el("ul", { class: "history" },
+      ...others.slice(0, 10).map((x) => el("li", {}, el("button", { type: "button", class: "link",
+        text: `${label("channel", x.channel)} · ${fmtTime(x.last_message_at)} · ${label("convstatus", x.status)}`,
+        onclick: () => showConversation(x.id) })))));
+  }
+  if ((h.tickets || []).length) {
+    parts.push(el("h3", { text: t("conv.tickets") }), el("ul", { class: "history" },
+      ...h.tickets.slice(0, 10).map((x) => el("li", {}, el("button", { type: "button", class: "link",
+        text: `${x.number} ${x.title || ""} · ${label("status", x.status)}`, onclick: () => showTicket(x.number) })))));
+  }
+  $("#conversation-history").replaceChildren(...parts);
 }
 
 async function sendConversationReply(ev) {
@@ -450,6 +497,43 @@ async function sendConversationReply(ev) {
   try {
     await api("POST", `/api/v1/conversations/${encodeURIComponent(id)}/messages`, { text });
     $("#conversation-reply").value = "";
+    toast(t("conv.sent"));
+    showConversation(id);
+  } catch (e) { toast(e.message, true); }
+}
+
+async function conversationToTicket() {
+  // the ticket form below supplies the fields; the description defaults to the resident's words
+  const id = $("#conversation").dataset.id;
+  const f = formBody();
+  const body = { kind: f.kind, urgency: f.urgency };
+  for (const k of ["title", "description", "category", "location"]) if (f[k]) body[k] = f[k];
+  if (f.contact && f.contact.name) body.contact_name = f.contact.name;
+  try {
+    const tk = await api("POST", `/api/v1/conversations/${encodeURIComponent(id)}/ticket`, body);
+    toast(t("conv.ticketed", { number: tk.number }));
+    resetForm();
+    showConversation(id);
+  } catch (e) { $("#form-error").textContent = e.message; toast(e.message, true); }
+}
+
+async function conversationAttach() {
+  const id = $("#conversation").dataset.id;
+  const number = $("#conv-attach-number").value.trim();
+  if (!number) { $("#conv-attach-number").focus(); return; }
+  try {
+    await api("POST", `/api/v1/conversations/${encodeURIComponent(id)}/ticket`, { number });
+    toast(t("conv.attached", { number }));
+    $("#conv-attach-number").value = "";
+    showConversation(id);
+  } catch (e) { toast(e.message, true); }
+}
+
+async function conversationClose() {
+  const id = $("#conversation").dataset.id;
+  try {
+    await api("POST", `/api/v1/conversations/${encodeURIComponent(id)}/close`, {});
+    toast(t("conv.closed"));
     showConversation(id);
   } catch (e) { toast(e.message, true); }
 }
@@ -457,10 +541,13 @@ async function sendConversationReply(ev) {
 // ---------------------------------------------------------------- call panel
 
 async function refreshPhone() {
-  if (!CONFIG.features.phone) { PHONE = null; renderCall(); return; }
+  if (!CONFIG || !CONFIG.features.phone || !["agent", "supervisor"].includes(CONFIG.user.role)) {
+    PHONE = null; renderCall(); return;
+  }
   try {
-    PHONE = await api("GET", ACD.me);
-    PHONE.call = PHONE.call_uuid ? await api("GET", ACD.call(PHONE.call_uuid)).catch(() => null) : null;
+    const me = await api("GET", ACD.me);
+    me.call = me.call_uuid ? await api("GET", ACD.call(me.call_uuid)).catch(() => null) : null;
+    PHONE = me;
   } catch (e) {
     // not logged in to the ACD yet (404/409): connected, no call
     PHONE = e.status === 404 || e.status === 409 ? { state: "logged_out", call: null } : null;
@@ -474,23 +561,30 @@ function renderCall() {
   const call = PHONE && PHONE.call;
   status.textContent = !PHONE ? t("call.not_connected") : call ? label("callstate", call.state) : t("call.idle");
   info.replaceChildren();
+  const state = call ? call.state : null;
   if (call) {
+    const pop = SCREEN_POPS.get(call.uuid) || {};
     info.append(dl([
-      [t("call.caller"), call.caller_masked || call.caller || "—"],
-      [t("call.resident"), call.resident ? call.resident.name || call.resident.id : "—"],
-      [t("call.card"), call.card_status ? label("card", call.card_status) : "—"],
+      [t("call.caller"), call.caller || pop.caller || "—"],
+      [t("call.resident"), pop.resident || "—"],
+      [t("call.history"), t("call.previous_calls", { n: pop.previous_calls || 0 })],
+      [t("call.ticket"), call.ticket || "—"],
     ]));
-    const tickets = call.tickets || [];
+    const tickets = pop.open_tickets || [];
     if (tickets.length) {
-      info.append(el("ul", {}, ...tickets.map((x) => el("li", {},
-        el("button", { type: "button", class: "link", text: `${x.number} ${x.title || ""}`,
+      info.append(el("h3", { text: t("call.open_tickets") }), el("ul", { class: "history" }, ...tickets.map((x) => el("li", {},
+        el("button", { type: "button", class: "link", text: `${x.number} ${x.title || ""} · ${label("status", x.status)}`,
           onclick: () => showTicket(x.number) })))));
     }
   }
-  for (const b of $$("#call-panel button")) {
-    b.disabled = !call;
+  const talking = state === "talking" || state === "held";
+  for (const b of $$("#call-panel button[data-call], #call-panel button[data-line]")) {
+    const on = b.dataset.call === "answer" ? state === "ringing" : talking;
+    b.disabled = !on;
     b.title = !PHONE ? t("call.not_connected") : !call ? t("call.idle") : "";
   }
+  const sel = $("#agent-state");
+  if (PHONE && sel && document.activeElement !== sel) showAgentState(PHONE.state);
 }
 
 async function callAction(action, body) {
@@ -506,8 +600,8 @@ async function callAction(action, body) {
 async function emergency(line) {
   if (!PHONE || !PHONE.call) { toast(t("call.not_connected"), true); return; }
   if (!(await confirmAction(t("call.confirm_emergency", { line: label("line", line) })))) return;
-  await callAction("emergency", { line });
   toast(t("call.emergency_sent", { line }));
+  await callAction("emergency", { line });
 }
 
 // ---------------------------------------------------------------- ticket form + dispatch
@@ -914,14 +1008,8 @@ async function wallLoad() {
   $("#wall-time").textContent = fmtTime(w.generated_at);
   const pct = (x) => `${Math.round(x * 1000) / 10}%`;
   const secs = (x) => fmtDur(x * 1000);
-  const ph = w.phone;
-  if (CONFIG.features.phone) {
-    const k = await api("GET", ACD.kpis).catch(() => null);
-    if (k) {
-      Object.assign(ph, { calls_waiting: k.waiting, longest_wait_s: k.longest_wait_s,
-        service_level_15s_today: k.service_level_15s, connection_rate_24h: k.connection_rate_24h });
-    }
-  }
+  const ph = w.phone;  // computed by the server from the ACD and the call records
+  const noCalls = ph.connected ? "wall.no_calls" : "call.not_connected";
   $("#wall-tiles").replaceChildren(
     tile("at_risk", w.tickets.at_risk, { metric: "at_risk", bad: true }),
     tile("breached", w.tickets.breached, { metric: "breached", bad: true }),
@@ -931,9 +1019,10 @@ async function wallLoad() {
     tile("conversations_waiting", w.conversations.waiting, { metric: "conversations_waiting" }),
     tile("calls_waiting", ph.calls_waiting, { metric: "calls_waiting" }),
     tile("longest_wait", ph.longest_wait_s, { format: secs }),
-    tile("service_level", ph.service_level_15s_today, { format: pct }),
-    tile("connection_rate", ph.connection_rate_24h, { format: pct }),
-    tile("emergency_handoffs", ph.emergency_handoffs_today));
+    tile("service_level", ph.service_level_15s_today, { format: pct, unknownText: noCalls }),
+    tile("connection_rate", ph.connection_rate_24h, { format: pct, unknownText: noCalls }),
+    tile("emergency_handoffs", ph.emergency_handoffs_today, { metric: "emergency_handoffs", bad: true }));
+  renderAlerts(w.alerts || []);
   barChart($("#chart-dept"), w.tickets.by_department.map((d) => ({
     label: d.department === "(hotline)" ? t("wall.centre") : d.name || d.department,
     segments: [
@@ -963,9 +1052,15 @@ async function drill(metric, param, title) {
   $("#drill-title").textContent = `${title} (${r.items.length})`;
   let head, rows;
   if (metric === "agents") {
-    head = [t("col.user"), t("state.label"), t("col.since")];
-    rows = r.items.map((a) => [a.username, label("state", a.state), fmtTime(a.since)]);
-  } else if (metric.startsWith("conversations") || metric === "calls_waiting") {
+    head = [t("col.user"), t("state.label"), t("col.state_for")];
+    rows = r.items.map((a) => [a.username, label("state", a.state), fmtDur((a.state_for_s || 0) * 1000)]);
+  } else if (metric === "calls_waiting") {
+    head = [t("col.caller"), t("col.position"), t("col.since")];
+    rows = r.items.map((c) => [c.caller, String(c.position), fmtTime(c.entered_at)]);
+  } else if (metric === "emergency_handoffs") {
+    head = [t("col.line"), t("col.user"), t("col.outcome"), t("col.since")];
+    rows = r.items.map((x) => [label("line", x.line), x.agent || "—", x.outcome, fmtTime(x.requested_at)]);
+  } else if (metric.startsWith("conversations")) {
     head = [t("col.kind"), t("col.ref"), t("col.since"), t("col.claimed")];
     rows = r.items.map((x) => [label("itemkind", x.kind), x.ref, fmtTime(x.since), x.claimed_by || "—"]);
   } else {
@@ -978,6 +1073,28 @@ async function drill(metric, param, title) {
     el("tbody", {}, ...rows.map((row) => el("tr", {}, ...row.map((c) => el("td", { text: c })))))));
   $("#drill").scrollIntoView({ block: "nearest" });
   $("#drill-close").focus();
+}
+
+function alertText(a) {
+  return a.source === "channel"
+    ? t("alert.channel", { channel: label("channel", a.channel), lines: a.lines.join("/"), text: a.text })
+    : t("alert.phone", { lines: a.lines.join("/"), text: a.text });
+}
+
+function renderAlerts(alerts) {
+  const list = $("#wall-alerts");
+  if (!alerts.length) { list.replaceChildren(el("li", { class: "muted", text: t("wall.no_alerts") })); return; }
+  list.replaceChildren(...alerts.map((a) => el("li", { class: "alert-line", "data-key": a.key || "" },
+    el("span", { class: "muted", text: `${fmtTime(a.at)} ` }), el("span", { text: alertText(a) }))));
+}
+
+function showAlert(a) {
+  // supervisors: a banner that stays until dismissed, and the wall's list
+  const banner = $("#alert-banner");
+  banner.replaceChildren(el("span", { text: alertText(a) }),
+    el("button", { type: "button", class: "link", text: t("app.close"), onclick: () => { banner.hidden = true; } }));
+  banner.hidden = false;
+  wallSoon();
 }
 
 function wallSoon() {
@@ -1003,21 +1120,41 @@ function showView(name) {
   if (name === "kb") kbList().catch((e) => toast(e.message, true));
 }
 
-async function phoneState(state) {
-  // the ACD sets ringing/on_call/wrap_up itself; agents log in, out, and pick available/break
-  if (state === "logged_out") { await api("POST", ACD.logout); return; }
-  if (PHONE.state === "logged_out") await api("POST", ACD.login, {});
-  if (state === "available" || state === "break") await api("PUT", ACD.state, { state });
-  await refreshPhone();
+function showAgentState(state) {
+  // ringing, on call and wrap-up are the ACD's doing: shown, not chosen
+  const sel = $("#agent-state");
+  if (![...sel.options].some((o) => o.value === state)) {
+    sel.append(el("option", { value: state, text: label("state", state), disabled: "" }));
+  }
+  for (const o of [...sel.options]) if (o.disabled && o.value !== state) o.remove();
+  sel.value = state;
 }
 
 async function setAgentState(state) {
+  // one record of agents' states: the ACD's (login first, then available/break)
   try {
-    await api("PUT", "/api/v1/console/state", { state });
-    if (PHONE) await phoneState(state).catch((e) => toast(e.message, true));
-    $("#agent-state").value = state;
+    if (!PHONE) throw new Error(t("call.not_connected"));
+    if (state === "logged_out") {
+      await api("POST", ACD.logout);
+    } else {
+      if (PHONE.state === "logged_out") {
+        try {
+          await api("POST", ACD.login, {});
+        } catch (e) {
+          if (e.status !== 400 && e.status !== 422) throw e;
+          const extension = (prompt(t("state.extension")) || "").trim();
+          if (!extension) { showAgentState(PHONE.state); return; }
+          await api("POST", ACD.login, { extension });
+        }
+      }
+      await api("PUT", ACD.state, { state });
+    }
+    await refreshPhone();
     toast(t("state.set", { state: label("state", state) }));
-  } catch (e) { toast(e.message, true); }
+  } catch (e) {
+    toast(e.message, true);
+    await refreshPhone();
+  }
 }
 
 const SHORTCUTS = [
@@ -1031,7 +1168,6 @@ const SHORTCUTS = [
   ["Alt+A", "help.answer"],
   ["Alt+R", "help.available"],
   ["Alt+B", "help.break"],
-  ["Alt+W", "help.wrap_up"],
   ["g q / g i / g k / g m", "help.views"],
   ["Esc", "help.close"],
 ];
@@ -1056,7 +1192,6 @@ function onKey(e) {
       KeyA: () => currentView === "workspace" && answerDirectly(),
       KeyR: () => setAgentState("available"),
       KeyB: () => setAgentState("break"),
-      KeyW: () => setAgentState("wrap_up"),
     };
     if (actions[e.code]) { e.preventDefault(); actions[e.code](); }
     return;
@@ -1135,10 +1270,6 @@ async function start() {
   $("#kb-form").hidden = !["supervisor", "admin"].includes(CONFIG.user.role);
   filterCategories();
   renderHelp();
-  if (floor) {
-    const st = await api("GET", "/api/v1/console/state");
-    $("#agent-state").value = st.state;
-  }
   await refreshPhone();
   if (CONFIG.features.phone) setInterval(refreshPhone, 2000);
   feed = new Feed((frame) => {
@@ -1191,6 +1322,9 @@ function wire() {
   $("#kb-restore").addEventListener("click", () => kbSetStatus("restore"));
   for (const b of $$("#inbox-form [data-move]")) b.addEventListener("click", () => inboxMove(b.dataset.move));
   $("#conversation-form").addEventListener("submit", sendConversationReply);
+  $("#conv-ticket").addEventListener("click", conversationToTicket);
+  $("#conv-attach").addEventListener("click", conversationAttach);
+  $("#conv-close").addEventListener("click", conversationClose);
   for (const b of $$("#call-panel [data-call]")) {
     b.addEventListener("click", () => callAction(b.dataset.call, b.dataset.call === "transfer"
       ? { mode: "blind", target: prompt(t("call.transfer_to")) || "" } : undefined));

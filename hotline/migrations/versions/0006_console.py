@@ -1,4 +1,6 @@
-"""console tables: the knowledge base, its n-gram index, agents' presence.
+"""console tables: the knowledge base and its n-gram index.
+
+(Agents' states are the ACD's, in hotline/acd: the console keeps no copy.)
 
 Revision ID: 0006
 Revises: 0005
@@ -51,19 +53,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("gram", "article_id"),
     )
     op.create_index(op.f("ix_kb_gram_article_id"), "kb_gram", ["article_id"])
-    op.create_table(
-        "agent_presence",
-        sa.Column("username", sa.String(length=64), nullable=False),
-        sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("since", ticketing.models.UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("username"),
-    )
-    op.create_index(op.f("ix_agent_presence_state"), "agent_presence", ["state"])
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_agent_presence_state"), table_name="agent_presence")
-    op.drop_table("agent_presence")
     op.drop_index(op.f("ix_kb_gram_article_id"), table_name="kb_gram")
     op.drop_table("kb_gram")
     op.drop_index(op.f("ix_kb_article_status"), table_name="kb_article")
