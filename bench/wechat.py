@@ -19,6 +19,11 @@ work-queue item; group-committed) and answers "success".
   whether or not earlier ones finished): p50 / p99 latency (target p99 < 100 ms).
 * **Durability.** After the server stops, every MsgId answered 200 must be in the
   database exactly once.
+* **CPU per message.** The servers' CPU seconds (from /proc, whole process and its
+  event-loop thread) over each phase, divided by the messages of that phase. On a
+  shared, busy machine wall-clock rates say more about the neighbours than about the
+  code; CPU per message does not, and "service on one full core" (1 / CPU per
+  message) is what a quiet machine would give the service.
 """
 
 from __future__ import annotations

@@ -139,8 +139,9 @@ class _Tx(Protocol):
         """Full rows, row-locked where the backend can."""
         ...
 
-    def add_conversation(self, row: dict[str, Any]) -> int | None:
-        """The new id, or None when the contact already has an open one."""
+    def add_conversations(self, rows: list[dict[str, Any]]) -> dict[int, int]:
+        """contact id -> new conversation id, leaving out contacts that already have an
+        open one (another writer's)."""
         ...
 
     def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
@@ -197,7 +198,7 @@ class _Statements:
         self.open_conversations = (
             conv.order_by(vc.id) if db.is_sqlite else conv.order_by(vc.id).with_for_update()
         )
-        self.add_conversation = _insert_ignore(db, conversation_t).returning(vc.id)
+        self.add_conversations = _insert_ignore(db, conversation_t).returning(vc.id, vc.open_key)
         self.add_message = sa.insert(message_t)
         self.add_messages = sa.insert(message_t).returning(mc.id, sort_by_parameter_order=True)
         self.add_outbox = sa.insert(outbox_t)
@@ -258,9 +259,8 @@ class _CoreTx:
             ]
         return out
 
-    def add_conversation(self, row: dict[str, Any]) -> int | None:
-        got = self.conn.execute(self.st.add_conversation, row).first()
-        return None if got is None else int(got.id)
+    def add_conversations(self, rows: list[dict[str, Any]]) -> dict[int, int]:
+        return {r.open_key: r.id for r in self.conn.execute(self.st.add_conversations, rows)}
 
     def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
         return [r.id for r in self.conn.execute(self.st.add_messages, rows)]
@@ -413,7 +413,7 @@ class _SqlitePlans:
 
         self.add_contact = _SqlitePlan(st.add_contact, dialect, keys(contact_t))
         self.subscribed = _SqlitePlan(st.subscribed, dialect, strip="b_")
-        self.add_conversation = _SqlitePlan(st.add_conversation, dialect, keys(conversation_t))
+        self.add_conversation = _SqlitePlan(st.add_conversations, dialect, keys(conversation_t))
         self.add_message = _SqlitePlan(st.add_message, dialect, keys(message_t))
         self.add_outbox = _SqlitePlan(st.add_outbox, dialect, keys(outbox_t))
         self.update_conversation = _SqlitePlan(st.update_conversation, dialect, strip="b_")
@@ -485,10 +485,14 @@ class _SqliteTx:
                 )
         return out
 
-    def add_conversation(self, row: dict[str, Any]) -> int | None:
-        got = self.conn.execute(self.p.add_conversation.sql, self.p.add_conversation.one(row))
-        found = got.fetchone()
-        return None if found is None else int(found[0])
+    def add_conversations(self, rows: list[dict[str, Any]]) -> dict[int, int]:
+        out = {}
+        plan = self.p.add_conversation
+        for row in rows:  # one by one: sqlite3's executemany cannot return rows
+            found = self.conn.execute(plan.sql, plan.one(row)).fetchone()
+            if found is not None:
+                out[int(found[1])] = int(found[0])
+        return out
 
     def add_messages(self, rows: list[dict[str, Any]]) -> list[int]:
         cur, plan, ids = self.conn.cursor(), self.p.add_message, []
@@ -939,12 +943,9 @@ class InboundWriter:
                     row["waiting_since"],
                 )
         first_of = {contact_ids[(p.msg.channel, p.msg.sender_id)]: p.msg for p in batch}
-        for cid in cids:
-            if cid in out:
-                continue
-            m = first_of[cid]
-            row = {
-                "channel": m.channel,
+        new = [
+            {
+                "channel": first_of[cid].channel,
                 "contact_id": cid,
                 "open_key": cid,
                 "status": OPEN,
@@ -954,18 +955,23 @@ class InboundWriter:
                 "emergency_lines": [],
                 "ticket_number": None,
                 "bot_state": None,
-                "lang": m.lang,
+                "lang": first_of[cid].lang,
                 "assigned_to": None,
                 "created_at": now,
                 "updated_at": now,
                 "last_message_at": now,
                 "closed_at": None,
             }
-            new_id = tx.add_conversation(row)
-            if new_id is None:
+            for cid in cids
+            if cid not in out
+        ]
+        if new:
+            got = tx.add_conversations(new)
+            if len(got) != len(new):
                 raise _Retry("a conversation was opened concurrently")
-            row["id"] = new_id
-            out[cid] = row
+            for row in new:
+                row["id"] = got[row["contact_id"]]
+                out[row["contact_id"]] = row
         return out, before
 
 

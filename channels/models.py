@@ -102,7 +102,9 @@ class ChannelMessage(SQLModel, table=True):
     media: list[dict[str, Any]] = _json(list)
     location: dict[str, Any] | None = _json(lambda: None, nullable=True)
     data: dict[str, Any] = _json(dict)  # channel extras: event name/key, link url, ...
-    reply_to: int | None = Field(default=None)  # the inbound message an answer answers
+    # the inbound message an answer answers (indexed: a retried push gets its first
+    # answers back by this, inside the intake's write transaction)
+    reply_to: int | None = Field(default=None, index=True)
     delivery: str | None = Field(default=None, max_length=16)  # out: inline|pending|sent|failed
     sent_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     stored_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))

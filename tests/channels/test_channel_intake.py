@@ -280,3 +280,38 @@ async def test_subscribe_welcome_and_unsubscribe(api) -> None:
         conv = (await conn.execute(sa.select(conversation_t))).first()
     assert row.subscribed is False
     assert conv.waiting is False
+
+
+async def test_queue_item_is_announced_only_when_it_changes(api) -> None:
+    """Consoles re-read a queue item on WorkItemChanged: a resident writing again to a
+    conversation already waiting leaves the item as it was, an emergency moves it up."""
+    from channels.events import ConversationUpdated
+    from ticketing.events import WorkItemChanged
+
+    hub = hub_of(api)
+    seen: list[object] = []
+
+    async def record(ev) -> None:
+        if isinstance(ev, WorkItemChanged | ConversationUpdated):
+            seen.append(ev)
+
+    hub.deps.bus.subscribe(record)
+
+    async def send(body: str) -> tuple[int, int]:
+        seen.clear()
+        r = await hub.receive(text(body, sender="o-items"))
+        await asyncio.sleep(0.05)  # the events go out after the commit
+        items = [e for e in seen if isinstance(e, WorkItemChanged)]
+        updates = [e for e in seen if isinstance(e, ConversationUpdated)]
+        assert all(e.ref == str(r.conversation_id) for e in items)
+        return len(items), len(updates)
+
+    assert await send("第一句") == (1, 1)  # now waiting: a new item
+    assert await send("第二句") == (0, 1)  # still waiting, same item
+    assert await send("有人晕倒了") == (1, 1)  # emergency: the item moves up
+    assert await send("还在等") == (0, 1)
+    async with hub.deps.db.read() as conn:
+        rows = (
+            await conn.execute(sa.select(work_t.c.priority).where(work_t.c.kind == "conversation"))
+        ).all()
+    assert [r.priority for r in rows] == [-1]

@@ -65,6 +65,9 @@ def upgrade() -> None:
         ["conversation_id"],
         unique=False,
     )
+    op.create_index(
+        op.f("ix_channel_message_reply_to"), "channel_message", ["reply_to"], unique=False
+    )
     op.create_table(
         "channel_outbox",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -146,6 +149,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_channel_outbox_message_id"), table_name="channel_outbox")
     op.drop_index("ix_channel_outbox_due", table_name="channel_outbox")
     op.drop_table("channel_outbox")
+    op.drop_index(op.f("ix_channel_message_reply_to"), table_name="channel_message")
     op.drop_index(op.f("ix_channel_message_conversation_id"), table_name="channel_message")
     op.drop_table("channel_message")
     op.drop_index(op.f("ix_channel_contact_resident_id"), table_name="channel_contact")
