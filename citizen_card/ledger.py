@@ -701,11 +701,15 @@ def _raw_ok(precheck: Precheck | None) -> bool:
 
 
 async def _precheck(precheck: Precheck, tx: _Tx) -> None:
-    """A precheck that also speaks asyncpg (``precheck.asyncpg(connection)``) runs on
-    the driver connection: one round trip, without SQLAlchemy's per-statement cost."""
+    """A precheck that also speaks the driver (``precheck.asyncpg(connection)``, or
+    ``precheck.sqlite(sqlite3_connection)`` run on aiosqlite's thread) runs on the driver
+    connection: one round trip or hop, without SQLAlchemy's per-statement cost."""
     raw = getattr(precheck, "asyncpg", None)
+    lite = getattr(precheck, "sqlite", None)
     if tx.pg is not None and raw is not None:
         await raw(tx.pg)
+    elif tx.lite is not None and lite is not None:  # one hop into aiosqlite's thread
+        await tx.lite._execute(lite, tx.lite._conn)
     else:
         await precheck(tx.conn)
 

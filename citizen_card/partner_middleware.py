@@ -10,7 +10,9 @@ For a request under the prefix, in this order:
 4. take a token from the partner's bucket (429 with Retry-After) -- after the
    signature, so nobody can spend a partner's budget, and before the nonce is
    recorded, so the nonce table grows no faster than the partners' rates;
-5. record the nonce (401 replayed_nonce when seen within the window);
+5. record the nonce (401 replayed_nonce when seen within the window), through the
+   nonce store or the caller's `admit` hook (which may record it later, with the
+   call's audit row, and refuse the answer then);
 6. put the `PartnerCredentials` in the request under `PARTNER` and run the handler.
 
 Every response under the prefix -- success, problem, or an exception from the

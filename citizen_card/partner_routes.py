@@ -18,11 +18,19 @@ Middlewares of the sub-application, outermost first:
    safe to retry with its Idempotency-Key);
 3. idempotency: `Idempotency-Key` on POST (required on payments and refunds): the
    first 2xx answer is kept 24 h and replayed, the same key with another request is
-   422, while the first is still running 409. The store is behind a small protocol
-   (`IdempotencyStore`); for now in memory, i.e. per instance. Payments and refunds
-   are durable regardless: the key is also the ledger's idempotency key, and the
-   ledger stores a digest of the request with the transfer, so a retry after a
-   restart, or on another instance, gets the same transfer (or 422).
+   422, while the first is still running 409. The store (`SqlIdempotencyStore`,
+   table `partner_idempotency`) is shared by every instance. Payments and refunds
+   are durable beyond it too: the key is also the ledger's idempotency key, and the
+   ledger stores a digest of the request with the transfer.
+
+The small durable writes of a call -- its nonce, its key's claim and first answer,
+its audit row -- are group-committed by the instance's `PartnerJournal`
+(citizen_card.journal), in as few commits as the call allows (`_admission`): a call
+that changes nothing records its nonce with its audit row after the handler (a
+replay is then answered 401 and nothing the handler found leaves); a POST with an
+Idempotency-Key records its nonce with the key's claim. The partner, the status-list
+version and card rows are read from short-lived caches that a change empties at once
+(citizen_card.changes).
 
 Disclosure is minimal and by scope: `identity` answers only match yes/no;
 `transit` validity and concession class; `medical` name, health card, insurance

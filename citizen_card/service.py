@@ -846,6 +846,11 @@ _PG_CARD_STATUS_CONSUME = (
     "SELECT c.status, (SELECT count(*) FROM n) AS fresh FROM card c "
     "WHERE c.card_no = $1 FOR SHARE OF c"
 )
+_SQLITE_CONSUME = (
+    "INSERT INTO partner_nonce (partner_id, nonce, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (partner_id, nonce) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE partner_nonce.expires_at <= ? RETURNING 1"
+)
 _CONSUME = sa.text(
     "INSERT INTO partner_nonce (partner_id, nonce, expires_at) VALUES (:p, :n, :e) "
     "ON CONFLICT (partner_id, nonce) DO UPDATE SET expires_at = excluded.expires_at "
@@ -883,6 +888,16 @@ class CardPrecheck:
             ns, nonce, expires_at = self.consume
             params = {"p": ns, "n": nonce, "e": expires_at, "now": int(time.time())}
             if (await conn.execute(_CONSUME, params)).first() is None:
+                raise OneTimeUsed()
+
+    def sqlite(self, db: Any) -> None:
+        """The same on the ledger's sqlite3 connection (called on aiosqlite's thread)."""
+        row = db.execute("SELECT status FROM card WHERE card_no = ?", (self.card_no,)).fetchone()
+        self._check(None if row is None else row[0])
+        if self.consume is not None:
+            ns, nonce, expires_at = self.consume
+            got = db.execute(_SQLITE_CONSUME, (ns, nonce, expires_at, int(time.time())))
+            if not got.fetchall():
                 raise OneTimeUsed()
 
     async def asyncpg(self, pg: Any) -> None:

@@ -63,6 +63,7 @@ from ticketing.events import (
 from ticketing.handlers import DISPATCH_PHASE, FEEDBACK_PHASE, Deps, ticket_t
 from ticketing.lifecycle import Status
 from ticketing.models import WorkItem
+from ticketing.store import Database
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,9 @@ class QueueFeed:
         enrichers: dict[str, Enricher] | None = None,
     ) -> None:
         self.deps = deps
+        # the live path reads through connections of its own: a burst of API requests
+        # holding the shared pool must not queue the queue's updates behind them
+        self.db: Database = deps.db
         self.instance = uuid.uuid4().hex[:16]
         self.seq = 0
         self.reconcile_s = reconcile_s
@@ -311,7 +315,12 @@ class QueueFeed:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        shared = self.deps.db
+        if not (shared.is_sqlite and shared.sqlite_file is None):  # in-memory: one database
+            self.db = Database(shared.url, pool_size=1)
         await self.reconcile()
+        # compile the live path's statements now, not on the first event of a burst
+        await self.refresh({(kind, ""): time.time() for kind in ("ticket", *self.enrichers)})
         self.ready.set()
         self._tasks = [
             asyncio.create_task(self._run(), name="console-feed"),
@@ -326,6 +335,9 @@ class QueueFeed:
                 await task
         self._tasks = []
         await self.close_all()
+        if self.db is not self.deps.db:
+            await self.db.engine.dispose()
+            self.db = self.deps.db
 
     async def close_all(self) -> None:
         subs = list(self.subscribers)
@@ -538,7 +550,7 @@ class QueueFeed:
         for kind, ref in pending:
             by_kind.setdefault(kind, []).append(ref)
         fresh: dict[str, dict[str, Any]] = {}
-        async with self.deps.db.read() as conn:
+        async with self.db.read() as conn:
             for kind, refs in by_kind.items():
                 for i in range(0, len(refs), CHUNK):
                     chunk = refs[i : i + CHUNK]
@@ -558,9 +570,13 @@ class QueueFeed:
         Items refreshed while this read was under way are newer than what it read,
         so they are left alone."""
         self._touched = set()
-        async with self.deps.db.read() as conn:
+        async with self.db.read() as conn:
             rows = (await conn.execute(_select())).all()
-            views = [item_view(r) for r in rows]
+            views = []
+            for i in range(0, len(rows), CHUNK):
+                # a big queue is many milliseconds of Python: let live events through
+                views += [item_view(r) for r in rows[i : i + CHUNK]]
+                await asyncio.sleep(0)
             by_kind: dict[str, list[dict[str, Any]]] = {}
             for v in views:
                 by_kind.setdefault(v["kind"], []).append(v)

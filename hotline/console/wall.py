@@ -43,6 +43,7 @@ TEXT_ANSWER_LIMIT = timedelta(minutes=3)  # GB/T 33358-2016: text channels withi
 CENTRE = "(hotline)"  # tickets still waiting for dispatch belong to the centre itself
 DRILL_LIMIT = 500
 
+
 @dataclass(frozen=True)
 class Risk:
     number: str
@@ -119,9 +120,7 @@ class Wall:
             )
         ).scalar_one()
         handoffs = (
-            await conn.execute(
-                sa.select(sa.func.count()).where(handoff_t.c.requested_at >= today)
-            )
+            await conn.execute(sa.select(sa.func.count()).where(handoff_t.c.requested_at >= today))
         ).scalar_one()
         within = int(within or 0)
         return {

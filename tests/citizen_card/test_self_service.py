@@ -16,11 +16,13 @@ from citizen_card import service as svc
 from citizen_card.changes import ChangeFeed
 from citizen_card.journal import PartnerJournal, StoredAnswer
 from citizen_card.ledger import verify_receipt
+from citizen_card.partner_auth import CitySigner, SqlNonceStore, SqlPartnerRegistry
 from citizen_card.partner_client import sign_headers
 from citizen_card.partner_routes import (
     IdempotencyInFlight,
     IdempotencyKeyReused,
     SqlIdempotencyStore,
+    partner_app,
 )
 from citizen_card.self_service import (
     balance_by_phone,
@@ -280,3 +282,43 @@ async def test_a_replayed_request_is_refused_after_or_before_its_handler(api):  
         ("tokens.verify", 401, "", "replayed_nonce"),  # nothing of the card recorded
         ("payments", 201, card["card_no"], None),
     ]
+
+
+async def test_another_instance_answers_a_retry_from_the_shared_store(api, aiohttp_client):  # type: ignore[no-untyped-def]
+    """The service's own idempotency store is in the database: a retry that reaches
+    another instance gets the first answer byte for byte, a changed body 422."""
+    resident, card = await resident_with_card(api)
+    await wallet_with(api, resident, 1_000)
+    shop = await partner(api, "shop", "merchant", "pay")
+    pay = {"token": await token(api, card["card_no"], "pay"), "amount": 100}
+    status, first = await shop.request(
+        "POST", "/partner/v1/payments", json=pay, idempotency_key="x"
+    )
+    assert status == 201
+
+    deps = api.app[CARD_DEPS]
+    other = web.Application()
+    other.add_subapp(
+        "/partner/v1",
+        partner_app(  # defaults, as the service builds it: SQL nonces, SQL idempotency
+            deps,
+            registry=SqlPartnerRegistry(deps.engine, deps.cipher),
+            nonce_store=SqlNonceStore(deps.engine, write_lock=deps.write_lock),
+            city_signer=CitySigner("city-service", deps.service_key),
+        ),
+    )
+    http = await aiohttp_client(other)
+    url = str(http.make_url("/partner/v1/payments"))
+    raw = json.dumps(pay, separators=(",", ":")).encode()  # the same bytes as the client
+    headers = sign_headers(
+        "POST", url, raw, partner_id="shop", key_id="k1", private_key=shop.private_key
+    )
+    headers |= {"Content-Type": "application/json", "Idempotency-Key": "x"}
+    r = await a_session().post(url, data=raw, headers=headers)
+    assert (r.status, r.headers.get("Idempotent-Replayed")) == (201, "true")
+    assert await r.json() == first
+    status, body = await shop.request(
+        "POST", "/partner/v1/payments", json={**pay, "amount": 99}, idempotency_key="x"
+    )
+    assert (status, body["type"]) == (422, "/problems/idempotency-key-reused")
+    assert await deps.ledger.balance(await svc.wallet_of(deps, resident["id"])) == 900

@@ -6,6 +6,8 @@ Simulated time runs 50x faster than real time (`SCALE`)."""
 from __future__ import annotations
 
 import pytest
+import asyncio
+
 import sqlalchemy as sa
 
 from hotline.calls import store
@@ -117,3 +119,95 @@ async def test_an_abandoned_call_is_recorded_with_its_wait(rig: PhoneRig) -> Non
     metrics = await (await rig.api.client.get("/metrics")).text()
     assert "hotline_calls_abandoned_total 1.0" in metrics
     assert "hotline_calls_offered_total 1.0" in metrics
+
+
+async def test_emergency_from_the_agent_is_an_attended_three_way_call(rig: PhoneRig) -> None:
+    rig.sim.add_agent(AgentPhone("119", answer_after=2.0))
+    r = await rig.api.post("/api/v1/agents/me/login", {"extension": "1001"})
+    assert r.status == 200, await r.text()
+    caller = await rig.call(caller_number="13800138004")
+    await eventually(lambda: rig.agent_state("agent") == "on_call", what="agent talking")
+    agent_leg = caller.partner
+    assert agent_leg is not None
+
+    r = await rig.api.post(
+        f"/api/v1/calls/{caller.uuid}/emergency", {"line": "119", "summary": "厨房起火"}
+    )
+    assert r.status == 200, await r.text()
+    body = await r.json()
+    assert (body["line"], body["route"], body["outcome"]) == ("119", "primary", "connected")
+    # while 119 rang, the caller heard the emergency notice, not silence
+    assert any(arg.endswith("/emergency_notice.wav") for _, arg in caller.apps)
+    await eventually(lambda: len(rig.sim.rooms) == 1, what="conference room")
+    ((room, members),) = rig.sim.rooms.items()
+    centre = next(ch for ch in rig.sim.channels.values() if ch.destination == "user/119")
+    await eventually(lambda: len(members) == 3, what="three in the room")
+    assert members == {caller.uuid, agent_leg.uuid, centre.uuid}
+    assert room == f"emergency-119-{caller.uuid}"
+
+    rig.sim.hangup(agent_leg)  # the agent may leave: caller and 119 stay together
+    await eventually(lambda: rig.agent_state("agent") != "on_call", what="agent released")
+    assert caller.up and centre.up and members == {caller.uuid, centre.uuid}
+
+    rig.sim.hangup(caller)
+    await eventually(lambda: not centre.up, what="the room closed after the caller")
+    (handoff,) = await rig.line.desk.handoffs_for(caller.uuid)
+    assert (handoff["outcome"], handoff["agent"], handoff["route"]) == (
+        "connected",
+        "agent",
+        "primary",
+    )
+
+
+async def test_emergency_key_on_the_card_line_bridges_the_caller_to_119(rig: PhoneRig) -> None:
+    rig.sim.add_agent(AgentPhone("119", answer_after=1.0))
+    caller = await rig.call(destination="12345-2", presses=["9", "2"])
+    await eventually(
+        lambda: caller.partner is not None and caller.partner.destination == "user/119",
+        what="caller with the fire brigade",
+    )
+    centre = caller.partner
+    assert centre is not None and centre.up
+    assert not rig.acd.calls  # an emergency caller never waits in the agents' queue
+    handoffs: list = []
+
+    async def recorded() -> bool:
+        handoffs[:] = await rig.line.desk.handoffs_for(caller.uuid)
+        return bool(handoffs) and handoffs[0]["outcome"] != "pending"
+
+    while not await recorded():
+        await asyncio.sleep(0.02)
+    assert [(h["line"], h["outcome"], h["agent"]) for h in handoffs] == [("119", "connected", None)]
+
+    rig.sim.hangup(centre)  # the centre finishes: the caller is not left in silence
+    await eventually(lambda: not caller.up, what="caller released")
+
+
+async def test_a_lost_card_reported_by_phone_is_frozen_and_the_receipt_read_back(
+    rig: PhoneRig,
+) -> None:
+    from citizen_card import service as svc
+    from hotline.appkeys import CARD_DEPS
+    from tests.citizen_card.test_partner_api import PIN, an_id_number, resident_with_card
+
+    _, card = await rig.api_card(resident_with_card)
+    no = card["card_no"]
+    id6 = an_id_number(1)[-6:].replace("X", "*")  # the check character X is keyed as *
+    caller = await rig.call(destination="12345-2", presses=["2", no + "#", id6 + "#", PIN + "#"])
+    await eventually(lambda: not caller.up, limit_s=10, what="call finished")
+
+    card_deps = rig.api.app[CARD_DEPS]
+    assert (await svc.get_card(card_deps, no)).status == "lost"
+    async with card_deps.read() as conn:
+        receipt = (
+            await conn.execute(
+                sa.select(svc.receipt_t.c.number).where(svc.receipt_t.c.card_no == no)
+            )
+        ).scalar_one()
+    heard = [arg.rsplit("/", 1)[-1] for app, arg in caller.apps if app == "playback"]
+    files = [f for arg in heard for f in arg.split("!")]
+    spoken = "".join(f[6] for f in files if f.startswith("digit_"))
+    assert receipt.isdigit() and spoken.startswith(receipt)  # read back, digit by digit
+    assert "card_frozen.wav" in files
+    # nobody keyed digits into a channel variable that FreeSWITCH would log
+    assert no not in caller.variables.values() and PIN not in caller.variables.values()

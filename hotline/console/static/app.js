@@ -577,7 +577,7 @@ function renderCall() {
           onclick: () => showTicket(x.number) })))));
     }
   }
-  const talking = state === "talking" || state === "held";
+  const talking = ["talking", "held", "conference"].includes(state);
   for (const b of $$("#call-panel button[data-call], #call-panel button[data-line]")) {
     const on = b.dataset.call === "answer" ? state === "ringing" : talking;
     b.disabled = !on;

@@ -53,6 +53,10 @@ class PhoneRig:
     def sim_seconds(self, real_s: float) -> float:
         return real_s / self.sim.time_scale
 
+    async def api_card(self, make: Callable[..., Any], *args: Any) -> Any:
+        """Run a citizen-card test helper that takes the `api` fixture."""
+        return await make(self.api, *args)
+
     def agent_state(self, username: str) -> str:
         return self.acd.agent_view(username)["state"]
 
@@ -92,7 +96,15 @@ async def phone_rig(
     esl = line.esl
     await eventually(lambda: esl.inbound.connected and esl.listening, what="ESL up")
     sim.socket_target = (esl.server.host, esl.server.port)
+    rig = PhoneRig(sim, Api(client, app), line)
     try:
-        yield PhoneRig(sim, Api(client, app), line)
+        yield rig
     finally:
+        # callers hang up and the service finishes its bookkeeping before it stops,
+        # so no store write is cut off halfway by the shutdown
+        for ch in list(sim.channels.values()):
+            sim.hangup(ch, "NORMAL_CLEARING")
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: not rig.acd.calls and not esl.server.legs, 5.0)
+        await client.close()
         await sim.stop()
