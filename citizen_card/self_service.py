@@ -111,6 +111,22 @@ async def _authenticate(
     return card, PhoneReply("locked" if left == 0 else "wrong_pin", tries_left=left)
 
 
+async def verify_holder_by_phone(
+    deps: CardDeps, card_no: str, id_last6: str, pin: str, *, phone_bidx: str
+) -> tuple[int | None, PhoneReply | None]:
+    """(resident id, None) when the caller proved the card -- card number, last six of
+    the ID number and PIN, with the same lockout as the IVR -- and the holder's phone
+    on file is the one the caller signed in with (`phone_bidx`); else (None, refusal).
+    The city app links a sign-in to a card with this."""
+    card, refusal = await _authenticate(deps, card_no, pin, id_last6, "app")
+    if refusal is not None:
+        return None, refusal
+    resident = await svc.get_resident(deps, card.resident_id)
+    if not hmac.compare_digest((resident.phone_bidx or "").encode(), phone_bidx.encode()):
+        return None, PhoneReply("refused")
+    return int(card.resident_id), None
+
+
 async def report_lost_by_phone(
     deps: CardDeps, card_no: str, id_last6: str, pin: str, *, channel: str = "ivr"
 ) -> PhoneReply:
@@ -283,4 +299,5 @@ __all__ = [
     "balance_by_phone",
     "report_lost_by_phone",
     "resident_card_routes",
+    "verify_holder_by_phone",
 ]

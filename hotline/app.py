@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
-import sqlalchemy as sa
 from aiohttp import web
 
 import channels
@@ -20,7 +19,6 @@ from channels import app as city_app
 from channels import telegram as channels_telegram
 from channels.open311 import Open311Config, open311_routes
 from citizen_card.medical_routes import medical_admin_routes, medical_routes
-from citizen_card.models import Resident
 from citizen_card.partner_auth import CitySigner, SqlNonceStore, SqlPartnerRegistry
 from citizen_card.partner_routes import partner_admin_routes, partner_app
 from citizen_card.routes import CardRoute, card_routes
@@ -31,6 +29,7 @@ from hotline.acd.switch import Switch
 from hotline.acd.wiring import build_phone_line
 from hotline.auth import SessionStore, auth_middleware, auth_routes
 from hotline.bootstrap import build_card_deps, build_deps
+from hotline.card_binding import binding_routes, bound_resident
 from hotline.console import Console
 from hotline.errors import problem_middleware
 from hotline.idempotency import idempotency_middleware
@@ -46,7 +45,7 @@ from ticketing.intake import Intake
 from ticketing.lifecycle import Role
 from ticketing.ports import Principal
 from ticketing.routes import ticket_routes
-from ticketing.webkit import RouteSpec, principal_of, problem
+from ticketing.webkit import RouteSpec, principal_of
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +133,10 @@ def create_app(
     specs += channels.routes(channel_hub)
     app_channel = city_app.setup(app, channel_hub, intake, settings)  # /api/v1/app
     specs += city_app.routes(app_channel)
+    specs += binding_routes(card_deps, app_channel)
     specs += [
         _app_card_spec(r)
-        for r in resident_card_routes(card_deps, _card_resident(card_deps, app_channel))
+        for r in resident_card_routes(card_deps, bound_resident(card_deps, app_channel))
     ]
     phone_line = build_phone_line(
         settings,
@@ -251,29 +251,6 @@ def _app_card_spec(r: CardRoute) -> RouteSpec:
         query=r.query,
         responses=r.responses,
     )
-
-
-def _card_resident(
-    card_deps: CardDeps, app_channel: city_app.AppChannel
-) -> Callable[[web.Request], Awaitable[int]]:
-    """The app's signed-in resident as the citizen card's resident: the one whose card
-    record carries the phone number the resident proved with the sign-in code."""
-    resident_t = Resident.__table__  # type: ignore[attr-defined]
-
-    async def resolve(request: web.Request) -> int:
-        who = await app_channel.resolve(request)
-        async with card_deps.read() as conn:
-            query = sa.select(resident_t.c.id).where(resident_t.c.phone_bidx == who.phone_bidx)
-            ids = (await conn.execute(query.limit(2))).scalars().all()
-        if not ids:
-            raise problem("not-found", "no citizen card holder is registered with your phone")
-        if len(ids) > 1:
-            raise problem(
-                "conflict", "several card holders share your phone number; ask at a counter"
-            )
-        return int(ids[0])
-
-    return resolve
 
 
 async def _settle_forever(card_deps: CardDeps, interval_s: float = 5.0) -> None:

@@ -21,6 +21,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "citizen_card.medical",
     "hotline.console.models",
     "hotline.calls.models",
+    "hotline.card_binding",
 )
 
 
