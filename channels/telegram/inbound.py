@@ -200,3 +200,26 @@ def _what(msg: Message) -> str:
         if getattr(msg, attr, None) is not None:
             return attr
     return "other"
+
+
+def unreadable(update: Update) -> InboundMessage | None:
+    """What to store when `to_message` itself failed on an update: the resident still
+    wrote something, so it lands in their conversation for an agent (with the raw
+    update kept) instead of vanishing behind a 200. None when no private sender is
+    known (nothing to attribute it to)."""
+    user = update.effective_user
+    chat = update.effective_chat
+    if user is None or (chat is not None and chat.type != ChatType.PRIVATE):
+        return None
+    raw = update.to_dict()
+    return InboundMessage(
+        channel=CHANNEL,
+        sender_id=str(user.id),
+        external_id=dedupe_key(update.update_id, user.id),
+        kind=Kind.TEXT,
+        sent_at=datetime.now(UTC),
+        text="[unreadable Telegram message: see data.raw]",
+        sender_name=_name(user),
+        lang=lang_of(user),
+        data={"raw": raw, "unreadable": True},
+    )

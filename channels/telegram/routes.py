@@ -163,8 +163,12 @@ class TelegramWebhook:
         try:
             return inbound.to_message(update, context.bot.username)
         except Exception:  # a mapping bug must not turn Telegram's update into a 5xx
-            log.exception("telegram update %s could not be read; ignored", update.update_id)
-            return None
+            log.exception("telegram update %s could not be read; stored raw", update.update_id)
+            try:
+                return inbound.unreadable(update)
+            except Exception:
+                log.exception("telegram update %s not even storable raw", update.update_id)
+                return None
 
     async def _store(self, update: Update, msg: InboundMessage) -> bool:
         outcome = self._outcomes.get(id(update), _Outcome())

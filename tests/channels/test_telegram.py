@@ -465,3 +465,21 @@ async def test_restart_keeps_accepted_updates_and_delivers_the_outbox(
     assert [m["text"] for m in conv["messages"]] == ["重启前的消息", "已收到，正在处理"]
     await _ok(api2, update)  # Telegram's retry of the update from before the crash
     assert len(await _stored(api2)) == 1
+
+
+async def test_an_update_our_mapping_chokes_on_is_kept_raw_for_an_agent(svc1, monkeypatch) -> None:
+    from channels.telegram import inbound
+
+    def broken(update: Any, bot_username: str | None = None) -> Any:
+        raise KeyError("a shape we did not foresee")
+
+    monkeypatch.setattr(inbound, "to_message", broken)
+    update = tg.text("路灯坏了", message_id=91)
+    await _ok(svc1, update)
+    await _ok(svc1, update)  # Telegram's retry: still stored once
+    stored = await _stored(svc1)
+    assert len(stored) == 1
+    assert stored[0].data["unreadable"] is True
+    assert stored[0].data["raw"]["message"]["text"] == "路灯坏了"
+    conv = await _conversation(svc1)
+    assert conv["waiting"] is True  # an agent sees it rather than nobody
