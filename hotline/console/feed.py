@@ -40,7 +40,7 @@ import struct
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -311,6 +311,12 @@ class QueueFeed:
         self.listeners: list[Callable[[list[dict[str, Any]]], None]] = []
         # alerts for supervisors, newest last (the wall lists them)
         self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
+        # With no console connected the mirror is not kept: re-reading queue items after
+        # every ticket and message would cost the intake path for nobody. The first
+        # console to arrive re-reads the whole queue first (`fresh`); `_attaching`
+        # keeps the live path running while it does.
+        self._stale = False
+        self._attaching = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -420,7 +426,29 @@ class QueueFeed:
         self._offer(sub, Frame(first))
         return kind
 
+    def _idle(self) -> bool:
+        return not self.subscribers and not self._attaching
+
+    @contextlib.asynccontextmanager
+    async def fresh(self) -> AsyncIterator[None]:
+        """Hold while handing out a snapshot or attaching a socket: the mirror is
+        brought up to date first if it went stale while nobody was watching."""
+        self._attaching += 1
+        try:
+            if self._stale:
+                self._stale = False
+                try:
+                    await self.reconcile()
+                except BaseException:
+                    self._stale = True
+                    raise
+            yield
+        finally:
+            self._attaching -= 1
+
     def _can_resume(self, after: int) -> bool:
+        if self._stale:
+            return False  # events went unrecorded while nobody was watching
         if after > self.seq or after < 0:
             return False
         if after == self.seq:
@@ -522,6 +550,9 @@ class QueueFeed:
         events are not held up behind a full re-read."""
         while True:
             await asyncio.sleep(self.reconcile_s)
+            if self._idle():
+                self._stale = True
+                continue
             try:
                 await self.reconcile()
             except asyncio.CancelledError:
@@ -535,6 +566,9 @@ class QueueFeed:
             self._wake.clear()
             pending, self._pending = self._pending, {}
             if not pending:
+                continue
+            if self._idle():
+                self._stale = True  # the next console re-reads everything
                 continue
             try:
                 await self.refresh(pending)

@@ -154,7 +154,8 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
     async def queue_snapshot(request: web.Request) -> web.StreamResponse:
         who = principal_of(request)
         await feed.ready.wait()
-        return json_response(feed.snapshot(workqueue.audiences_for(who)))
+        async with feed.fresh():
+            return json_response(feed.snapshot(workqueue.audiences_for(who)))
 
     async def websocket(request: web.Request) -> web.StreamResponse:
         who = principal_of(request)
@@ -181,7 +182,8 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
             token_hash(token) if token else None,
             transport=request.transport,
         )
-        feed.attach(sub, instance=q.get("instance") or None, after=after)
+        async with feed.fresh():
+            feed.attach(sub, instance=q.get("instance") or None, after=after)
         try:
             async for msg in ws:
                 if msg.type == web.WSMsgType.TEXT and msg.data == "ping":

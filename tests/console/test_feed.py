@@ -42,8 +42,9 @@ async def settled(api, *keys: str) -> None:  # type: ignore[no-untyped-def]
     """ticket.created goes out just after the commit: wait until the feed has seen it."""
     feed = api.app[CONSOLE].feed
     for _ in range(200):
-        if all(k in feed.mirror for k in keys):
-            return
+        async with feed.fresh():  # with no console attached the mirror is brought up lazily
+            if all(k in feed.mirror for k in keys):
+                return
         await asyncio.sleep(0.01)
     raise AssertionError(f"feed never saw {keys}")
 
@@ -282,3 +283,33 @@ async def test_two_instances_on_postgresql_give_agents_the_same_live_queue(
     assert (await until_key(dept_on_b, key))["item"]["action"] == "sign"
     await agent_on_b.close()
     await dept_on_b.close()
+
+
+async def test_with_nobody_watching_the_feed_reads_nothing_and_catches_up_on_connect(api):
+    """No console attached: tickets must not cost queue re-reads; the first console to
+    connect still gets the whole queue, and a stale resume falls back to a snapshot."""
+    feed = api.app[CONSOLE].feed
+    async with feed.fresh():
+        pass
+    seq_before = feed.seq
+    calls = 0
+    real_refresh = feed.refresh
+
+    async def counting(pending):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return await real_refresh(pending)
+
+    feed.refresh = counting  # type: ignore[method-assign]
+    made = [await api.new_ticket() for _ in range(3)]
+    await asyncio.sleep(0.2)
+    assert calls == 0 and feed.seq == seq_before  # nothing re-read for nobody
+    ws = await connect(api, instance=feed.instance, after=seq_before)
+    first = await frame(ws)
+    # the catch-up read happens before the first frame: a resume carries the three
+    if first["type"] == "resume":
+        keys = {e["key"] for e in first["events"] if e["op"] == "upsert"}
+    else:
+        keys = {i["key"] for i in first["items"]}
+    assert {f"ticket:{t['number']}" for t in made} <= keys
+    await ws.close()
