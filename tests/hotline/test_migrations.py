@@ -46,6 +46,7 @@ CARD_TABLES = {
     "card_counter",
     "partner",
     "partner_nonce",
+    "partner_idempotency",  # revision 0009
     "ledger_account",
     "ledger_transfer",
     "ledger_entry",

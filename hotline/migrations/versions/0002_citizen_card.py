@@ -228,23 +228,6 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_partner_nonce_expires_at"), "partner_nonce", ["expires_at"], unique=False
     )
-    op.create_table(
-        "partner_idempotency",
-        sa.Column("partner_id", sa.String(length=64), nullable=False),
-        sa.Column("key", sa.String(length=128), nullable=False),
-        sa.Column("fingerprint", sa.String(length=64), nullable=False),
-        sa.Column("status", sa.Integer(), nullable=True),
-        sa.Column("content_type", sa.String(length=64), nullable=True),
-        sa.Column("body", sa.LargeBinary(), nullable=True),
-        sa.Column("expires_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("partner_id", "key"),
-    )
-    op.create_index(
-        op.f("ix_partner_idempotency_expires_at"),
-        "partner_idempotency",
-        ["expires_at"],
-        unique=False,
-    )
 
     # ------------------------------------------------------------ wallet ledger
     if _dialect() == "postgresql":
@@ -392,8 +375,6 @@ def downgrade() -> None:
     if dialect == "postgresql":
         op.execute(sa.schema.DropSequence(sa.Sequence(LEDGER_SEQUENCE)))
 
-    op.drop_index(op.f("ix_partner_idempotency_expires_at"), table_name="partner_idempotency")
-    op.drop_table("partner_idempotency")
     op.drop_index(op.f("ix_partner_nonce_expires_at"), table_name="partner_nonce")
     op.drop_table("partner_nonce")
     op.drop_table("partner")
