@@ -55,6 +55,12 @@ _PATH_RE = re.compile(r"^[^\s'\"{}\[\],!]{1,500}$")
 _CID_RE = re.compile(r"[^0-9+*#]")
 
 
+def _answered_leg(task: asyncio.Future[Ring]) -> str | None:
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result().leg
+
+
 def _check(value: str, pattern: re.Pattern[str], what: str) -> str:
     if not pattern.match(value):
         raise SwitchError(f"refusing to send {what} {value!r} to the switch")
@@ -223,6 +229,9 @@ class EslSwitch:
 
     async def _originate(self, uuid: str, dial: str, block: str) -> Ring:
         command = f"originate {{origination_uuid={uuid},{block}}}{dial} &park()"
+        if not self.esl.connected:  # refused at once: nothing reached the switch
+            self._ended_with(uuid, LOST_ORIGINATE)
+            return Ring(RingResult.FAILED, cause=LOST_ORIGINATE)
         try:
             text = (await self.esl.bgapi(command, check=False)).strip()
         except ESLDisconnected as exc:
@@ -248,19 +257,21 @@ class EslSwitch:
     async def _cancel_rest(
         self, uuids: list[str], tasks: list[asyncio.Future[Ring]], keep: int | None, cause: str
     ) -> None:
+        """Kill every leg but the winner; one that answered in the same instant too."""
         for i, u in enumerate(uuids):
-            if i == keep:
-                continue
-            if not tasks[i].done() or tasks[i].result().leg:
+            if i != keep and (not tasks[i].done() or _answered_leg(tasks[i])):
                 with contextlib.suppress(SwitchError):
                     await self._kill(u, cause)
-        for i, t in enumerate(tasks):
-            if i == keep:
-                continue
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                res = await t
-                if res.leg:  # answered in the same instant as the winner
-                    await self._kill(res.leg, cause)
+        rest = [t for i, t in enumerate(tasks) if i != keep and not t.done()]
+        if not rest:
+            return
+        done, pending = await asyncio.wait(rest, timeout=5.0)  # never hang a cancel
+        for t in pending:
+            t.cancel()
+        for t in done:
+            if leg := _answered_leg(t):
+                with contextlib.suppress(SwitchError):
+                    await self._kill(leg, cause)
 
     @staticmethod
     def _worst(results: list[Ring]) -> Ring:
@@ -303,7 +314,9 @@ class EslSwitch:
         if leg is None:
             await self._api(f"uuid_broadcast {uuid} {self.music} aleg")
             return
-        self._moh[uuid] = asyncio.create_task(self._hold_music(leg), name=f"moh-{uuid}")
+        task = asyncio.create_task(self._hold_music(leg), name=f"moh-{uuid}")
+        self._moh[uuid] = task
+        task.add_done_callback(lambda t: self._moh.pop(uuid) if self._moh.get(uuid) is t else None)
 
     async def _hold_music(self, leg: CallLeg) -> None:
         """Endless on a real switch (a local stream); replayed if it ever ends."""

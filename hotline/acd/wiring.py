@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ import ivr
 from citizen_card.ledger import Ed25519Signer
 from citizen_card.service import CardDeps
 from hotline.acd.domain import Rules, Strategy
-from hotline.acd.memory_switch import MemorySwitch
 from hotline.acd.routes import acd_routes
 from hotline.acd.service import AcdConfig, AcdService
 from hotline.acd.switch import Switch, SwitchError
@@ -35,8 +33,7 @@ from hotline.calls import store
 from hotline.emergency import EmergencyDesk, build_lines
 from hotline.metrics import Metrics
 from hotline.phone import EslLine, build_call_entry
-from hotline.phone.demo import demo_simulator
-from hotline.phone.demo import demo_traffic as simulated_traffic
+from hotline.phone.demo import demo_simulator, demo_traffic
 from hotline.settings import Settings
 from ticketing.handlers import Deps
 from ticketing.webkit import RouteSpec
@@ -94,10 +91,6 @@ class PhoneLine:
                 name="recording-cleanup",
             )
         )
-        if self.demo and isinstance(self.switch, MemorySwitch):
-            self.tasks.append(
-                asyncio.create_task(demo_traffic(self.service, self.switch), name="demo-traffic")
-            )
         yield
         for t in self.tasks:
             t.cancel()
@@ -105,6 +98,14 @@ class PhoneLine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.simulator is not None:
+            # the simulated callers hang up first, so the ACD records their calls as
+            # ended instead of being cut off in the middle of writing them
+            for ch in list(self.simulator.channels.values()):
+                self.simulator.hangup(ch, "SYSTEM_SHUTDOWN")
+            for _ in range(60):
+                if not self.service.calls:
+                    break
+                await asyncio.sleep(0.05)
             await self.simulator.stop()
         if self.esl is not None:
             await self.esl.stop()
@@ -119,11 +120,10 @@ class PhoneLine:
         await self.esl.start()
         if self.simulator is not None:
             sim = self.simulator
-            if self.esl._listener is not None:
-                await self.esl._listener
+            await self.esl.wait_listening()
             sim.socket_target = (self.esl.server.host, self.esl.server.port)
             self.tasks.append(
-                asyncio.create_task(simulated_traffic(self.service, sim), name="demo-traffic")
+                asyncio.create_task(demo_traffic(self.service, sim), name="demo-traffic")
             )
 
 
@@ -225,64 +225,3 @@ async def cleanup_recordings_once(deps: Deps, directory: Path, retention_days: i
         return removed
 
     return await asyncio.to_thread(remove)
-
-
-# ---------------------------------------------------------------- the demo
-
-
-async def demo_traffic(
-    service: AcdService,
-    switch: MemorySwitch,
-    agents: int = 4,
-    mean_gap_s: float = 8.0,
-) -> None:
-    """A handful of simulated agents and a steady trickle of callers, so a newcomer
-    sees calls flow through the queue, the API and /metrics."""
-    rng = random.Random(12345)
-    for i in range(agents):
-        ext = str(1001 + i)
-        switch.phone(f"user/{ext}", answer_after_s=rng.uniform(1, 4))
-        with contextlib.suppress(Exception):
-            await service.login(f"demo-agent-{i + 1}", ext, ["card"] if i % 2 else [])
-    n = 0
-    pending: set[asyncio.Task[Any]] = set()
-    try:
-        while True:
-            await asyncio.sleep(rng.expovariate(1 / mean_gap_s))
-            n += 1
-            caller = f"+86139{rng.randrange(10**8):08d}"
-            task = asyncio.create_task(_demo_caller(service, switch, caller, rng), name=f"demo-{n}")
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-    finally:
-        for t in pending:
-            t.cancel()
-
-
-async def _demo_caller(
-    service: AcdService, switch: MemorySwitch, caller: str, rng: random.Random
-) -> None:
-    uuid = switch.new_call(caller, digits=[None])
-    patience = rng.uniform(20, 120)  # some callers give up
-    talk = rng.uniform(8, 40)
-
-    async def caller_side() -> None:
-        waited = 0.0
-        while waited < patience:
-            call = service.calls.get(uuid)
-            if call is None or call.state not in ("queued", "ringing"):
-                break
-            await asyncio.sleep(0.5)
-            waited += 0.5
-        call = service.calls.get(uuid)
-        if call is not None and call.state in ("queued", "ringing"):
-            await switch.hangup(uuid)  # gave up
-            return
-        await asyncio.sleep(talk)
-        await switch.hangup(uuid)
-
-    side = asyncio.create_task(caller_side())
-    try:
-        await service.handle_call(uuid, caller)
-    finally:
-        side.cancel()

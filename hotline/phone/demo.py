@@ -34,7 +34,7 @@ async def demo_traffic(
     sim: FreeSwitchSimulator,
     *,
     agents: int = 4,
-    mean_gap_s: float = 8.0,
+    mean_gap_s: float = 10.0,
     card_number: str = DEMO_CARD_NUMBER,
     seed: int = 12345,
 ) -> None:
@@ -46,7 +46,7 @@ async def demo_traffic(
             AgentPhone(
                 ext,
                 answer_after=rng.uniform(1, 4),
-                talk_time=rng.uniform(20, 60),
+                talk_time=rng.uniform(8, 25),
                 behaviour="no_answer" if i == agents - 1 else "answer",  # one sleepy agent
             )
         )

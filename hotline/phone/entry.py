@@ -91,7 +91,7 @@ class CallEntry:
             "hotline_ivr_outcomes",
             "How IVR runs ended, by flow",
             ["flow", "status"],
-            registry=registry,
+            registry=registry if registry is not None else CollectorRegistry(),
         )
 
     def choose(self, destination: str, now: datetime) -> ivr.Flow:

@@ -49,6 +49,11 @@ class EslLine:
         with contextlib.suppress(TimeoutError):  # usually immediate; never block start-up
             await asyncio.wait_for(asyncio.shield(self._listener), 1.0)
 
+    async def wait_listening(self) -> None:
+        """Until the outbound server is bound (the simulator needs its port)."""
+        if self._listener is not None:
+            await asyncio.shield(self._listener)
+
     async def _listen(self) -> None:
         while True:
             try:

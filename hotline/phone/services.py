@@ -10,6 +10,7 @@ none logs the digits a caller keyed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -192,7 +193,7 @@ class VoicemailBox:
     async def voicemail_path(self, call_uuid: str) -> str:
         day = self.deps.clock().strftime("%Y/%m/%d")
         path = self.directory / day / f"{call_uuid}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)  # a local mkdir: microseconds
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         return str(path)
 
     async def voicemail_recorded(self, message: ivr.VoicemailMessage) -> None:

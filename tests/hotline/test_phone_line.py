@@ -5,9 +5,11 @@ Simulated time runs 50x faster than real time (`SCALE`)."""
 
 from __future__ import annotations
 
-import pytest
 import asyncio
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 
 from hotline.calls import store
@@ -44,6 +46,7 @@ async def test_a_call_with_no_menu_reaches_an_available_agent_within_15_s(rig: P
     assert any(arg.endswith("/greeting.wav") for app, arg in caller.apps if app == "playback")
     call = rig.acd.calls[caller.uuid]
     assert (call.state, call.agent, call.agent_leg) == ("talking", "alice", agent_leg.uuid)
+    await eventually(lambda: "record_session_path" in caller.variables, what="recording")
     assert caller.variables["record_session_path"].endswith(f"{caller.uuid}.wav")
 
     rig.sim.hangup(caller)
@@ -80,9 +83,9 @@ async def test_an_agent_who_does_not_answer_is_passed_over_for_the_next(
 
 
 async def test_a_full_queue_turns_the_call_into_a_callback_work_item(
-    aiohttp_client, tmp_path, sqlite_url
+    aiohttp_client, tmp_path, db_url
 ) -> None:  # type: ignore[no-untyped-def]
-    async with phone_rig(aiohttp_client, tmp_path, sqlite_url, acd_queue_capacity=1) as rig:
+    async with phone_rig(aiohttp_client, tmp_path, db_url, acd_queue_capacity=1) as rig:
         first = await rig.call(caller_number="13800138001")
         await eventually(lambda: first.uuid in rig.acd.acd.queue, what="first in line")
         second = await rig.call(caller_number="13800138002")
@@ -175,7 +178,7 @@ async def test_emergency_key_on_the_card_line_bridges_the_caller_to_119(rig: Pho
         handoffs[:] = await rig.line.desk.handoffs_for(caller.uuid)
         return bool(handoffs) and handoffs[0]["outcome"] != "pending"
 
-    while not await recorded():
+    while not await recorded():  # noqa: ASYNC110 (polling the store)
         await asyncio.sleep(0.02)
     assert [(h["line"], h["outcome"], h["agent"]) for h in handoffs] == [("119", "connected", None)]
 
@@ -204,10 +207,111 @@ async def test_a_lost_card_reported_by_phone_is_frozen_and_the_receipt_read_back
                 sa.select(svc.receipt_t.c.number).where(svc.receipt_t.c.card_no == no)
             )
         ).scalar_one()
-    heard = [arg.rsplit("/", 1)[-1] for app, arg in caller.apps if app == "playback"]
-    files = [f for arg in heard for f in arg.split("!")]
-    spoken = "".join(f[6] for f in files if f.startswith("digit_"))
+    played = [arg.removeprefix("file_string://") for app, arg in caller.apps if app == "playback"]
+    files = [f.rsplit("/", 1)[-1] for arg in played for f in arg.split("!")]
+    spoken = "".join(f[6] for f in files[files.index("card_frozen.wav") :] if f[:6] == "digit_")
     assert receipt.isdigit() and spoken.startswith(receipt)  # read back, digit by digit
     assert "card_frozen.wav" in files
     # nobody keyed digits into a channel variable that FreeSWITCH would log
     assert no not in caller.variables.values() and PIN not in caller.variables.values()
+
+
+async def test_the_caller_who_stays_after_the_agent_hangs_up_rates_the_call(
+    aiohttp_client, tmp_path, db_url
+) -> None:  # type: ignore[no-untyped-def]
+    agents = [AgentPhone("1001", answer_after=1.0)]
+    async with phone_rig(aiohttp_client, tmp_path, db_url, agents=agents, ivr_survey=True) as rig:
+        r = await rig.api.post("/api/v1/agents/me/login", {"extension": "1001"})
+        assert r.status == 200
+        ticket = await rig.api.new_ticket()
+        caller = await rig.call(caller_number="13800138005", presses=["2"])
+        await eventually(lambda: rig.agent_state("agent") == "on_call", what="talking")
+        r = await rig.api.post(f"/api/v1/calls/{caller.uuid}/ticket", {"ticket": ticket["number"]})
+        assert r.status == 200, await r.text()
+        assert caller.partner is not None
+
+        rig.sim.hangup(caller.partner)  # the agent hangs up first; the caller stays
+        await eventually(lambda: not caller.up, what="survey done")
+        row = await store.get_call(rig.deps, caller.uuid)
+        assert row is not None
+        (survey,) = [e["data"] for e in row["events"] if e["kind"] == "survey"]
+        assert survey == {"score": 2, "satisfaction": "basically_satisfied"}
+        r = await rig.api.get(f"/api/v1/tickets/{ticket['number']}/events")
+        trail = [e for e in (await r.json())["items"] if e["action"] == "call_survey"]
+        assert [e["data"]["satisfaction"] for e in trail] == ["basically_satisfied"]
+
+
+async def test_after_hours_the_caller_leaves_a_voicemail_that_becomes_a_callback(
+    aiohttp_client, tmp_path, db_url
+) -> None:  # type: ignore[no-untyped-def]
+    # staffed half an hour a day, six hours from now: this call arrives outside it
+    hour = (datetime.now(ZoneInfo("Asia/Shanghai")).hour + 6) % 24
+    hours = f"{hour:02d}:00-{hour:02d}:30"
+    async with phone_rig(aiohttp_client, tmp_path, db_url, ivr_hours=hours) as rig:
+        caller = await rig.call(caller_number="13800138006", presses=["2"], speaks_for=4.0)
+        await eventually(lambda: not caller.up, what="message left")
+
+        row = await store.get_call(rig.deps, caller.uuid)
+        assert row is not None and row["state"] == "voicemail"
+        assert row["recording"].startswith(str(tmp_path / "voicemail"))
+        assert ("record", f"{row['recording']} 120 200") in caller.apps
+        r = await rig.api.get("/api/v1/callbacks?status=open")
+        (cb,) = (await r.json())["callbacks"]
+        assert (cb["call"], cb["reason"], cb["caller"]) == (caller.uuid, "voicemail", "138****8006")
+        assert not rig.acd.calls  # nobody was put in the agents' queue
+
+
+async def test_hold_and_blind_transfer_from_the_console_move_the_real_legs(rig: PhoneRig) -> None:
+    r = await rig.api.post("/api/v1/agents/me/login", {"extension": "1001"})
+    assert r.status == 200
+    await rig.login("bob", "1002")
+    caller = await rig.call(caller_number="13800138007")
+    await eventually(lambda: rig.agent_state("agent") == "on_call", what="agent talking")
+    alice_leg = caller.partner
+    assert alice_leg is not None and alice_leg.destination == "user/1001"
+
+    r = await rig.api.post(f"/api/v1/calls/{caller.uuid}/hold")
+    assert r.status == 200 and (await r.json())["state"] == "held"
+    # holding the agent's side is what makes FreeSWITCH play hold music to the caller
+    await eventually(lambda: "CHANNEL_HOLD" in alice_leg.events, what="held")
+    r = await rig.api.post(f"/api/v1/calls/{caller.uuid}/unhold")
+    assert r.status == 200 and (await r.json())["state"] == "talking"
+    await eventually(lambda: "CHANNEL_UNHOLD" in alice_leg.events, what="unheld")
+
+    r = await rig.api.post(
+        f"/api/v1/calls/{caller.uuid}/transfer", {"mode": "blind", "target": "agent:bob"}
+    )
+    assert r.status == 200, await r.text()
+    await eventually(
+        lambda: caller.partner is not None and caller.partner.destination == "user/1002",
+        what="caller with bob",
+    )
+    assert caller.up and not alice_leg.up
+    await eventually(lambda: rig.acd.calls[caller.uuid].agent == "bob", what="bob's call")
+    assert rig.agent_state("agent") in ("wrap_up", "available")
+
+
+async def test_serve_demo_runs_the_simulator_in_process_with_agents_logged_in(
+    aiohttp_client, tmp_path, sqlite_url
+) -> None:  # type: ignore[no-untyped-def]
+    from hotline.app import create_app
+    from hotline.appkeys import PHONE_LINE
+    from hotline.telephony.simulator import CallerScript
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, sqlite_url, esl_listen="127.0.0.1:0", acd_wrap_up_s=0)
+    client = await aiohttp_client(create_app(settings, demo=True, watch_deadlines=False))
+    line = client.app[PHONE_LINE]
+    await eventually(lambda: len(line.service.acd.agents) == 4, what="demo agents logged in")
+    sim = line.simulator
+    assert sim is not None and line.esl is not None and line.esl.inbound.connected
+    assert sim.socket_target == (line.esl.server.host, line.esl.server.port)
+
+    caller = await sim.place_call(CallerScript(caller_number="13800138009"))
+    await eventually(lambda: caller.partner is not None, limit_s=15, what="a demo agent answers")
+    metrics = await (await client.get("/metrics")).text()
+    assert (
+        "hotline_calls_answered_total" in metrics and 'hotline_agents{state="on_call"}' in metrics
+    )
+    sim.hangup(caller)
+    await eventually(lambda: caller.uuid not in line.service.calls, what="call over")
