@@ -184,6 +184,11 @@ async def test_the_card_routes_serve_the_resident_with_the_signed_in_phone(api):
     card = await r.json()
     me = await sign_in(api)  # 138 1234 5678
     r = await api.client.get(f"{APP}/cards", headers=me)
+    assert r.status == 403  # the phone alone does not reach the card (hotline.card_binding)
+    bind = {"card_no": card["card_no"], "id_last6": an_id_number(7)[-6:], "pin": PIN}
+    r = await api.client.post(f"{APP}/cards/bind", json=bind, headers=me)
+    assert r.status == 201, await r.text()
+    r = await api.client.get(f"{APP}/cards", headers=me)
     assert r.status == 200, await r.text()
     assert [c["card_no"] for c in (await r.json())["items"]] == [card["card_no"]]
     r = await api.client.get(f"{APP}/cards/{card['card_no']}/token?purpose=id", headers=me)
@@ -191,7 +196,9 @@ async def test_the_card_routes_serve_the_resident_with_the_signed_in_phone(api):
     # another phone has no card here; no token at all is the app's 401
     other = await sign_in(api, "13987654321")
     r = await api.client.get(f"{APP}/cards", headers=other)
-    assert (r.status, (await r.json())["type"]) == (404, "/problems/not-found")
+    assert (r.status, (await r.json())["type"]) == (403, "/problems/forbidden")
+    r = await api.client.post(f"{APP}/cards/bind", json=bind, headers=other)
+    assert (r.status, (await r.json())["reason"]) == (403, "refused")  # not their phone
     r = await api.client.get(f"{APP}/cards/{card['card_no']}/token", headers=other)
-    assert r.status == 404
+    assert r.status == 403
     assert (await api.client.get(f"{APP}/wallet")).status == 401

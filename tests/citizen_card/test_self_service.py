@@ -28,6 +28,7 @@ from citizen_card.self_service import (
     balance_by_phone,
     report_lost_by_phone,
     resident_card_routes,
+    verify_holder_by_phone,
 )
 from citizen_card.verify import verify_token
 from hotline.appkeys import CARD_DEPS
@@ -322,3 +323,27 @@ async def test_another_instance_answers_a_retry_from_the_shared_store(api, aioht
     )
     assert (status, body["type"]) == (422, "/problems/idempotency-key-reused")
     assert await deps.ledger.balance(await svc.wallet_of(deps, resident["id"])) == 900
+
+
+async def test_verify_holder_for_linking_a_sign_in(api):  # type: ignore[no-untyped-def]
+    """Card number + ID digits + PIN, and the phone on record must be the signed-in one."""
+    deps = api.app[CARD_DEPS]
+    r = await api.post(
+        "/api/v1/residents",
+        {"name": "李四", "id_number": an_id_number(2), "phone": "13812345678"},
+    )
+    assert r.status == 201, await r.text()
+    resident = await r.json()
+    r = await api.post(f"/api/v1/residents/{resident['id']}/cards", {"pin": PIN})
+    no = (await r.json())["card_no"]
+    last6 = an_id_number(2)[-6:]
+    mine = deps.cipher.blind_index("+8613812345678")
+    assert await verify_holder_by_phone(deps, no, last6, PIN, phone_bidx=mine) == (
+        resident["id"],
+        None,
+    )
+    _, refusal = await verify_holder_by_phone(deps, no, last6, "135790", phone_bidx=mine)
+    assert refusal is not None and (refusal.outcome, refusal.tries_left) == ("wrong_pin", 4)
+    other_phone = deps.cipher.blind_index("+8613900000000")
+    _, refusal = await verify_holder_by_phone(deps, no, last6, PIN, phone_bidx=other_phone)
+    assert refusal is not None and refusal.outcome == "refused"

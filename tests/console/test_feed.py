@@ -26,7 +26,7 @@ async def connect(api, who: str = "agent", **params: Any):  # type: ignore[no-un
     return await api.client.ws_connect("/api/v1/console/ws", headers=headers, params=query)
 
 
-async def frame(ws, wait: float = 2.0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+async def frame(ws, wait: float = 5.0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return await asyncio.wait_for(ws.receive_json(), wait)
 
 
