@@ -604,6 +604,7 @@ def report(
     rates = ceiling.slice_rates
     spread = (max(rates) - min(rates)) / max(rates) if rates and max(rates) else 0.0
     print(f"ceiling slices: {', '.join(f'{r:,.0f}' for r in rates)} req/s (spread {spread:.0%})")
+    print(f"load average at the end: {loadavg()}")
     lost = False
     for r in results:
         d = durability[r.name]

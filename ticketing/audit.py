@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
+
 GENESIS = "0" * 64
 
 
@@ -35,24 +37,51 @@ def event_hash(
     to_status: str,
     data: dict[str, Any],
 ) -> str:
-    body = json.dumps(
-        {
-            "prev": prev_hash,
-            "ticket": ticket_number,
-            "seq": seq,
-            "at": _canonical_time(at),
-            "actor": actor,
-            "role": actor_role,
-            "action": action,
-            "from": from_status,
-            "to": to_status,
-            "data": data,
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
+    content = {
+        "prev": prev_hash,
+        "ticket": ticket_number,
+        "seq": seq,
+        "at": _canonical_time(at),
+        "actor": actor,
+        "role": actor_role,
+        "action": action,
+        "from": from_status,
+        "to": to_status,
+        "data": data,
+    }
+    return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
+def _plain(value: Any) -> bool:
+    """Only strings, integers, booleans, None, lists and string-keyed dicts (exact types)."""
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if t is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if t is list or t is tuple:
+        return all(_plain(v) for v in value)
+    return False
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted-key compact UTF-8 JSON: `json.dumps(sort_keys=True, ensure_ascii=False,
+    separators=(",", ":")).encode()`, byte for byte, since stored hashes depend on it.
+
+    orjson writes the same bytes for the plain values of an audit event (checked for
+    every code point, and integers up to 64 bits; it refuses larger ones) and is several
+    times faster; anything else (floats, which it spells differently, or other types)
+    goes through the standard library.
+    """
+    if _plain(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # an integer past 64 bits, a lone surrogate
+            pass
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class ChainedEvent(Protocol):

@@ -96,6 +96,15 @@ async def announce(deps: Deps, events: Sequence[DomainEvent]) -> None:
 
 # ---------------------------------------------------------------- deadlines
 
+_URGENCIES = {u.value: u for u in Urgency}
+_STATUSES = {s.value: s for s in Status}
+
+
+def urgency_of(value: str) -> Urgency:
+    """`Urgency(value)` (ValueError included) without the Enum call on the hot path."""
+    return _URGENCIES.get(value) or Urgency(value)
+
+
 
 def limits_for(
     deps: Deps, category_code: str | None, urgency: Urgency
@@ -105,7 +114,7 @@ def limits_for(
     dispatch = DISPATCH_DEFAULTS[urgency]
     feedback = FEEDBACK_DEFAULTS[urgency]
     # a category's limits are for its normal cases; an emergency is never slower
-    if cat and urgency is Urgency(cat["urgency"]):
+    if cat and urgency is urgency_of(cat["urgency"]):
         if cat["dispatch_limit"]:
             dispatch = Duration.parse(cat["dispatch_limit"])
         if cat["feedback_limit"]:
@@ -190,7 +199,7 @@ def ticket_view(
     """The API's ticket. `phone`: the contact's masked phone when the caller already has
     it (the intake, which just encrypted it); otherwise it is decrypted from the row."""
     now = deps.clock()
-    status = Status(row.status)
+    status = _STATUSES.get(row.status) or Status(row.status)
     if phone is None and row.contact_phone_enc:
         plain = deps.cipher.decrypt(row.contact_phone_enc)
         phone = mask_phone(plain) if plain else None
@@ -257,8 +266,21 @@ def event_view(row: Any) -> dict[str, Any]:
     }
 
 
+_ISO: dict[datetime, str] = {}  # a view shows created_at, updated_at and deadlines
+
+
 def _iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt else None
+    """ISO 8601 in UTC with Z. Memoised: equal aware datetimes are the same instant,
+    which is all the text depends on (naive ones never equal aware ones)."""
+    if not dt:
+        return None
+    text = _ISO.get(dt)
+    if text is None:
+        text = dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        _ISO[dt] = text
+    return text
 
 
 def is_overdue(

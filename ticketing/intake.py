@@ -54,16 +54,20 @@ from ticketing.handlers import (
     mask_phone,
     ticket_t,
     ticket_view,
+    urgency_of,
 )
 from ticketing.lifecycle import Kind, Status
 from ticketing.models import IdempotencyRecord, UTCDateTime
 from ticketing.ports import Principal
 from ticketing.store import StoreUnavailable, is_unavailable, sqlite_pragmas
+from ticketing.webkit import dumps_json
 
 log = logging.getLogger(__name__)
 idem_t = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 work_t = workqueue.work_item
 
+_KINDS = {k.value: k for k in Kind}
+_URGENCIES = {u.value: u for u in Urgency}
 CHANNELS = frozenset({"phone", "wechat", "telegram", "app", "web", "open311", "email", "walk_in"})
 MAX_BATCH = 256
 STOP_PUBLISH_TIMEOUT_S = 5.0  # stop() waits this long for ticket.created to go out
@@ -132,7 +136,7 @@ def prepare(deps: Deps, cmd: NewTicket, now: datetime) -> tuple[dict[str, Any], 
     `last_hash`, which the writer fills in) and the masked phone for the view.
     """
     try:
-        Kind(cmd.kind)
+        _KINDS.get(cmd.kind) or Kind(cmd.kind)  # a dict hit is cheaper than an Enum call
     except ValueError:
         raise InvalidRequest(
             f"kind must be one of {', '.join(k.value for k in Kind)}", "kind"
@@ -146,13 +150,13 @@ def prepare(deps: Deps, cmd: NewTicket, now: datetime) -> tuple[dict[str, Any], 
             raise InvalidRequest(f"unknown category {cmd.category!r}", "category")
     if cmd.urgency is not None:
         try:
-            urgency = Urgency(cmd.urgency)
+            urgency = _URGENCIES.get(cmd.urgency) or Urgency(cmd.urgency)
         except ValueError:
             raise InvalidRequest(
                 f"urgency must be one of {', '.join(u.value for u in Urgency)}", "urgency"
             ) from None
     else:
-        urgency = Urgency(cat["urgency"]) if cat else Urgency.NORMAL
+        urgency = urgency_of(cat["urgency"]) if cat else Urgency.NORMAL
     dispatch, _ = limits_for(deps, cmd.category, urgency)
     phone = normalise_phone(cmd.contact_phone) if cmd.contact_phone else None
     row = {
@@ -396,7 +400,8 @@ class Intake:
                         "key": p.idem.key,
                         "request_hash": p.idem.request_hash,
                         "status": 201,
-                        "body": json.dumps(view, ensure_ascii=False),
+                        # the bytes the 201 carries, so a replay is the answer itself
+                        "body": dumps_json(view).decode(),
                         "created_at": r["created_at"],
                     }
                 )
