@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 import channels
 from channels import app as city_app
@@ -26,7 +27,7 @@ from citizen_card.self_service import resident_card_routes
 from citizen_card.service import CardDeps
 from hotline import appkeys
 from hotline.acd.switch import Switch
-from hotline.acd.wiring import build_phone_line
+from hotline.acd.wiring import PhoneLine, build_phone_line
 from hotline.auth import SessionStore, auth_middleware, auth_routes
 from hotline.bootstrap import build_card_deps, build_deps
 from hotline.card_binding import binding_routes, bound_resident
@@ -38,7 +39,7 @@ from hotline.migrate import upgrade_head_async
 from hotline.openapi import build_openapi
 from hotline.routes import service_routes
 from hotline.settings import Settings
-from ticketing import deadline_watcher
+from ticketing import deadline_watcher, workqueue
 from ticketing.events import CardCacheInvalidated, CatalogChanged, DomainEvent
 from ticketing.handlers import Deps
 from ticketing.intake import Intake
@@ -149,6 +150,7 @@ def create_app(
     )
     app[appkeys.PHONE_LINE] = phone_line
     console.attach_phone(phone_line.service)  # the wall's live phone figures
+    deps.claim_filter = _chat_capacity(phone_line)
     specs += phone_line.routes
     specs += service_routes(deps, metrics, openapi)
     openapi.update(build_openapi(specs, _version()))
@@ -251,6 +253,25 @@ def _app_card_spec(r: CardRoute) -> RouteSpec:
         query=r.query,
         responses=r.responses,
     )
+
+
+def _chat_capacity(
+    phone_line: PhoneLine,
+) -> Callable[[AsyncConnection, str], Awaitable[frozenset[str]]]:
+    """Calls and chats share people: an agent signed in to the phone line is handed no
+    further conversation from the queue when their call and the conversations they
+    hold already fill their load (HOTLINE_ACD_CHAT_WEIGHT, HOTLINE_ACD_MAX_LOAD)."""
+    none: frozenset[str] = frozenset()
+    chats = frozenset({workqueue.CONVERSATION})
+
+    async def claim_filter(conn: AsyncConnection, username: str) -> frozenset[str]:
+        service = phone_line.service
+        if service is None or service.acd.chat_allowed(username, 0) is None:
+            return none  # not on the phone line: the line has no say
+        held = await workqueue.held_by(conn, workqueue.CONVERSATION, username, service.deps.clock())
+        return none if service.acd.chat_allowed(username, held) else chats
+
+    return claim_filter
 
 
 async def _settle_forever(card_deps: CardDeps, interval_s: float = 5.0) -> None:

@@ -84,6 +84,9 @@ class Deps:
     claim_ttl_s: int = 600
     # local observers (metrics): unlike bus subscribers, never see other instances' events
     observers: list[Callable[[DomainEvent], None]] = field(default_factory=list)
+    # kinds of queue item a person must not be handed right now (the phone line: no
+    # more conversations for an agent whose call and chats already fill their load)
+    claim_filter: Callable[[AsyncConnection, str], Awaitable[frozenset[str]]] | None = None
 
 
 async def announce(deps: Deps, events: Sequence[DomainEvent]) -> None:
@@ -103,7 +106,6 @@ _STATUSES = {s.value: s for s in Status}
 def urgency_of(value: str) -> Urgency:
     """`Urgency(value)` (ValueError included) without the Enum call on the hot path."""
     return _URGENCIES.get(value) or Urgency(value)
-
 
 
 def limits_for(
@@ -896,6 +898,9 @@ async def queue_view(deps: Deps, principal: Principal, limit: int = 100) -> list
 
 async def claim_next(deps: Deps, principal: Principal) -> dict[str, Any] | None:
     async with deps.db.write() as conn:
+        exclude = (
+            await deps.claim_filter(conn, principal.username) if deps.claim_filter else frozenset()
+        )
         item = await workqueue.claim_next(
             deps.db,
             conn,
@@ -903,6 +908,7 @@ async def claim_next(deps: Deps, principal: Principal) -> dict[str, Any] | None:
             principal.username,
             deps.clock(),
             deps.claim_ttl_s,
+            exclude_kinds=exclude,
         )
     return _item_view(item) if item else None
 

@@ -185,6 +185,8 @@ async def claim_next(
     claimer: str,
     now: datetime,
     ttl_s: int,
+    *,
+    exclude_kinds: frozenset[str] = frozenset(),
 ) -> dict[str, Any] | None:
     """Take the most urgent unclaimed (or lapsed) item; never the same one twice."""
     if not audiences:
@@ -196,6 +198,8 @@ async def claim_next(
         .order_by(*_order())
         .limit(1)
     )
+    if exclude_kinds:
+        pick = pick.where(work_item.c.kind.not_in(sorted(exclude_kinds)))
     if not db.is_sqlite:
         pick = pick.with_for_update(skip_locked=True)
         picked = (await conn.execute(pick)).scalar_one_or_none()
@@ -212,3 +216,13 @@ async def claim_next(
     )
     row = (await conn.execute(stmt)).first()
     return dict(row._mapping) if row else None
+
+
+async def held_by(conn: AsyncConnection, kind: str, claimer: str, now: datetime) -> int:
+    """How many items of a kind this person holds now (claimed, claim not lapsed)."""
+    q = sa.select(sa.func.count()).where(
+        work_item.c.kind == kind,
+        work_item.c.claimed_by == claimer,
+        work_item.c.claim_expires_at >= now,
+    )
+    return int((await conn.execute(q)).scalar_one())

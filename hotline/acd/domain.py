@@ -312,6 +312,18 @@ class Acd:
             return False
         return a.load(self.rules) + self.rules.chat_weight <= self.rules.max_load + 1e-9
 
+    def chat_allowed(self, username: str, open_chats: int) -> bool | None:
+        """May this agent take one more conversation beside `open_chats` they hold?
+        None when the phone line has no say (not signed in to it: a text-only agent)."""
+        a = self.agents.get(username)
+        if a is None or a.state is AgentState.LOGGED_OUT:
+            return None
+        if a.state is AgentState.BREAK:
+            return False
+        busy = 1.0 if a.state in (AgentState.RINGING, AgentState.ON_CALL) else 0.0
+        load = busy + (open_chats + 1) * self.rules.chat_weight
+        return load <= self.rules.max_load + 1e-9
+
     def set_chats(self, username: str, chats: int) -> None:
         self._agent(username).chats = max(0, chats)
 
