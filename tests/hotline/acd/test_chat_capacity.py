@@ -19,7 +19,7 @@ async def claim(api, who: str = "agent"):  # type: ignore[no-untyped-def]
     return (await r.json()) if r.status == 200 else None
 
 
-async def test_an_agent_on_a_call_gets_chats_only_up_to_the_load(phone_api) -> None:  # type: ignore[no-untyped-def]
+async def test_an_agent_on_a_call_gets_chats_only_up_to_the_load(phone_api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     api, switch = phone_api, phone_api.switch
     hub = api.app[HUB]
     for i in range(4):  # four residents waiting on WeChat
