@@ -35,6 +35,7 @@ async def test_a_call_with_no_menu_reaches_an_available_agent_within_15_s(rig: P
     await rig.login("alice", "1001")
     caller = await rig.call(caller_number="13800138000")
     await eventually(lambda: rig.agent_state("alice") == "on_call", what="alice talking")
+    await eventually(lambda: caller.partner is not None, what="legs bridged")
 
     agent_leg = caller.partner
     assert agent_leg is not None and agent_leg.destination == "user/1001"
@@ -69,6 +70,7 @@ async def test_an_agent_who_does_not_answer_is_passed_over_for_the_next(
         await rig.login("bob", "1002")
         caller = await rig.call()
         await eventually(lambda: rig.agent_state("bob") == "on_call", what="bob talking")
+        await eventually(lambda: caller.partner is not None, what="legs bridged")
 
         assert caller.partner is not None and caller.partner.destination == "user/1002"
         assert rig.sim.agents["1001"].offered == 1
@@ -130,6 +132,7 @@ async def test_emergency_from_the_agent_is_an_attended_three_way_call(rig: Phone
     assert r.status == 200, await r.text()
     caller = await rig.call(caller_number="13800138004")
     await eventually(lambda: rig.agent_state("agent") == "on_call", what="agent talking")
+    await eventually(lambda: caller.partner is not None, what="legs bridged")
     agent_leg = caller.partner
     assert agent_leg is not None
 
@@ -267,6 +270,7 @@ async def test_hold_and_blind_transfer_from_the_console_move_the_real_legs(rig: 
     await rig.login("bob", "1002")
     caller = await rig.call(caller_number="13800138007")
     await eventually(lambda: rig.agent_state("agent") == "on_call", what="agent talking")
+    await eventually(lambda: caller.partner is not None, what="legs bridged")
     alice_leg = caller.partner
     assert alice_leg is not None and alice_leg.destination == "user/1001"
 

@@ -23,6 +23,8 @@ async def test_inbound_socket_drop_with_calls_in_progress_keeps_the_acd_consiste
         await rig.login("alice", "1001")
         talking = await rig.call(caller_number="13800138010")
         await eventually(lambda: rig.agent_state("alice") == "on_call", what="alice talking")
+        # the ACD marks alice on the call before the switch has bridged the two legs
+        await eventually(lambda: talking.partner is not None, what="legs bridged")
         agent_leg = talking.partner
         assert agent_leg is not None
         inbound = rig.line.esl.inbound  # type: ignore[union-attr]
@@ -75,6 +77,7 @@ async def test_garbled_frames_from_the_switch_do_not_take_the_service_down(
         await rig.login("alice", "1001")
         caller = await rig.call()
         await eventually(lambda: rig.agent_state("alice") == "on_call", what="a call still works")
+        await eventually(lambda: caller.partner is not None, what="legs bridged")
         assert caller.partner is not None
 
 
