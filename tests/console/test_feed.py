@@ -253,10 +253,9 @@ async def test_two_instances_on_postgresql_give_agents_the_same_live_queue(
 ):
     """Two service instances, one PostgreSQL: a ticket created and dispatched on one
     reaches the agents and the department connected to the other, live."""
-    from tests.conftest import Api, _seed, make_settings
-
     from hotline.app import create_app
     from hotline.bootstrap import build_deps
+    from tests.conftest import Api, _seed, make_settings
 
     apis = []
     for name in ("a", "b"):
