@@ -61,6 +61,7 @@ from channels.emergency_words import EmergencyRules, Match, answer, lines_of
 from channels.message import InboundMessage, Kind, Receipt
 from channels.models import contact_t, conversation_t, message_t, outbox_t
 from ticketing import workqueue
+from ticketing.group_commit import GroupCommit
 from ticketing.handlers import Deps, TicketNotFound, append_trail_event
 from ticketing.lifecycle import Role
 from ticketing.models import UTCDateTime
@@ -601,30 +602,25 @@ class InboundWriter:
     ) -> None:
         self.deps = deps
         self.rules = rules
-        self.max_batch = max_batch
         self.after_commit = after_commit
         self.outbox_written = outbox_written or (lambda: None)
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._writer: GroupCommit[_Pending, Handled] = GroupCommit(
+            "channel-intake-writer", self._commit_retrying, self._committed, max_batch=max_batch
+        )
         self._contacts: OrderedDict[Key, int] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self._statements: _Statements | None = None
         self._sqlite: _SqliteWriter | None = None
-        self.batches = 0
+
+    @property
+    def batches(self) -> int:
+        return self._writer.batches
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="channel-intake-writer")
+        self._writer.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
-            if not p.future.done():
-                p.future.set_exception(RuntimeError("service shutting down"))
+        await self._writer.stop()
         if self._background:
             await asyncio.wait(set(self._background), timeout=5)
         if self._sqlite is not None:
@@ -635,47 +631,16 @@ class InboundWriter:
     async def receive(self, msg: InboundMessage, *, inline: bool = False) -> Handled:
         """Store the message (or find it stored) and decide what it means; returns once
         committed. `inline`: the channel will hand the replies over itself."""
-        if self._task is None:
+        if not self._writer.running:
             raise RuntimeError("channel intake not started")
         if msg.text is not None and len(msg.text) > MAX_TEXT:
             msg = replace(msg, text=msg.text[:MAX_TEXT])
         matches = self.rules.find(msg.text) if msg.kind is not Kind.EVENT else []
         fut: asyncio.Future[Handled] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(msg, inline, matches, fut))
+        self._writer.put(_Pending(msg, inline, matches, fut))
         return await fut
 
-    async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._commit_isolating(batch)
-            except asyncio.CancelledError:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(RuntimeError("service shutting down"))
-                raise
-            except Exception:  # never let the writer die
-                log.exception("channel intake failed on a batch of %d", len(batch))
-
-    async def _commit_isolating(self, batch: list[_Pending]) -> None:
-        try:
-            handled = await self._commit_retrying(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                return
-            mid = len(batch) // 2  # one bad message must not fail its neighbours
-            await self._commit_isolating(batch[:mid])
-            await self._commit_isolating(batch[mid:])
-            return
-        self.batches += 1
-        for p, h in zip(batch, handled, strict=True):
-            if not p.future.done():
-                p.future.set_result(h)
+    def _committed(self, batch: list[_Pending], handled: list[Handled]) -> None:
         if any(not h.receipt.duplicate and h.receipt.replies for h in handled):
             self.outbox_written()
         if self.after_commit is not None:

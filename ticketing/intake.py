@@ -43,6 +43,7 @@ from ticketing import workqueue
 from ticketing.audit import GENESIS
 from ticketing.deadlines import Urgency, due_at
 from ticketing.events import TicketCreated
+from ticketing.group_commit import GroupCommit
 from ticketing.handlers import (
     URGENCY_PRIORITY,
     Deps,
@@ -219,28 +220,23 @@ class Intake:
 
     def __init__(self, deps: Deps, *, max_batch: int = MAX_BATCH) -> None:
         self.deps = deps
-        self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self.batches = 0  # for the benchmark's report
+        self._writer: GroupCommit[_Pending, dict[str, Any] | None] = GroupCommit(
+            "ticket-intake-writer", self._commit, self._committed, max_batch=max_batch
+        )
         self._publishing: set[asyncio.Task[None]] = set()
         self._sqlite: _SqliteWriter | None = None
 
+    @property
+    def batches(self) -> int:  # for the benchmark's report
+        return self._writer.batches
+
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ticket-intake-writer")
+        self._writer.start()
 
     async def stop(self) -> None:
         """Stop writing (a batch in flight fails), fail what is queued, let the
         ticket.created announcements of committed batches go out, close the connection."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            p = self._queue.get_nowait()
-            if not p.future.done():
-                p.future.set_exception(RuntimeError("service shutting down"))
+        await self._writer.stop()
         if self._publishing:
             _, late = await asyncio.wait(set(self._publishing), timeout=STOP_PUBLISH_TIMEOUT_S)
             for task in late:
@@ -254,50 +250,17 @@ class Intake:
 
     async def create(self, cmd: NewTicket, idem: IdempotencySpec | None = None) -> dict[str, Any]:
         """Returns the stored ticket's view once its transaction has committed."""
-        if self._task is None:
+        if not self._writer.running:
             raise RuntimeError("intake not started")
         row, phone = prepare(self.deps, cmd, self.deps.clock())
         fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(row, phone, cmd.principal, idem, fut))
+        self._writer.put(_Pending(row, phone, cmd.principal, idem, fut))
         view = await fut
         if view is None:  # built here, not in the single writer
             view = ticket_view(self.deps, _RowView(row), cmd.principal, phone=phone)
         return view
 
-    async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await self._commit_isolating(batch)
-            except asyncio.CancelledError:
-                # stopped mid-batch: nobody may wait forever for an answer
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(RuntimeError("service shutting down"))
-                raise
-            except Exception:  # never let the writer die
-                log.exception("intake writer failed on a batch of %d", len(batch))
-
-    async def _commit_isolating(self, batch: list[_Pending]) -> None:
-        try:
-            views = await self._commit(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                return
-            # one bad row must not fail its neighbours: retry halves
-            mid = len(batch) // 2
-            await self._commit_isolating(batch[:mid])
-            await self._commit_isolating(batch[mid:])
-            return
-        self.batches += 1
-        for p, view in zip(batch, views, strict=True):
-            if not p.future.done():
-                p.future.set_result(view)
+    def _committed(self, batch: list[_Pending], views: list[dict[str, Any] | None]) -> None:
         # the bus may be a network hop (NOTIFY): never hold the next batch for it
         task = asyncio.create_task(self._publish([p.row for p in batch]))
         self._publishing.add(task)

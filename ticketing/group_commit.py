@@ -1,0 +1,108 @@
+"""One writer task that commits whatever has queued up as one transaction.
+
+Tickets and inbound channel messages are both acknowledged only after their commit,
+and both arrive in bursts: a single writer that takes everything waiting and commits
+it together turns N fsyncs into one. A batch that fails is halved and retried, so one
+bad item never fails its neighbours; on stop, nobody is left waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+class Pending(Protocol):
+    """A queued item: its submitter awaits `future`."""
+
+    future: asyncio.Future[Any]
+
+
+P = TypeVar("P", bound=Pending)
+
+
+class GroupCommit(Generic[P, R]):
+    """`commit(batch)` writes a batch in one transaction and returns one result per
+    item; `committed(batch, results)` runs after it (results already delivered)."""
+
+    def __init__(
+        self,
+        name: str,
+        commit: Callable[[list[P]], Awaitable[list[R]]],
+        committed: Callable[[list[P], list[R]], None],
+        *,
+        max_batch: int,
+    ) -> None:
+        self.name = name
+        self.max_batch = max_batch
+        self._commit = commit
+        self._committed = committed
+        self._queue: asyncio.Queue[P] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0  # for the benchmarks' reports
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Stop writing (a batch in flight fails) and fail what is still queued."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._queue.empty():
+            p = self._queue.get_nowait()
+            if not p.future.done():
+                p.future.set_exception(RuntimeError("service shutting down"))
+
+    def put(self, item: P) -> None:
+        if self._task is None:
+            raise RuntimeError(f"{self.name} not started")
+        self._queue.put_nowait(item)
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._isolating(batch)
+            except asyncio.CancelledError:
+                # stopped mid-batch: nobody may wait forever for an answer
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(RuntimeError("service shutting down"))
+                raise
+            except Exception:  # never let the writer die
+                log.exception("%s failed on a batch of %d", self.name, len(batch))
+
+    async def _isolating(self, batch: list[P]) -> None:
+        try:
+            results = await self._commit(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            mid = len(batch) // 2  # one bad item must not fail its neighbours
+            await self._isolating(batch[:mid])
+            await self._isolating(batch[mid:])
+            return
+        self.batches += 1
+        for p, result in zip(batch, results, strict=True):
+            if not p.future.done():
+                p.future.set_result(result)
+        self._committed(batch, results)
