@@ -11,7 +11,7 @@ requests.
 On SQLite the writer does not go through SQLAlchemy and aiosqlite (about seven
 thread round trips per batch): each batch is one call into a thread of our own
 that owns a plain `sqlite3` connection (same pragmas: WAL, synchronous=FULL) and
-runs BEGIN IMMEDIATE, the counter upsert, one executemany per table and COMMIT.
+runs BEGIN IMMEDIATE, the counter upsert, one multi-row INSERT per table and COMMIT.
 Values are converted as SQLAlchemy would store them, column lists come from the
 tables, and the process-wide write lock is held around the call, so for everyone
 else it is just another writer. PostgreSQL keeps the SQLAlchemy path.
@@ -211,7 +211,7 @@ class _Rows:
     views: list[dict[str, Any] | None]
 
 
-_Statements = list[tuple[str, list[tuple[Any, ...]]]]  # (INSERT, parameters per row) per table
+_Statements = list[tuple[str, tuple[Any, ...]]]  # (multi-row INSERT, its flat parameters)
 _Built = tuple[_Rows, _Statements]
 
 
@@ -491,10 +491,11 @@ class _TablePlan:
                     "which has no server default: decide its value in ticketing/intake.py"
                 )
         names = given + [name for name, _ in constants]
-        self.sql = (
-            f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) "
-            f"VALUES ({', '.join('?' * len(names))})"
-        )
+        self._head = f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) VALUES "
+        self._one = f"({', '.join('?' * len(names))})"
+        self.sql = self._head + self._one
+        self.width = len(names)
+        self._multi: dict[int, str] = {}
         self._get = operator.itemgetter(*given) if len(given) > 1 else None
         self._given = given
         self._converters = converters
@@ -512,6 +513,17 @@ class _TablePlan:
                     values[i] = process(v)
             out.append((*values, *constants))
         return out
+
+    def multi_sql(self, n: int) -> str:
+        """`INSERT ... VALUES (?, ...), ... ` for n rows, built once per n."""
+        sql = self._multi.get(n)
+        if sql is None:
+            sql = self._multi[n] = self._head + ", ".join([self._one] * n)
+        return sql
+
+
+# SQLite's default SQLITE_MAX_VARIABLE_NUMBER before 3.32 (later ones allow 32766).
+_SQLITE_MAX_VARIABLES = 999
 
 
 def _quote(name: str) -> str:
@@ -538,7 +550,15 @@ class _SqliteWriter:
         ):
             if data:
                 plan = self._plan(table, data[0])
-                out.append((plan.sql, plan.params(data)))
+                params = plan.params(data)
+                # One multi-row INSERT per chunk instead of executemany: each row of an
+                # executemany takes the GIL back from the busy event loop (a convoy that
+                # cost more than the insert itself); one statement takes it once.
+                per = max(1, _SQLITE_MAX_VARIABLES // plan.width)
+                for i in range(0, len(params), per):
+                    chunk = params[i : i + per]
+                    flat = tuple(v for row in chunk for v in row)
+                    out.append((plan.multi_sql(len(chunk)), flat))
         return out
 
     def _plan(self, table: sa.Table, row: dict[str, Any]) -> _TablePlan:
@@ -590,7 +610,7 @@ class _SqliteWriter:
                     (lasts[day],) = conn.execute(_ALLOCATE_SQLITE, (day, n, n)).fetchone()
                 rows, statements = build(lasts)
                 for sql, params in statements:
-                    conn.executemany(sql, params)
+                    conn.execute(sql, params)
                 if abort.requested:
                     raise _Aborted("intake stopped before COMMIT; rolled back")
                 conn.execute("COMMIT")
@@ -608,7 +628,10 @@ class _SqliteWriter:
         return rows
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        # cached_statements: a multi-row INSERT per batch size and table
+        conn = sqlite3.connect(
+            self.path, timeout=30, isolation_level=None, cached_statements=512
+        )
         try:
             sqlite_pragmas(conn)
         except BaseException:

@@ -366,6 +366,38 @@ async def test_concurrent_intake_numbers_unique_and_sequential(world: World) -> 
     assert (await h.verify_trails(world.deps))["intact"]
 
 
+async def test_a_batch_larger_than_one_multi_row_insert_keeps_every_row(world: World) -> None:
+    """SQLite's intake writes a batch as multi-row INSERTs of at most 999 parameters
+    (the ticket table's ~40 columns: about 25 rows each): a 120-ticket batch spans
+    several statements and every ticket keeps its own row, event and queue item."""
+    hold = asyncio.Event()
+    writer = world.intake._writer
+    original = writer._commit
+    sizes: list[int] = []
+
+    async def held(batch):  # type: ignore[no-untyped-def]
+        await hold.wait()  # the first batch waits while the rest queue up behind it
+        sizes.append(len(batch))
+        return await original(batch)
+
+    writer._commit = held
+    try:
+        tasks = [asyncio.create_task(world.create(title=f"批量 {i}")) for i in range(121)]
+        await asyncio.sleep(0.05)
+        hold.set()
+        views = await asyncio.gather(*tasks)
+    finally:
+        writer._commit = original
+    assert max(sizes) >= 100
+    assert len({v["number"] for v in views}) == 121
+    async with world.db.read() as conn:
+        rows = (await conn.execute(sa.text("SELECT number, title FROM ticket"))).all()
+        assert dict(rows) == {v["number"]: v["title"] for v in views}
+        assert (await conn.execute(sa.text("SELECT count(*) FROM work_item"))).scalar() == 121
+        assert (await conn.execute(sa.text("SELECT count(*) FROM ticket_event"))).scalar() == 121
+    assert (await h.verify_trails(world.deps))["intact"]
+
+
 async def test_two_instances_share_the_day_counter(world: World) -> None:
     """A second service instance (own engine, own intake writer) on the same database."""
     deps2 = await make_deps(world.db.url, world.clock)
