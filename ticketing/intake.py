@@ -491,7 +491,8 @@ class _TablePlan:
                     "which has no server default: decide its value in ticketing/intake.py"
                 )
         names = given + [name for name, _ in constants]
-        self._head = f"INSERT INTO {_quote(table.name)} ({', '.join(_quote(n) for n in names)}) VALUES "
+        columns = ", ".join(_quote(n) for n in names)
+        self._head = f"INSERT INTO {_quote(table.name)} ({columns}) VALUES "
         self._one = f"({', '.join('?' * len(names))})"
         self.sql = self._head + self._one
         self.width = len(names)
@@ -629,9 +630,7 @@ class _SqliteWriter:
 
     def _connect(self) -> sqlite3.Connection:
         # cached_statements: a multi-row INSERT per batch size and table
-        conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, cached_statements=512
-        )
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, cached_statements=512)
         try:
             sqlite_pragmas(conn)
         except BaseException:

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Regenerates the shipped IVR prompts: 8 kHz mono 16-bit PCM WAV, the format FreeSWITCH
-# plays on a narrowband call without resampling. Run by hand (not at install) after
-# editing a text below; the WAV files are committed.
+# Regenerates the shipped IVR prompts: 8 kHz mono WAV encoded as GSM 06.10 (format tag
+# 0x0031, 65 bytes per 320 samples, 13 kbit/s). 8 kHz is what FreeSWITCH plays on a
+# narrowband call without resampling; GSM keeps the whole set near 230 KB instead of the
+# 2.2 MB of 16-bit PCM, and mod_sndfile (libsndfile) decodes it as installed. libsndfile
+# cannot seek in GSM, so a prompt plays from its start (no `file@@offset`). Run by hand
+# (not at install) after editing a text below; the WAV files are committed.
 #
 #   apt-get install -y espeak-ng sox
 #   ivr/prompts/make_prompts.sh
 #
-# A city with a recorded voice replaces the files with its own under the same names.
+# A city with a recorded voice replaces the files with its own under the same names
+# (any 8 kHz mono WAV libsndfile reads: GSM, A-law, 16-bit PCM).
 set -euo pipefail
 cd "$(dirname "$0")"
 command -v espeak-ng >/dev/null && command -v sox >/dev/null || {
@@ -18,6 +22,16 @@ trap 'rm -rf "$tmp"' EXIT
 
 declare -A VOICE=([zh]=cmn [en]=en-us)
 declare -A SPEED=([zh]=250 [en]=190)
+
+# encode IN OUT: the shipped encoding, applied once at the end (working files stay 16-bit
+# PCM). The audio is padded with silence to an even number of 320-sample GSM blocks: sox
+# counts the RIFF pad byte after an odd number of 65-byte blocks as data, and libsndfile
+# then decodes a phantom last block, a 40 ms burst of noise at the end of the prompt.
+encode() {
+    local n
+    n=$(soxi -s "$1")
+    sox -V1 "$1" -r 8000 -c 1 -e gsm-full-rate "$2" pad 0 "$(((640 - n % 640) % 640))s"
+}
 
 # synth LANG TEXT OUT: speak, resample to 8 kHz mono 16-bit, trim silence at both ends
 synth() {
@@ -33,15 +47,18 @@ say() {
     if [[ $# -eq 5 ]]; then
         synth "$1" "$3" "$tmp/a.wav"
         synth "$4" "$5" "$tmp/b.wav"
-        sox -V1 "$tmp/a.wav" "$tmp/b.wav" "$1/$2.wav"
+        sox -V1 "$tmp/a.wav" "$tmp/b.wav" "$tmp/ab.wav"
+        encode "$tmp/ab.wav" "$1/$2.wav"
     else
-        synth "$1" "$3" "$1/$2.wav"
+        synth "$1" "$3" "$tmp/a.wav"
+        encode "$tmp/a.wav" "$1/$2.wav"
     fi
 }
 
 for lang in zh en; do
     mkdir -p "$lang"
-    sox -V1 -n -r 8000 -c 1 -b 16 -e signed-integer "$lang/beep.wav" synth 0.35 sine 1000 gain -8 pad 0.05 0.1
+    sox -V1 -n -r 8000 -c 1 -b 16 -e signed-integer "$tmp/beep.wav" synth 0.35 sine 1000 gain -8 pad 0.05 0.1
+    encode "$tmp/beep.wav" "$lang/beep.wav"
 done
 
 say zh greeting "您好，一二三四五市民热线，正在为您转接人工服务。"

@@ -1,9 +1,16 @@
 """The shipped prompts exist for every language a shipped flow offers, in the format
-FreeSWITCH plays on a narrowband call as installed: 8 kHz, mono, 16-bit PCM WAV."""
+FreeSWITCH plays on a narrowband call as installed: 8 kHz mono WAV, GSM 06.10 encoded
+(mod_sndfile hands .wav files to libsndfile, which decodes GSM 06.10), small enough to
+ship in the package."""
 
 from __future__ import annotations
 
-import wave
+import array
+import ctypes
+import ctypes.util
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +24,7 @@ from ivr.audio import (
     say_digits,
     say_number,
 )
+from ivr.wavinfo import GSM610, read_wav_info, wav_seconds
 
 FLOWS = ivr.load_shipped()
 
@@ -46,23 +54,46 @@ def test_the_issue_names_prompts_exist_in_both_languages() -> None:
     assert named <= {name for _, name in referenced()}
 
 
-@pytest.mark.parametrize(("lang", "name"), sorted(referenced()))
-def test_prompt_is_8khz_mono_16bit_pcm(lang: str, name: str) -> None:
-    path = SHIPPED_PROMPTS.file(lang, name)
-    with wave.open(str(path), "rb") as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getcomptype()) == (
-            8000,
-            1,
-            2,
-            "NONE",
-        )
-        seconds = w.getnframes() / w.getframerate()
-    assert 0.05 < seconds < 8.0
+SHIPPED_FILES = sorted(SHIPPED_PROMPTS.root.glob("*/*.wav"))
+SET_LIMIT_BYTES = 400_000  # the issue: "a few hundred KB" for the whole shipped set
+
+
+def test_every_prompt_a_shipped_flow_plays_exists_in_both_languages() -> None:
+    """A city that drops a language from one flow's ``languages:`` today can put it
+    back without recording anything: the flows' own prompts ship in zh and en alike.
+    (Number words differ per language, ``wan`` / ``n13``, and are covered by
+    ``referenced()`` through each flow's languages.)"""
+    played = {
+        n
+        for flow in FLOWS.values()
+        for node in flow.nodes.values()
+        for names in node.prompt_fields().values()
+        for n in names
+    }
+    assert {"greeting", "card_menu", "beep"} <= played
+    missing = [
+        f"{lang}/{name}.wav"
+        for name in sorted(played)
+        for lang in ("zh", "en")
+        if not SHIPPED_PROMPTS.exists(lang, name)
+    ]
+    assert not missing
+
+
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_prompt_is_8khz_mono_gsm610_wav(path: Path) -> None:
+    info = read_wav_info(path)
+    assert (info.sample_rate, info.channels, info.format_tag) == (8000, 1, GSM610)
+    # libsndfile refuses a GSM WAV whose blocks are not 65 bytes of 320 samples
+    assert (info.block_align, info.samples_per_block) == (65, 320)
+    assert info.data_bytes % 65 == 0
+    # the fact count is the real length: at most one block short of the whole blocks
+    assert info.data_bytes // 65 * 320 - 320 < info.frames <= info.data_bytes // 65 * 320
+    assert 0.05 < info.seconds < 8.0
 
 
 def seconds(lang: str, name: str) -> float:
-    with wave.open(str(SHIPPED_PROMPTS.file(lang, name)), "rb") as w:
-        return w.getnframes() / w.getframerate()
+    return wav_seconds(SHIPPED_PROMPTS.file(lang, name))
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
@@ -77,10 +108,83 @@ def test_the_default_flow_reaches_the_queue_well_within_the_15_second_target(lan
 
 
 def test_every_shipped_wav_is_used_and_the_set_stays_small() -> None:
-    files = sorted(SHIPPED_PROMPTS.root.glob("*/*.wav"))
-    names = {(f.parent.name, f.stem) for f in files}
+    names = {(f.parent.name, f.stem) for f in SHIPPED_FILES}
     assert names == referenced()
-    assert sum(f.stat().st_size for f in files) < 2_500_000
+    assert sum(f.stat().st_size for f in SHIPPED_FILES) < SET_LIMIT_BYTES
+
+
+def _libsndfile() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("sndfile")
+    return ctypes.CDLL(name) if name else None
+
+
+class _SfInfo(ctypes.Structure):
+    _fields_ = [
+        ("frames", ctypes.c_int64),
+        ("samplerate", ctypes.c_int),
+        ("channels", ctypes.c_int),
+        ("format", ctypes.c_int),
+        ("sections", ctypes.c_int),
+        ("seekable", ctypes.c_int),
+    ]
+
+
+_SFM_READ = 0x10
+_SF_FORMAT_WAV_GSM610 = 0x010000 | 0x0020
+
+
+@pytest.mark.skipif(
+    _libsndfile() is None,
+    reason="libsndfile is not installed (tools/test-deps.sh installs libsndfile1)",
+)
+def test_libsndfile_plays_every_prompt_as_mod_sndfile_would() -> None:
+    """FreeSWITCH's mod_sndfile opens a .wav with sf_open(SFM_READ) and reads 16-bit
+    samples with sf_readf_short; do exactly that, through the same library."""
+    lib = _libsndfile()
+    assert lib is not None
+    lib.sf_open.restype = ctypes.c_void_p
+    lib.sf_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(_SfInfo)]
+    lib.sf_readf_short.restype = ctypes.c_int64
+    lib.sf_readf_short.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.sf_close.argtypes = [ctypes.c_void_p]
+    lib.sf_strerror.restype = ctypes.c_char_p
+    lib.sf_strerror.argtypes = [ctypes.c_void_p]
+    for path in SHIPPED_FILES:
+        sfinfo = _SfInfo()
+        handle = lib.sf_open(str(path).encode(), _SFM_READ, ctypes.byref(sfinfo))
+        assert handle, f"{path}: {lib.sf_strerror(None).decode()}"
+        try:
+            assert (sfinfo.samplerate, sfinfo.channels) == (8000, 1), path
+            assert sfinfo.format == _SF_FORMAT_WAV_GSM610, path
+            buf = (ctypes.c_short * 160)()  # one 20 ms frame at a time, as a call reads
+            frames, peak = 0, 0
+            while (n := lib.sf_readf_short(handle, buf, 160)) > 0:
+                frames += n
+                peak = max(peak, max(abs(x) for x in buf[:n]))
+        finally:
+            lib.sf_close(handle)
+        assert frames == sfinfo.frames, path
+        # the whole file decodes (GSM rounds up to whole 320-sample blocks) ...
+        assert 0 <= frames - read_wav_info(path).frames < 320, path
+        assert peak > 1000, f"{path}: decodes to near silence (peak {peak})"
+
+
+@pytest.mark.skipif(
+    shutil.which("sox") is None,
+    reason="sox is not installed (tools/test-deps.sh installs it)",
+)
+def test_sox_decodes_every_prompt_to_audible_8khz_audio() -> None:
+    for path in SHIPPED_FILES:
+        raw = subprocess.run(
+            ["sox", "-V1", str(path), "-t", "raw", "-e", "signed-integer", "-b", "16", "-"],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        samples = array.array("h", raw)  # sox writes raw in the machine's byte order
+        info = read_wav_info(path)
+        assert abs(len(samples) - info.frames) < 320, path
+        assert max(map(abs, samples)) > 1000, f"{path}: decodes to near silence"
 
 
 def test_the_generator_script_ships_alongside() -> None:
