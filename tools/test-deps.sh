@@ -5,7 +5,8 @@
 # prompts the way FreeSWITCH's mod_sndfile does. Does nothing when all are already there.
 set -eu
 if command -v chromium >/dev/null 2>&1 && fc-list :lang=zh 2>/dev/null | grep -q . \
-  && command -v sox >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libsndfile\.so\.1'; then
+  && command -v sox >/dev/null 2>&1 \
+  && python3 -c 'import ctypes.util as u, sys; sys.exit(not u.find_library("sndfile"))'; then
   exit 0
 fi
 SUDO=""
