@@ -33,6 +33,7 @@ from hotline.bootstrap import build_card_deps, build_deps
 from hotline.card_binding import binding_routes, bound_resident
 from hotline.console import Console
 from hotline.errors import problem_middleware
+from hotline.gc_tuning import quiet_gc
 from hotline.idempotency import idempotency_middleware
 from hotline.metrics import Metrics
 from hotline.migrate import upgrade_head_async
@@ -213,6 +214,7 @@ def create_app(
     app.on_shutdown.append(console.on_shutdown)
     app.cleanup_ctx.append(channel_hub.context)  # after the bus and the ticket intake
     app.cleanup_ctx.append(phone_line.context)  # after the bus: calls publish events
+    app.cleanup_ctx.append(quiet_gc)  # last: freezes what start-up built
     return app
 
 
