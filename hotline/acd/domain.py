@@ -391,13 +391,6 @@ class Acd:
         now = self.clock()
         return max((now - q.entered_at for q in self.queue.values()), default=0.0)
 
-    def _eligible(self, q: QueuedCall) -> list[Agent]:
-        return [
-            a
-            for a in self.agents.values()
-            if self._can_take_call(a) and q.skills <= a.skills and a.username not in q.tried
-        ]
-
     def _rank(self, q: QueuedCall, agents: list[Agent]) -> list[Agent]:
         if self.rules.strategy is Strategy.SKILLS:
             # specialists first: keep the generalists free for calls only they can take
@@ -405,20 +398,26 @@ class Acd:
         return sorted(agents, key=lambda a: (a.idle_since, a.username))
 
     def dispatch(self) -> list[Offer]:
-        """Match waiting calls (in priority order) with free agents; mark them ringing."""
+        """Match waiting calls (in priority order) with free agents; mark them ringing.
+
+        Every arrival, answer, hang-up and tick dispatches. The agents free for a
+        call are found once per dispatch, not once per waiting caller, and with
+        none free (a busy centre's usual state) the queue is not even sorted.
+        """
+        free = [a for a in self.agents.values() if self._can_take_call(a)]
         offers: list[Offer] = []
+        if not free:
+            return offers
         for q in self.waiting():
+            if not free:
+                break
             if q.ringing:
                 continue
-            agents = self._eligible(q)
+            agents = [a for a in free if q.skills <= a.skills and a.username not in q.tried]
             if not agents and q.tried:
                 # everyone suitable has already let it ring: start another round
                 # rather than leave the caller with nobody
-                retry = [
-                    a
-                    for a in self.agents.values()
-                    if self._can_take_call(a) and q.skills <= a.skills
-                ]
+                retry = [a for a in free if q.skills <= a.skills]
                 if retry:
                     q.tried.clear()
                     agents = retry
@@ -430,6 +429,7 @@ class Acd:
                 self._move(a, AgentState.RINGING, "offer")
                 a.call = q.uuid
             q.ringing = frozenset(a.username for a in chosen)
+            free = [a for a in free if a.username not in q.ringing]
             offers.append(
                 Offer(
                     q.uuid,

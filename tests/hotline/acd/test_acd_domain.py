@@ -9,6 +9,7 @@ from hotline.acd.domain import (
     AgentState,
     IllegalAgentMove,
     Priority,
+    QueuedCall,
     Rules,
     Strategy,
     UnknownCall,
@@ -145,6 +146,41 @@ def test_longest_idle_still_respects_required_skills() -> None:
     acd.enqueue("c1", "+861", skills=["en"])
     [offer] = acd.dispatch()
     assert offer.agents == ("english",)
+
+
+def test_one_dispatch_gives_each_free_agent_one_call_in_queue_order() -> None:
+    acd, clock = make(strategy=Strategy.SKILLS)
+    staff(acd, clock, "a", "card", "b", skills={"card": {"card"}})
+    for i in range(5):
+        acd.enqueue(f"c{i}", f"+86{i}", skills=["card"] if i == 1 else ())
+        clock.advance(1)
+    offers = acd.dispatch()
+    # c1 needs the card agent; the plain callers before and after it share the others
+    assert [(o.call, o.agents) for o in offers] == [
+        ("c0", ("a",)),
+        ("c1", ("card",)),
+        ("c2", ("b",)),
+    ]
+    assert acd.dispatch() == []  # nobody left free: c3 and c4 wait
+    assert [q.uuid for q in acd.waiting() if not q.ringing] == ["c3", "c4"]
+
+
+def test_with_every_agent_busy_a_dispatch_does_not_walk_the_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every arrival and hang-up dispatches; with a long queue and nobody free that must
+    stay one look at the agents, not a sort of the queue and a scan per caller."""
+    acd, clock = make()
+    staff(acd, clock, "a")
+    for i in range(500):
+        acd.enqueue(f"c{i}", f"+86{i}")
+    [offer] = acd.dispatch()
+    assert offer.call == "c0"
+    looked_at: list[str] = []
+    key = QueuedCall.sort_key
+    monkeypatch.setattr(QueuedCall, "sort_key", lambda q: (looked_at.append(q.uuid), key(q))[1])
+    assert acd.dispatch() == []
+    assert looked_at == []
 
 
 def test_ring_all_rings_every_free_agent_and_the_first_to_answer_wins() -> None:
