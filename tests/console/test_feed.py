@@ -312,3 +312,178 @@ async def test_with_nobody_watching_the_feed_reads_nothing_and_catches_up_on_con
         keys = {i["key"] for i in first["items"]}
     assert {f"ticket:{t['number']}" for t in made} <= keys
     await ws.close()
+
+
+# ---------------------------------------------------------------- batching and pacing
+
+
+async def events_until(ws, keys: set[str]) -> tuple[list[dict[str, Any]], int]:  # type: ignore[no-untyped-def]
+    """Every event received until all `keys` have arrived as upserts, and in how many
+    frames; the events in arrival order."""
+    got: list[dict[str, Any]] = []
+    frames = 0
+    while not keys <= {e["key"] for e in got if e["op"] == "upsert"}:
+        f = await frame(ws)
+        if f["type"] == "events":
+            frames += 1
+            got += f["events"]
+    return got, frames
+
+
+async def test_a_burst_arrives_complete_once_each_and_in_order(api):
+    ws = await connect(api)
+    snap = await frame(ws)
+    made = await asyncio.gather(*(api.new_ticket(title=f"批量{i}") for i in range(20)))
+    keys = {f"ticket:{t['number']}" for t in made}
+    got, _ = await events_until(ws, keys)
+    seqs = [e["seq"] for e in got]
+    assert seqs == sorted(set(seqs)) and seqs[0] > snap["seq"]  # increasing, no repeat
+    assert sorted(e["key"] for e in got) == sorted(keys)  # each item once, none missing
+    assert {e["item"]["title"] for e in got} == {f"批量{i}" for i in range(20)}
+    await ws.close()
+
+
+async def test_events_announced_while_the_fan_out_is_paced_go_out_as_one_frame(
+    sqlite_api, monkeypatch
+):
+    """After an expensive fan-out the next batch waits (FANOUT_PACE): what the bus
+    announces meanwhile is read once and written to each socket as one frame."""
+    from hotline.console import feed as feed_mod
+
+    monkeypatch.setattr(feed_mod, "FANOUT_PACE", 1e9)  # any fan-out counts as expensive
+    monkeypatch.setattr(feed_mod, "FANOUT_MAX_GAP_S", 1.5)
+    ws = await connect(sqlite_api)
+    await frame(ws)
+    first = await sqlite_api.new_ticket(title="先到")
+    await events_until(ws, {f"ticket:{first['number']}"})  # sets the pace: 1.5 s
+    made = [await sqlite_api.new_ticket(title=f"随后{i}") for i in range(4)]
+    f = await frame(ws)
+    assert f["type"] == "events"
+    assert {e["key"] for e in f["events"]} == {f"ticket:{t['number']}" for t in made}
+    seqs = [e["seq"] for e in f["events"]]
+    assert seqs == sorted(set(seqs))
+    await ws.close()
+
+
+async def test_reconnecting_after_part_of_a_burst_resumes_exactly_the_rest(api):
+    ws = await connect(api)
+    snap = await frame(ws)
+    instance, last = snap["instance"], snap["seq"]
+    burst = asyncio.gather(*(api.new_ticket(title=f"断线{i}") for i in range(12)))
+    applied: list[dict[str, Any]] = []
+    while not applied:  # take the first frame of the burst, then drop the connection
+        f = await frame(ws)
+        applied += [e for e in f.get("events", []) if e["seq"] > last]
+    last = applied[-1]["seq"]
+    await ws.close()
+    made = await burst
+    keys = {f"ticket:{t['number']}" for t in made}
+    await settled(api, *keys)
+    ws = await connect(api, instance=instance, after=last)
+    first = await frame(ws)
+    assert first["type"] == "resume"
+    assert all(e["seq"] > last for e in first["events"])
+    applied += first["events"]
+    seqs = [e["seq"] for e in applied]
+    assert seqs == sorted(set(seqs))
+    assert sorted(e["key"] for e in applied) == sorted(keys)  # nothing lost, nothing twice
+    await ws.close()
+
+
+async def test_a_console_that_stops_reading_is_cut_off_without_holding_up_the_others(
+    sqlite_api,
+):
+    from hotline.console import feed as feed_mod
+
+    feed = sqlite_api.app[CONSOLE].feed
+    slow = await connect(sqlite_api)
+    snap = await frame(slow)
+    (stalled,) = feed.subscribers
+    brisk = await connect(sqlite_api)
+    await frame(brisk)
+    real = stalled.transport
+
+    class Unread:
+        """The client stopped reading: its unsent bytes are past the limit."""
+
+        def get_write_buffer_size(self) -> int:
+            return feed_mod.MAX_UNSENT_BYTES + 1
+
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(real, name)
+
+    stalled.transport = Unread()  # type: ignore[assignment]
+    one = await sqlite_api.new_ticket(title="一")
+    await events_until(brisk, {f"ticket:{one['number']}"})
+    msg = await asyncio.wait_for(slow.receive(), 2)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == feed_mod.SLOW_CONSUMER
+    assert stalled not in feed.subscribers and len(feed.subscribers) == 1
+    two = await sqlite_api.new_ticket(title="二")
+    await events_until(brisk, {f"ticket:{two['number']}"})  # the others go on
+    # the cut-off console resumes where it was and misses nothing
+    again = await connect(sqlite_api, instance=snap["instance"], after=snap["seq"])
+    first = await frame(again)
+    assert first["type"] == "resume"
+    assert [e["key"] for e in first["events"]] == [
+        f"ticket:{one['number']}",
+        f"ticket:{two['number']}",
+    ]
+    for ws in (slow, brisk, again):
+        await ws.close()
+
+
+# ---------------------------------------------------------------- the live read path
+
+
+async def test_the_live_path_reads_the_same_items_as_a_full_reread(api):
+    """The live re-read (a thread of its own on SQLite, a kept autocommit connection
+    on PostgreSQL) must give exactly what the safety net's full re-read gives: a
+    reconcile right after finds nothing to change."""
+    ws = await connect(api)
+    await frame(ws)
+    a = await api.new_ticket(title="普通")
+    b = await api.new_ticket(title="紧急", urgency="emergency")
+    await api.move(a["number"], "dispatch", {"department": "urban-mgmt"})
+    keys = {f"ticket:{a['number']}", f"ticket:{b['number']}"}
+    seen: set[tuple[str, str]] = set()
+    while not {(f"ticket:{a['number']}", "remove"), (f"ticket:{b['number']}", "upsert")} <= seen:
+        seen |= {(e["key"], e["op"]) for e in (await frame(ws)).get("events", [])}
+    feed = api.app[CONSOLE].feed
+    assert feed.mirror[f"ticket:{a['number']}"]["audience"] == "dept:urban-mgmt"
+    assert feed.mirror[f"ticket:{b['number']}"]["emergency"] is True
+    assert feed.mirror[f"ticket:{b['number']}"]["due_at"] is not None
+    changed = await feed.reconcile()
+    assert not [e for e in changed if e["key"] in keys]
+    await ws.close()
+
+
+async def test_the_live_read_survives_its_connection_being_killed(api, caplog):
+    """PostgreSQL restarted or the backend killed: the next re-read notices on its
+    first try and reads again on a new connection, without waiting for a reconcile."""
+    deps = api.app[DEPS]
+    if deps.db.is_sqlite:
+        return  # an SQLite connection cannot be killed from outside
+    feed = api.app[CONSOLE].feed
+    reconciles = 0
+
+    async def no_reconcile() -> list[dict[str, Any]]:
+        nonlocal reconciles
+        reconciles += 1
+        return []
+
+    feed.reconcile = no_reconcile  # type: ignore[method-assign]
+    ws = await connect(api)
+    await frame(ws)
+    one = await api.new_ticket(title="之前")
+    await until_key(ws, f"ticket:{one['number']}")
+    assert feed._live is not None
+    raw = await feed._live.get_raw_connection()
+    pid = raw.driver_connection.get_server_pid()  # type: ignore[union-attr]
+    async with deps.db.write() as conn:
+        await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    two = await api.new_ticket(title="之后")
+    ev = await until_key(ws, f"ticket:{two['number']}")
+    assert ev["item"]["title"] == "之后"
+    assert reconciles == 0
+    assert "retrying on a new connection" in caplog.text
+    await ws.close()
