@@ -86,11 +86,12 @@ class ServerProcess:
             self.proc.send_signal(sig)
 
     def cpu_seconds(self) -> tuple[float, float] | None:
-        """(whole process, event-loop thread) user+system CPU seconds, from /proc.
+        """(whole process and its live child processes, event-loop thread) user+system
+        CPU seconds, from /proc.
 
-        The difference is what other threads used: on SQLite the intake writes each
-        batch in its own thread (numbering, hash chain and the SQLite calls), and
-        aiosqlite runs every other SQLite call in a worker thread of its own.
+        The difference is what other threads and children used: on SQLite the ticket
+        intake writes each batch in a child process of the service, and aiosqlite runs
+        every other SQLite call in a worker thread of its own.
         """
         if self.proc is None:
             return None
@@ -99,7 +100,7 @@ class ServerProcess:
             main = proc_cpu(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/stat"))
         except (OSError, IndexError, ValueError):
             return None
-        return total, main
+        return total + children_cpu(self.proc.pid), main
 
     def log_summary(self) -> str:
         """`N errors, M warnings` in the server's log, with the commonest messages."""
@@ -119,6 +120,20 @@ class ServerProcess:
 def proc_cpu(stat: Path) -> float:
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the live child processes of `pid` (a finished child's time is in
+    the parent's cutime only once it has been waited for, so live ones are read here)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
 
 
 def machine_busy() -> float | None:

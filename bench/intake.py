@@ -26,8 +26,11 @@ Why it is built this way:
   servers are stopped with SIGTERM (then killed), only 127.0.0.1 is used, and the
   temporary PostgreSQL database is dropped at the end.
 
+"server CPU" is the service process with its threads and its child processes (on
+SQLite the intake's writer is a child process); "(loop thread)" is the event loop alone.
+
 ``--profile`` runs each service process under cProfile (event-loop thread only: the
-intake's SQLite writer thread and aiosqlite's worker threads are invisible to it) and
+intake's SQLite writer process and aiosqlite's worker threads are invisible to it) and
 times the intake writer's batches; profiled numbers are slower than real ones and only
 show where the time goes.
 """

@@ -9,12 +9,36 @@ idempotency records in one transaction, commits, and only then wakes the waiting
 requests.
 
 On SQLite the writer does not go through SQLAlchemy and aiosqlite (about seven
-thread round trips per batch): each batch is one call into a thread of our own
-that owns a plain `sqlite3` connection (same pragmas: WAL, synchronous=FULL) and
-runs BEGIN IMMEDIATE, the counter upsert, one multi-row INSERT per table and COMMIT.
-Values are converted as SQLAlchemy would store them, column lists come from the
-tables, and the process-wide write lock is held around the call, so for everyone
-else it is just another writer. PostgreSQL keeps the SQLAlchemy path.
+thread round trips per batch), and not through a thread of ours either: the batch's
+SQLite work runs in a child process (`ticketing/intake_writer_proc.py`, started on
+the first batch) that owns a plain `sqlite3` connection (same pragmas: WAL,
+synchronous=FULL). Why a process: a writer thread had to take the GIL back from the
+busy event loop after every `sqlite3` call (0.3-0.4 ms each, ~8 a batch), so a batch
+took 5.7 ms of wall time for 2.4 ms of CPU, and with every client waiting on its batch
+that wall time set the throughput. The process has its own GIL; we pay a pipe round
+trip (length-prefixed pickles, read with asyncio streams: no thread here).
+
+Numbering, the audit hash chain and row conversion stay here, on the event loop (they
+need the service's keys, catalog and views), and the numbers come from the day
+counter, read inside the transaction. Usually this intake is the only one taking
+numbers, so the batch is built beforehand with the numbers that follow its last
+batch's, and one request does the rest there: BEGIN IMMEDIATE, the counter upsert, a
+check that it gave those numbers, one multi-row INSERT per table (and chunk), COMMIT.
+When the guess is wrong (another instance took numbers, a new day, the first batch, a
+failed one), the transaction stays open, the batch is built with the real numbers and
+a second request inserts and commits. Nobody ever gets a number the counter did not
+give inside the committing transaction.
+
+The process-wide write lock is held around the requests, so for everyone else it is
+just another writer. Values are converted as SQLAlchemy would store them, and column
+lists come from the tables. Nobody gets a 201 unless COMMIT answered; an error there
+rolls back and comes back as the same exception (`StoreUnavailable` when the database
+is unreachable), so GroupCommit's halving still isolates one bad ticket; a process
+that dies fails the batch in flight with `StoreUnavailable` (SQLite drops what was not
+committed) and the next batch starts a new one; a stop mid-batch never leaves SQLite's
+lock held (see `_WriterProcess.transaction`). If the process cannot be started, or
+three die in a row, batches go through SQLAlchemy (slower, the same rows) and a start
+is tried again a minute later. PostgreSQL and in-memory SQLite keep the SQLAlchemy path.
 """
 
 from __future__ import annotations
@@ -25,10 +49,10 @@ import functools
 import json
 import logging
 import operator
-import sqlite3
+import pickle
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +63,7 @@ import phonenumbers
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ticketing import intake_writer_proc as writer_proc
 from ticketing import workqueue
 from ticketing.audit import GENESIS
 from ticketing.deadlines import Urgency, due_at
@@ -73,6 +98,10 @@ CHANNELS = frozenset({"phone", "wechat", "telegram", "app", "web", "open311", "e
 MAX_BATCH = 256
 STOP_PUBLISH_TIMEOUT_S = 5.0  # stop() waits this long for ticket.created to go out
 STOP_WRITE_TIMEOUT_S = 35.0  # a batch already in SQLite's hands (busy_timeout is 30 s)
+WRITER_START_TIMEOUT_S = 10.0  # the SQLite writer process says hello within this
+WRITER_EXIT_TIMEOUT_S = 5.0  # stop() gives it this long to exit, then kills it
+WRITER_RETRY_S = 60.0  # after a failed start, SQLAlchemy writes until then
+WRITER_MAX_DEATHS = 3  # writer processes lost in a row before that fallback too
 
 
 @dataclass(frozen=True)
@@ -224,7 +253,13 @@ class Intake:
             "ticket-intake-writer", self._commit, self._committed, max_batch=max_batch
         )
         self._publishing: set[asyncio.Task[None]] = set()
-        self._sqlite: _SqliteWriter | None = None
+        self._sqlite: _WriterProcess | None = None
+        self._plans: _SqlitePlans | None = None
+        self._start_again_at = 0.0  # loop time: after a writer process failed to start
+        self._deaths = 0  # writer processes lost since one last committed a batch
+        # the day counters as our last batch left them: the next batch's numbers are
+        # guessed from them, so that one round trip to the writer process does it all
+        self._lasts: dict[str, int] = {}
 
     @property
     def batches(self) -> int:  # for the benchmark's report
@@ -235,7 +270,8 @@ class Intake:
 
     async def stop(self) -> None:
         """Stop writing (a batch in flight fails), fail what is queued, let the
-        ticket.created announcements of committed batches go out, close the connection."""
+        ticket.created announcements of committed batches go out, end the SQLite writer
+        process."""
         await self._writer.stop()
         if self._publishing:
             _, late = await asyncio.wait(set(self._publishing), timeout=STOP_PUBLISH_TIMEOUT_S)
@@ -285,24 +321,73 @@ class Intake:
         for p in batch:
             by_day[p.row["created_at"].astimezone(tz).strftime("%Y%m%d")].append(p)
         path = db.sqlite_file if db.is_sqlite else None
-        if path is None:
+        writer = await self._writer_process(path) if path is not None else None
+        if writer is None:  # PostgreSQL, in-memory SQLite, or no writer process
             return await self._commit_sqlalchemy(batch, by_day)
-        if self._sqlite is None or self._sqlite.path != path:
-            if self._sqlite is not None:
-                await self._sqlite.close()
-            self._sqlite = _SqliteWriter(path, db.engine.dialect)
-        writer = self._sqlite
+        dialect = db.engine.dialect
+        if self._plans is None or self._plans.dialect is not dialect:
+            self._plans = _SqlitePlans(dialect)
+        plans = self._plans
         counts = [(day, len(items)) for day, items in by_day.items()]
 
         def build(lasts: dict[str, int]) -> _Built:
             rows = self._number_and_build(batch, by_day, lasts)
-            return rows, writer.statements(rows)
+            return rows, plans.statements(rows)
 
-        # numbering needs the counter, read inside the transaction: rows are built there
+        # Numbers come from the counter, read inside the transaction. Usually nobody
+        # else takes numbers, so the batch is built beforehand with the numbers that
+        # follow ours, and the writer process checks them against the counter.
+        guess = None
+        if all(day in self._lasts for day, _ in counts):
+            expected = {day: self._lasts[day] + n for day, n in counts}
+            guess = expected, build(expected)
+        self._lasts = {}  # unknown until this batch has committed
         lock = db.write_lock or contextlib.nullcontext()
         async with lock:
-            rows = await writer.transaction(counts, build)
+            rows, self._lasts = await writer.transaction(counts, build, guess)
+        self._deaths = 0
         return rows.views
+
+    async def _writer_process(self, path: Path) -> _WriterProcess | None:
+        """The running writer process for `path`, started if need be (after one died,
+        too); None if it cannot start or keeps dying, and then until WRITER_RETRY_S
+        later: a crash loop must not turn every ticket into a 503."""
+        writer = self._sqlite
+        if writer is not None and writer.path == path and writer.alive:
+            return writer
+        loop = asyncio.get_running_loop()
+        if writer is not None:
+            self._sqlite = None
+            await writer.close()
+            if writer.path == path:
+                self._deaths += 1
+                if self._deaths >= WRITER_MAX_DEATHS:
+                    self._deaths = 0
+                    self._start_again_at = loop.time() + WRITER_RETRY_S
+                    log.error(
+                        "lost %d intake writer processes in a row; writing through "
+                        "SQLAlchemy for %.0f s",
+                        WRITER_MAX_DEATHS,
+                        WRITER_RETRY_S,
+                    )
+        if loop.time() < self._start_again_at:
+            return None
+        writer = _WriterProcess(path)
+        try:
+            await writer.start()
+        except Exception as exc:
+            # Slower but the same rows: a service that cannot spawn still takes tickets.
+            log.error(
+                "could not start the intake's SQLite writer process (%s: %s); "
+                "writing through SQLAlchemy for %.0f s",
+                type(exc).__name__,
+                exc,
+                WRITER_RETRY_S,
+            )
+            self._start_again_at = loop.time() + WRITER_RETRY_S
+            return None
+        self._sqlite = writer
+        return writer
 
     async def _commit_sqlalchemy(
         self, batch: list[_Pending], by_day: dict[str, list[_Pending]]
@@ -320,8 +405,8 @@ class Intake:
     def _number_and_build(
         self, batch: list[_Pending], by_day: dict[str, list[_Pending]], lasts: dict[str, int]
     ) -> _Rows:
-        """Inside the transaction, once the day counters are reserved (plain CPU work:
-        on SQLite it runs in the writer thread)."""
+        """Inside the transaction, once the day counters are reserved (plain CPU work,
+        on the event loop: it needs the service's keys, catalog and views)."""
         for day, items in by_day.items():
             first = lasts[day] - len(items) + 1
             for i, p in enumerate(items):
@@ -401,7 +486,7 @@ async def _allocate(conn: AsyncConnection, day: str, n: int) -> int:
     return int(res.scalar_one())
 
 
-# ---------------------------------------------------------------- SQLite, one hop a batch
+# ---------------------------------------------------------------- SQLite, two hops a batch
 
 
 _DATETIME_TEXT: dict[datetime, str] = {}  # a ticket's row, event and queue item share times
@@ -531,14 +616,11 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class _SqliteWriter:
-    """A `sqlite3` connection owned by one thread; each batch is one call into it."""
+class _SqlitePlans:
+    """Turns a numbered batch into `(multi-row INSERT, flat parameters)` pairs."""
 
-    def __init__(self, path: Path, dialect: sa.Dialect) -> None:
-        self.path = path
+    def __init__(self, dialect: sa.Dialect) -> None:
         self.dialect = dialect
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="intake-sqlite")
-        self._conn: sqlite3.Connection | None = None  # only ever touched in that thread
         self._plans: dict[tuple[str, frozenset[str]], _TablePlan] = {}
 
     def statements(self, rows: _Rows) -> _Statements:
@@ -552,9 +634,8 @@ class _SqliteWriter:
             if data:
                 plan = self._plan(table, data[0])
                 params = plan.params(data)
-                # One multi-row INSERT per chunk instead of executemany: each row of an
-                # executemany takes the GIL back from the busy event loop (a convoy that
-                # cost more than the insert itself); one statement takes it once.
+                # One multi-row INSERT per chunk instead of executemany: fewer calls
+                # into SQLite, and the whole batch crosses the pipe as a few statements.
                 per = max(1, _SQLITE_MAX_VARIABLES // plan.width)
                 for i in range(0, len(params), per):
                     chunk = params[i : i + per]
@@ -569,105 +650,243 @@ class _SqliteWriter:
             plan = self._plans[(table.name, keys)] = _TablePlan(table, keys, self.dialect)
         return plan
 
-    async def transaction(
-        self, counts: list[tuple[str, int]], build: Callable[[dict[str, int]], _Built]
-    ) -> _Rows:
-        """Reserve numbers (`counts`: tickets per day), build the rows for them, insert
-        them and COMMIT: one call into the thread.
 
-        If the caller is cancelled meanwhile, the thread rolls back unless COMMIT has
-        begun, and we wait for it either way (the write lock stays held till then).
-        """
-        abort = _Abort()
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._executor, self._transaction, counts, build, abort)
+class _PragmaRecorder:
+    """Stands in for a DB-API connection to learn what `sqlite_pragmas` runs, so the
+    writer process (which imports no SQLAlchemy) runs exactly the same statements."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+
+    def cursor(self) -> _PragmaRecorder:
+        return self
+
+    def execute(self, sql: str, *params: Any) -> None:
+        if params:
+            raise ValueError("sqlite_pragmas now takes parameters: pass them to the writer too")
+        self.sql.append(sql)
+
+    def close(self) -> None:
+        pass
+
+
+@functools.cache
+def _pragma_sql() -> tuple[str, ...]:
+    recorder = _PragmaRecorder()
+    sqlite_pragmas(recorder)
+    return tuple(recorder.sql)
+
+
+class WriterProcessDied(StoreUnavailable):
+    """The writer process ended mid-batch: nothing of the batch is stored (no COMMIT
+    was answered), and the next batch starts a new process."""
+
+
+class _WriterProcess:
+    """The child process that owns the intake's SQLite connection, and our end of its
+    pipes. Used by one task at a time (the group-commit writer), under the write lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._size: int | None = None  # length of the reply being read, once its header is
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> None:
+        """Spawn the process and wait for its hello; raises (and leaves nothing
+        running) if it cannot start."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",  # no environment, no user site, no script directory on sys.path
+            "-S",  # no site-packages: it needs only the standard library
+            writer_proc.__file__,
+            str(self.path),
+            *_pragma_sql(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._proc = proc
+        assert proc.stderr is not None
+        self._stderr_task = asyncio.create_task(
+            _copy_stderr(proc.stderr, proc.pid), name=f"intake-writer-{proc.pid}-stderr"
+        )
         try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            abort.requested = True
-            await asyncio.wait([fut], timeout=STOP_WRITE_TIMEOUT_S)
-            if fut.done() and not fut.cancelled():
-                fut.exception()  # seen: a rollback we asked for is no news
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            if is_unavailable(exc):
-                raise StoreUnavailable(str(exc)) from exc
+            hello = await asyncio.wait_for(self._reply(), WRITER_START_TIMEOUT_S)
+            if not (isinstance(hello, tuple) and hello[:1] == ("ready",)):
+                raise RuntimeError(f"unexpected hello from the writer process: {hello!r:.80}")
+        except BaseException:
+            await self.kill()
             raise
 
-    def _transaction(
+    async def transaction(
         self,
         counts: list[tuple[str, int]],
         build: Callable[[dict[str, int]], _Built],
-        abort: _Abort,
-    ) -> _Rows:
-        conn = self._conn
-        if conn is None:
-            conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                lasts = {}
-                for day, n in counts:
-                    (lasts[day],) = conn.execute(_ALLOCATE_SQLITE, (day, n, n)).fetchone()
-                rows, statements = build(lasts)
-                for sql, params in statements:
-                    conn.execute(sql, params)
-                if abort.requested:
-                    raise _Aborted("intake stopped before COMMIT; rolled back")
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        self._disconnect()  # closing rolls back; the next batch reconnects
-                raise
-        except (sqlite3.Error, OSError) as exc:
-            if is_unavailable(exc) or isinstance(exc, sqlite3.InterfaceError):
-                self._disconnect()  # a fresh connection for the next batch
-            raise
-        return rows
+        guess: tuple[dict[str, int], _Built] | None,
+    ) -> tuple[_Rows, dict[str, int]]:
+        """Reserve numbers (`counts`: tickets per day), insert the rows numbered from
+        them, COMMIT; returns the rows and the last numbers per day.
 
-    def _connect(self) -> sqlite3.Connection:
-        # cached_statements: a multi-row INSERT per batch size and table
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, cached_statements=512)
+        `guess` is the last numbers we expect and the batch already built with them:
+        if the counter agrees, it all happens in one round trip. If not (another
+        writer took numbers, or there is no guess), the rows are built here with the
+        numbers the counter gave, in a second round trip.
+
+        Cancelled while only reserving, the process is killed: nothing can commit
+        before it has the statements, and killing does not wait out a busy timeout.
+        Cancelled once the statements are out, COMMIT may be under way: we wait for
+        its answer (STOP_WRITE_TIMEOUT_S at most, then kill). Either way the caller's
+        write lock stays held until SQLite's lock is gone.
+        """
+        expected, built = guess if guess is not None else (None, None)
+        await self._send(("begin", counts, expected, built[1] if built else None))
         try:
-            sqlite_pragmas(conn)
+            state, lasts = self._result(await self._reply())
+        except asyncio.CancelledError:
+            await (self._settle() if built else self.kill())
+            raise
+        if state == "committed":
+            assert built is not None
+            return built[0], lasts
+        try:
+            rows, statements = build(lasts)
         except BaseException:
-            conn.close()
+            await self._rollback_quietly()
             raise
-        self._conn = conn
-        return conn
+        await self._send(("commit", statements))
+        try:
+            self._result(await self._reply())
+        except asyncio.CancelledError:
+            await self._settle()
+            raise
+        return rows, lasts
 
-    def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+    async def _settle(self) -> None:
+        """After a cancellation with statements out: wait for the answer, roll back a
+        transaction it left open; kill the process if that fails or takes too long."""
+
+        async def answer() -> None:
+            reply = await self._reply()
+            if reply[0] == "ok" and isinstance(reply[1], tuple) and reply[1][0] == "open":
+                await self._send(("rollback",))
+                await self._reply()
+
+        try:
+            await asyncio.wait_for(answer(), STOP_WRITE_TIMEOUT_S)
+        except BaseException:
+            await self.kill()
+
+    async def _rollback_quietly(self) -> None:
+        """After the rows could not be built: the build error is the news, not this."""
+        try:
+            await self._send(("rollback",))
+            self._result(await self._reply())
+        except asyncio.CancelledError:
+            await self.kill()
+            raise
+        except Exception:
+            log.exception("intake writer process: rollback failed; restarting it")
+            await self.kill()
+
+    async def _send(self, message: Any) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise WriterProcessDied("the intake writer process is not running")
+        try:
+            proc.stdin.write(writer_proc.frame(message))
+            await proc.stdin.drain()
+        except ConnectionError as exc:
+            raise await self._died() from exc
+
+    async def _reply(self) -> Any:
+        """The next frame from the process. Safe to call again after a cancellation:
+        `readexactly` takes nothing until it has it all, and a header already read is
+        remembered."""
+        proc = self._proc
+        if proc is None or proc.stdout is None:
+            raise WriterProcessDied("the intake writer process is not running")
+        try:
+            if self._size is None:
+                (self._size,) = writer_proc.HEADER.unpack(
+                    await proc.stdout.readexactly(writer_proc.HEADER.size)
+                )
+            body = await proc.stdout.readexactly(self._size)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise await self._died() from exc
+        self._size = None
+        try:
+            return pickle.loads(body)
+        except Exception as exc:  # out of step with the process: start afresh
+            await self.kill()
+            raise WriterProcessDied("unreadable answer from the intake writer process") from exc
+
+    @staticmethod
+    def _result(reply: tuple[str, Any]) -> Any:
+        status, value = reply
+        if status == "ok":
+            return value
+        exc: BaseException = value
+        exc.add_note("(raised in the intake's SQLite writer process)")
+        if is_unavailable(exc):
+            raise StoreUnavailable(str(exc)) from exc
+        raise exc
+
+    async def _died(self) -> WriterProcessDied:
+        proc = self._proc
+        if proc is not None:
+            # its pipe is closed, so it is on its way out: let its status tell why
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), 1.0)
+        await self.kill()
+        code = proc.returncode if proc else None
+        log.error("intake writer process exited (status %s) while we waited on it", code)
+        return WriterProcessDied(f"the intake writer process exited (status {code})")
+
+    async def kill(self) -> None:
+        """End the process now (SQLite rolls back what it had not committed) and wait
+        until it is gone, so its SQLite lock is too."""
+        proc, self._proc, self._size = self._proc, None, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await self._reap(proc)
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
+        """End of stdin: the process closes its connection and exits; killed if it
+        has not within WRITER_EXIT_TIMEOUT_S."""
+        proc, self._proc, self._size = self._proc, None, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
         try:
-            await asyncio.wait_for(
-                loop.run_in_executor(self._executor, self._disconnect), STOP_WRITE_TIMEOUT_S
-            )
-        finally:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.wait_for(asyncio.shield(proc.wait()), WRITER_EXIT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("intake writer process %d did not exit; killing it", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await self._reap(proc)
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        task, self._stderr_task = self._stderr_task, None
+        if task is not None:
+            await task  # ends at EOF, now that the process is gone
 
 
-_ALLOCATE_SQLITE = (
-    "INSERT INTO ticket_counter (day, value) VALUES (?, ?) "
-    "ON CONFLICT (day) DO UPDATE SET value = ticket_counter.value + ? "
-    "RETURNING value"
-)
-
-
-class _Abort:
-    __slots__ = ("requested",)
-
-    def __init__(self) -> None:
-        self.requested = False
-
-
-class _Aborted(Exception):
-    pass
+async def _copy_stderr(stream: asyncio.StreamReader, pid: int) -> None:
+    """The writer process's stderr, line by line, into our log (it writes only
+    exception types and messages there, never statement parameters)."""
+    try:
+        while line := await stream.readline():
+            log.warning("intake writer process %d: %s", pid, line.decode(errors="replace").rstrip())
+    except Exception:
+        log.exception("lost the intake writer process's stderr")
