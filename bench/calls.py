@@ -27,7 +27,8 @@ OutboundServer, kept as a comparison of the protocol layer alone.
 
 Printed: call setups/s, p50/p99 ESL command round trip (write -> reply parsed, on
 every connection: the callers' sockets and the inbound client) and to the awaiting
-task resumed, events/s parsed during the run, RSS peak and per call, the parser's
+task resumed, events/s parsed during the run, RSS peak and per call (and once every
+call has ended, with the bench's own copy of the received bytes named), the parser's
 events/s against a ceiling measured on the same captured bytes in the same run
 (splitting on blank lines; both in CPU time), CPU of both processes, the machine's
 load average before and after, and whether each target is met. A call counts as
@@ -409,6 +410,7 @@ async def _measure(meter: Meter, child: asyncio.subprocess.Process, server: Outb
         await asyncio.wait({result}, timeout=0.2)  # /proc reads cost our loop too
     out = result.result().decode()
     wall = time.perf_counter() - started
+    rss_end = rss_bytes()  # every call has ended; before the parser's timing below
     if _PROFILER is not None:  # the parser benchmark below is not part of the run
         _PROFILER.disable()
     cpu_ours = _cpu(resource.RUSAGE_SELF) - cpu_start
@@ -452,6 +454,8 @@ async def _measure(meter: Meter, child: asyncio.subprocess.Process, server: Outb
         "rss_baseline_mb": baseline / 2**20,
         "rss_peak_mb": meter.peak_rss / 2**20,
         "rss_per_call_kb": (meter.peak_rss - baseline) / max(concurrent_peak, 1) / 1024,
+        "rss_end_mb": rss_end / 2**20,
+        "capture_mb": meter.captured_bytes / 2**20,
         "parser_events_per_s": parse_eps,
         "ceiling_events_per_s": ceiling_eps,
         "parser_ratio": parse_eps / ceiling_eps if ceiling_eps else float("nan"),
@@ -648,7 +652,9 @@ def report(r: dict) -> None:
     print(f"events/s parsed (run) {r['events_per_s_run']:.0f}")
     print(
         f"RSS                   peak {r['rss_peak_mb']:.0f} MB (before the calls "
-        f"{r['rss_baseline_mb']:.0f} MB), {r['rss_per_call_kb']:.0f} KB per call"
+        f"{r['rss_baseline_mb']:.0f} MB), {r['rss_per_call_kb']:.0f} KB per call; "
+        f"{r['rss_end_mb']:.0f} MB once every call ended; the bench's own copy of the "
+        f"bytes received (for the parser's ratio) is {r['capture_mb']:.0f} MB of it"
     )
     print(
         f"parser                {r['parser_events_per_s']:.0f} events/CPU-s vs ceiling "

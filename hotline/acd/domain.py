@@ -17,11 +17,13 @@ Why the rules are what they are:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class AgentState(StrEnum):
@@ -111,6 +113,7 @@ class Agent:
     call: str | None = None
     chats: int = 0
     reason: str | None = None
+    seq: int = 0  # login order: breaks ties between equally ranked agents
 
     def load(self, rules: Rules) -> float:
         busy = 1.0 if self.state in (AgentState.RINGING, AgentState.ON_CALL) else 0.0
@@ -230,7 +233,15 @@ class ServiceLevel:
 
 
 class Acd:
-    """Agents and one call queue. Methods return what changed; nothing else happens."""
+    """Agents and one call queue. Methods return what changed; nothing else happens.
+
+    Every arrival, offer, answer and hang-up asks the same questions (who is free,
+    how many are staffed, where is this caller in line), so their answers are kept
+    up to date as agents move and callers come and go instead of being recounted
+    from every agent and every caller each time: the agents' states are counted,
+    the agents free for a call are kept apart, and the queue is kept in order.
+    `agents` and `queue` stay plain dicts to read; only this class changes them.
+    """
 
     def __init__(self, rules: Rules, clock: Callable[[], float]) -> None:
         self.rules = rules
@@ -240,6 +251,10 @@ class Acd:
         self.sl = ServiceLevel(rules.window_s, rules.service_level_s)
         self._seq = itertools.count()
         self._handle_s = rules.default_handle_s  # moving average of talk + wrap-up
+        self._states: dict[AgentState, int] = dict.fromkeys(AgentState, 0)
+        self._free: dict[str, Agent] = {}  # agents who can take a call now
+        # (sort key, uuid) of every queued call, in queue order
+        self._line: list[tuple[tuple[int, float, int], str]] = []
 
     # ------------------------------------------------------------ agents
 
@@ -256,13 +271,24 @@ class Acd:
             raise IllegalAgentMove(f"{a.username}: {a.state.value} -> {to.value} is not allowed")
         prev, now = a.state, self.clock()
         a.state, a.since, a.reason = to, now, reason
+        self._states[prev] -= 1
+        self._states[to] += 1
         if to is AgentState.AVAILABLE and prev is not AgentState.RINGING:
             a.idle_since = now  # a ring-out does not reset the idle clock
         if to is not AgentState.WRAP_UP:
             a.wrap_until = None
         if to in (AgentState.AVAILABLE, AgentState.BREAK, AgentState.LOGGED_OUT):
             a.call = None
+        self._refresh_free(a)
         return AgentChanged(a.username, to, prev, reason, a.call)
+
+    def _refresh_free(self, a: Agent) -> None:
+        """Keep `_free` equal to the agents for whom `_can_take_call` holds (it depends
+        on the state and the open chats only: call after either changes)."""
+        if self._can_take_call(a):
+            self._free[a.username] = a
+        else:
+            self._free.pop(a.username, None)
 
     def login(
         self,
@@ -274,7 +300,8 @@ class Acd:
     ) -> list[AgentChanged]:
         a = self.agents.get(username)
         if a is None:
-            a = self.agents[username] = Agent(username, dial_string)
+            a = self.agents[username] = Agent(username, dial_string, seq=len(self.agents))
+            self._states[a.state] += 1
         elif a.state is not AgentState.LOGGED_OUT:
             # a second login (new browser tab) updates the phone and skills only
             if a.state in (AgentState.RINGING, AgentState.ON_CALL) and a.dial_string != dial_string:
@@ -325,7 +352,9 @@ class Acd:
         return load <= self.rules.max_load + 1e-9
 
     def set_chats(self, username: str, chats: int) -> None:
-        self._agent(username).chats = max(0, chats)
+        a = self._agent(username)
+        a.chats = max(0, chats)
+        self._refresh_free(a)
 
     def _can_take_call(self, a: Agent) -> bool:
         return (
@@ -352,24 +381,32 @@ class Acd:
             return None
         q = QueuedCall(uuid, caller, priority, frozenset(skills), self.clock(), next(self._seq))
         self.queue[uuid] = q
+        bisect.insort(self._line, (q.sort_key(), uuid))
         self.sl.record_offered()
         return q
 
+    def _dequeue(self, uuid: str) -> QueuedCall | None:
+        """Out of `queue` and out of line (every way of leaving the queue comes here)."""
+        q = self.queue.pop(uuid, None)
+        if q is not None:
+            i = bisect.bisect_left(self._line, (q.sort_key(),))
+            del self._line[i]
+        return q
+
     def waiting(self) -> list[QueuedCall]:
-        return sorted(self.queue.values(), key=QueuedCall.sort_key)
+        """The queue in order: priority band, then arrival."""
+        return [self.queue[uuid] for _, uuid in self._line]
 
     def position(self, uuid: str) -> int:
         """1-based place in line (calls already ringing an agent count as ahead)."""
-        for i, q in enumerate(self.waiting(), 1):
-            if q.uuid == uuid:
-                return i
-        raise UnknownCall(uuid)
+        q = self.queue.get(uuid)
+        if q is None:
+            raise UnknownCall(uuid)
+        return bisect.bisect_left(self._line, (q.sort_key(),)) + 1
 
     def staffed(self) -> int:
-        return sum(
-            1
-            for a in self.agents.values()
-            if a.state not in (AgentState.LOGGED_OUT, AgentState.BREAK)
+        return (
+            len(self.agents) - self._states[AgentState.LOGGED_OUT] - self._states[AgentState.BREAK]
         )
 
     def expected_wait_s(self, uuid: str) -> float:
@@ -382,7 +419,7 @@ class Acd:
         staffed = self.staffed()
         if not staffed:
             return self.rules.max_wait_s
-        free_now = sum(1 for a in self.agents.values() if self._can_take_call(a))
+        free_now = len(self._free)
         if pos <= free_now:
             return 0.0
         return (pos - free_now) * self._handle_s / staffed
@@ -391,23 +428,33 @@ class Acd:
         now = self.clock()
         return max((now - q.entered_at for q in self.queue.values()), default=0.0)
 
-    def _rank(self, q: QueuedCall, agents: list[Agent]) -> list[Agent]:
+    def _rank_key(self, q: QueuedCall) -> Callable[[Agent], tuple[Any, ...]]:
+        """Who gets the call first (lowest key). Login order settles a tie, as it did
+        when the agents were sorted in login order."""
         if self.rules.strategy is Strategy.SKILLS:
             # specialists first: keep the generalists free for calls only they can take
-            return sorted(agents, key=lambda a: (len(a.skills - q.skills), a.idle_since))
-        return sorted(agents, key=lambda a: (a.idle_since, a.username))
+            return lambda a: (len(a.skills - q.skills), a.idle_since, a.seq)
+        return lambda a: (a.idle_since, a.username)
+
+    def _rank(self, q: QueuedCall, agents: list[Agent]) -> list[Agent]:
+        """Ring-all rings every one of them (in this order); the other strategies ring
+        the first only, found with one pass instead of a sort of every free agent."""
+        key = self._rank_key(q)
+        if self.rules.strategy is Strategy.RING_ALL:
+            return sorted(agents, key=key)
+        return [min(agents, key=key)]
 
     def dispatch(self) -> list[Offer]:
         """Match waiting calls (in priority order) with free agents; mark them ringing.
 
         Every arrival, answer, hang-up and tick dispatches. The agents free for a
-        call are found once per dispatch, not once per waiting caller, and with
-        none free (a busy centre's usual state) the queue is not even sorted.
+        call are kept up to date as agents move (`_free`), and with none free (a busy
+        centre's usual state) the queue is not even looked at.
         """
-        free = [a for a in self.agents.values() if self._can_take_call(a)]
         offers: list[Offer] = []
-        if not free:
+        if not self._free:
             return offers
+        free = list(self._free.values())
         for q in self.waiting():
             if not free:
                 break
@@ -423,13 +470,15 @@ class Acd:
                     agents = retry
             if not agents:
                 continue
-            ranked = self._rank(q, agents)
-            chosen = ranked if self.rules.strategy is Strategy.RING_ALL else ranked[:1]
+            chosen = self._rank(q, agents)
             for a in chosen:
                 self._move(a, AgentState.RINGING, "offer")
                 a.call = q.uuid
             q.ringing = frozenset(a.username for a in chosen)
-            free = [a for a in free if a.username not in q.ringing]
+            if len(chosen) == 1:
+                free.remove(chosen[0])
+            else:
+                free = [a for a in free if a.username not in q.ringing]
             offers.append(
                 Offer(
                     q.uuid,
@@ -445,7 +494,7 @@ class Acd:
         q = self.queue.get(uuid)
         if q is None or username not in q.ringing:
             raise UnknownCall(f"{uuid} is not ringing {username}")
-        del self.queue[uuid]
+        self._dequeue(uuid)
         now = self.clock()
         wait = now - q.entered_at
         self.sl.record_answer(now, wait)
@@ -482,7 +531,7 @@ class Acd:
 
     def abandon(self, uuid: str) -> tuple[Abandoned | None, list[AgentChanged]]:
         """The caller hung up while waiting (or while an agent's phone rang)."""
-        q = self.queue.pop(uuid, None)
+        q = self._dequeue(uuid)
         if q is None:
             return None, []
         now = self.clock()
@@ -497,7 +546,7 @@ class Acd:
 
     def leave_queue(self, uuid: str) -> list[AgentChanged]:
         """Out of line without answer or abandon: callback taken, emergency hand-off."""
-        q = self.queue.pop(uuid, None)
+        q = self._dequeue(uuid)
         if q is None:
             return []
         return [
@@ -544,7 +593,4 @@ class Acd:
         return changes, due
 
     def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in AgentState}
-        for a in self.agents.values():
-            out[a.state.value] += 1
-        return out
+        return {s.value: n for s, n in self._states.items()}

@@ -467,6 +467,10 @@ class EslSwitch:
         uuid = event.unique_id or ""
         if uuid in self._followed or uuid in self._partner:
             self._ended_with(uuid, event.get("Hangup-Cause") or "NORMAL_CLEARING")
+        else:
+            # a caller whose agent left first is no longer anybody's partner, but was
+            # marked park-after-bridge: forget it too, or the set grows by every call
+            self._parked_after_bridge.discard(uuid)
 
     def _facts(self) -> dict[str, Callable[[Event], None]]:
         """The one subscription table: FreeSWITCH event -> ACD fact."""

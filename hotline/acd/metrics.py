@@ -73,12 +73,14 @@ class AcdMetrics:
         self.service_level.set_function(lambda: acd.sl.service_level)
         self.connection_rate.set_function(lambda: acd.sl.connection_rate(acd.clock()))
         self._acd = acd
+        # one child per state, looked up once: every agent move refreshes them all
+        self._by_state = [(s.value, self.agents.labels(s.value)) for s in AgentState]
         self.refresh_agents()
 
     def refresh_agents(self) -> None:
         counts = self._acd.counts()
-        for state in AgentState:
-            self.agents.labels(state.value).set(counts.get(state.value, 0))
+        for state, gauge in self._by_state:
+            gauge.set(counts.get(state, 0))
 
     def answered_call(self, wait_s: float, target_s: float) -> None:
         self.answered.inc()

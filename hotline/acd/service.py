@@ -182,6 +182,9 @@ class AcdService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._ticker = None
+        # steps of calls handed in before the stop are committed before the store closes
+        with contextlib.suppress(Exception):
+            await store.flush_call_writes(self.deps)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -232,12 +235,13 @@ class AcdService:
         if uuid in self.calls:
             return await asyncio.shield(self.calls[uuid].done)
         now = self.deps.clock()
+        # one read per call for both the queue priority and the agent's screen pop
+        returning, history = await store.caller_profile(
+            self.deps, caller, uuid, now, self.config.returning_within_h
+        )
         if priority is None:
-            returning = await store.is_returning(
-                self.deps, caller, now, self.config.returning_within_h
-            )
             priority = Priority.RETURNING if returning else Priority.NORMAL
-        call = LiveCall(uuid, caller, store.masked(caller), priority, now)
+        call = LiveCall(uuid, caller, store.masked(caller), priority, now, history=history)
         call.last_announce = self.clock()  # the first announcement is made below
         self.calls[uuid] = call
         queued = self.acd.enqueue(uuid, caller, priority, skills)
@@ -258,7 +262,6 @@ class AcdService:
             if queued is None:
                 await self._callback(call, "queue_full")
             else:
-                call.history = await store.caller_history(self.deps, caller)
                 if uuid in self.acd.queue:  # the caller may have hung up meanwhile
                     position = self.acd.position(uuid)
                     expect = round(self.acd.expected_wait_s(uuid), 1)
@@ -313,8 +316,10 @@ class AcdService:
             return
         await self._end_conversation(call, cause, by="caller")
 
-    async def _announce(self, call: LiveCall) -> None:
+    async def _announce(self, call: LiveCall, after_s: float = 0.0) -> None:
         """Position and expected wait, then hold music (GB/T 33358 wants the caller told)."""
+        if after_s > 0:
+            await asyncio.sleep(after_s)
         call.last_announce = self.clock()
         if call.uuid not in self.acd.queue or call.busy_with_prompt:
             return
@@ -664,13 +669,20 @@ class AcdService:
             if call:
                 self._spawn(self._offer_callback(call), f"acd-callback-{d.call}")
         now = self.clock()
-        for call in list(self.calls.values()):
-            if (
-                call.state == "queued"
-                and not call.busy_with_prompt
-                and now - call.last_announce >= self.config.announce_every_s
-            ):
-                self._spawn(self._announce(call), f"acd-announce-{call.uuid}")
+        due = [
+            call
+            for call in self.calls.values()
+            if call.state == "queued"
+            and not call.busy_with_prompt
+            and now - call.last_announce >= self.config.announce_every_s
+        ]
+        # Callers who came in together fall due together (hundreds in one tick after a
+        # ramp): their announcements start spread over the tick, in queue-arrival
+        # order, instead of hundreds of prompts sent in one turn of the event loop.
+        for i, call in enumerate(due):
+            call.last_announce = now  # not due again while it waits for its turn
+            after = i * self.config.tick_s / len(due)
+            self._spawn(self._announce(call, after), f"acd-announce-{call.uuid}")
         if changes:
             await self._pump()
 

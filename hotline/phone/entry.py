@@ -129,8 +129,7 @@ class CallEntry:
             await self._survey(leg, call)
 
     async def _survey(self, leg: CallLeg, call: EslCallControl) -> None:
-        row = await store.get_call(self.deps, leg.uuid)
-        ticket = (row or {}).get("ticket")
+        ticket = await store.call_ticket(self.deps, leg.uuid)
         variables = {"ticket_number": ticket} if ticket else {}
         outcome = await ivr.run_flow(
             self.flows[SURVEY_FLOW],

@@ -158,20 +158,9 @@ class TicketSurveys:
         self.deps = deps
 
     async def record_survey(self, answer: ivr.SurveyAnswer) -> None:
-        now = self.deps.clock()
-        async with self.deps.db.read() as conn:
-            done = (
-                await conn.execute(
-                    sa.select(store.call_event_t.c.id).where(
-                        store.call_event_t.c.call_uuid == answer.call_uuid,
-                        store.call_event_t.c.kind == "survey",
-                    )
-                )
-            ).first()
-        if done is not None:
-            return
         data = {"score": answer.score, "satisfaction": answer.satisfaction}
-        await store.update_call(self.deps, answer.call_uuid, now, event="survey", data=data)
+        if not await store.record_survey(self.deps, answer.call_uuid, self.deps.clock(), data):
+            return  # answered already (a retried socket session)
         if answer.ticket_number:
             await store.ticket_trail(
                 self.deps,

@@ -128,8 +128,10 @@ class FrameParser:
             pos += need
             headers = None
             need = 0
-        self._buf = buf
-        self._pos = pos
+        if pos < end_of_data:
+            self._buf, self._pos = buf, pos
+        else:  # all consumed: an idle call's socket keeps no copy of its last read
+            self._buf, self._pos = b"", 0
         self._headers = headers
         self._need = need
         return frames

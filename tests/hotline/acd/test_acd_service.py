@@ -382,3 +382,31 @@ async def test_metrics_count_calls_and_agents(sqlite_rig) -> None:  # type: igno
         or 'hotline_agents{state="available"} 1.0' in text
     )
     assert "hotline_calls_connection_rate_24h 1.0" in text
+
+
+async def test_announcements_falling_due_together_are_spread_over_the_tick(
+    tmp_path, sqlite_url
+) -> None:  # type: ignore[no-untyped-def]
+    """Callers who came in together are due their periodic announcement together; they
+    are started spread over one tick, in line order, and each only once."""
+    async with make_rig(tmp_path, sqlite_url, announce_every_s=3600) as rig:
+        uuids = []
+        for i in range(4):
+            uuid, _ = rig.call(f"+861380000000{i}")
+            await eventually(lambda uuid=uuid: uuid in rig.acd.acd.queue)
+            uuids.append(uuid)
+        started: list[tuple[str, float]] = []
+
+        async def announce(call, after_s: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+            started.append((call.uuid, after_s))
+
+        rig.acd._announce = announce  # type: ignore[method-assign]
+        for u in uuids:  # all four due at once
+            rig.acd.calls[u].last_announce = -1e9
+        await eventually(lambda: len(started) == 4, what="announcements started")
+        tick = rig.acd.config.tick_s
+        assert started == [(u, pytest.approx(i * tick / 4)) for i, u in enumerate(uuids)]
+        await asyncio.sleep(5 * tick)
+        assert len(started) == 4  # not due again while waiting for their turn
+        for u in uuids:
+            await rig.switch.hangup(u)
