@@ -498,16 +498,23 @@ class Acd:
         now = self.clock()
         wait = now - q.entered_at
         self.sl.record_answer(now, wait)
-        changes = []
-        for other in q.ringing - {username}:
-            changes.append(
-                self._move(self.agents[other], AgentState.AVAILABLE, "answered_elsewhere")
-            )
+        changes = [
+            self._move(self.agents[other], AgentState.AVAILABLE, "answered_elsewhere")
+            for other in q.ringing - {username}
+            if self._rings_for(other, uuid)
+        ]
         a = self.agents[username]
         a.missed = 0
         changes.append(self._move(a, AgentState.ON_CALL, "answered"))
         a.call = uuid
         return Answered(uuid, username, wait), changes
+
+    def _rings_for(self, username: str, uuid: str) -> bool:
+        """Whether this agent's phone is still ringing for this call: a rung agent may
+        have gone available or on break meanwhile, or be ringing for another call now
+        (ring-all rings several phones; only the ones still ringing for it stop)."""
+        a = self.agents.get(username)
+        return a is not None and a.state is AgentState.RINGING and a.call == uuid
 
     def ring_failed(self, uuid: str, usernames: Iterable[str], cause: str) -> list[AgentChanged]:
         """No answer, busy or rejected: count the miss, put the call back in line."""
@@ -540,7 +547,7 @@ class Acd:
         changes = [
             self._move(self.agents[n], AgentState.AVAILABLE, "caller_hung_up")
             for n in q.ringing
-            if self.agents[n].state is AgentState.RINGING
+            if self._rings_for(n, uuid)
         ]
         return Abandoned(uuid, wait), changes
 
@@ -552,7 +559,7 @@ class Acd:
         return [
             self._move(self.agents[n], AgentState.AVAILABLE, "call_left_queue")
             for n in q.ringing
-            if self.agents[n].state is AgentState.RINGING
+            if self._rings_for(n, uuid)
         ]
 
     def call_ended(self, username: str, talk_s: float) -> list[AgentChanged]:

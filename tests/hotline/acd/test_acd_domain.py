@@ -201,6 +201,33 @@ def test_ring_all_rings_every_free_agent_and_the_first_to_answer_wins() -> None:
     }
 
 
+def test_ring_all_an_agent_who_left_the_ring_is_not_moved_when_another_answers() -> None:
+    """Ring-all: while three phones ring, one agent sets themselves available and is
+    offered the next caller, another goes on break; when the first call is answered
+    only phones still ringing for it stop, and nobody else's state is touched."""
+    acd, clock = make(strategy=Strategy.RING_ALL)
+    staff(acd, clock, "a", "b", "c", "d")
+    acd.enqueue("c1", "+861")
+    [offer] = acd.dispatch()
+    assert set(offer.agents) == {"a", "b", "c", "d"}
+    acd.set_state("a", AgentState.AVAILABLE)  # stops ringing for c1 on their side
+    acd.set_state("c", AgentState.BREAK)
+    acd.enqueue("c2", "+862")
+    offers = acd.dispatch()
+    assert [(o.call, set(o.agents)) for o in offers] == [("c2", {"a"})]
+    answered, changes = acd.ring_answered("c1", "b")
+    assert answered.agent == "b"
+    assert {(c.username, c.state) for c in changes} == {
+        ("d", AgentState.AVAILABLE),
+        ("b", AgentState.ON_CALL),
+    }
+    assert acd.agents["a"].state is AgentState.RINGING and acd.agents["a"].call == "c2"
+    assert acd.agents["c"].state is AgentState.BREAK
+    # the caller of c2 hangs up: only a, ringing for c2, goes back to available
+    _, changes = acd.abandon("c2")
+    assert [(c.username, c.state) for c in changes] == [("a", AgentState.AVAILABLE)]
+
+
 # ------------------------------------------------------------------ priority and position
 
 
