@@ -110,6 +110,9 @@ def make_settings(tmp_path, database_url: str, **overrides):  # type: ignore[no-
         "esl_host": "",  # no FreeSWITCH link unless a test brings its simulator
         "recording_dir": tmp_path / "recordings",
         "voicemail_dir": tmp_path / "voicemail",
+        # a full collection of the whole test process at every app start costs seconds
+        # over a run; tests/hotline/test_gc_tuning.py turns it on
+        "gc_freeze": False,
         **overrides,
     }
     return load_settings(**values)

@@ -12,7 +12,7 @@ async def test_start_up_objects_are_frozen_and_thresholds_restored_on_cleanup(
 ):
     before_threshold = gc.get_threshold()
     gc.unfreeze()
-    app = create_app(make_settings(tmp_path, sqlite_url), watch_deadlines=False)
+    app = create_app(make_settings(tmp_path, sqlite_url, gc_freeze=True), watch_deadlines=False)
     client = await aiohttp_client(app)
     # the app's own start-up (modules, routes, statements, taxonomy) is frozen
     assert gc.get_freeze_count() > 10_000
@@ -24,3 +24,13 @@ async def test_start_up_objects_are_frozen_and_thresholds_restored_on_cleanup(
     await client.close()
     assert gc.get_threshold() == before_threshold
     assert gc.get_freeze_count() == 0
+
+
+async def test_gc_freeze_off_leaves_the_collector_alone(aiohttp_client, sqlite_url, tmp_path):
+    before_threshold = gc.get_threshold()
+    gc.unfreeze()
+    app = create_app(make_settings(tmp_path, sqlite_url, gc_freeze=False), watch_deadlines=False)
+    client = await aiohttp_client(app)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before_threshold
+    await client.close()

@@ -390,17 +390,22 @@ async def test_announcements_falling_due_together_are_spread_over_the_tick(
     """Callers who came in together are due their periodic announcement together; they
     are started spread over one tick, in line order, and each only once."""
     async with make_rig(tmp_path, sqlite_url, announce_every_s=3600) as rig:
-        uuids = []
-        for i in range(4):
-            uuid, _ = rig.call(f"+861380000000{i}")
-            await eventually(lambda uuid=uuid: uuid in rig.acd.acd.queue)
-            uuids.append(uuid)
         started: list[tuple[str, float]] = []
 
         async def announce(call, after_s: float = 0.0) -> None:  # type: ignore[no-untyped-def]
             started.append((call.uuid, after_s))
 
+        # installed before the calls come in: each call's own first announcement (made
+        # once its entry is stored, later than it joins the line under load) is seen here
         rig.acd._announce = announce  # type: ignore[method-assign]
+        uuids = []
+        for i in range(4):
+            uuid, _ = rig.call(f"+861380000000{i}")
+            await eventually(lambda uuid=uuid: uuid in rig.acd.acd.queue)
+            uuids.append(uuid)
+        await eventually(lambda: len(started) == 4, what="entry announcements")
+        assert sorted(u for u, _ in started) == sorted(uuids)
+        started.clear()
         for u in uuids:  # all four due at once
             rig.acd.calls[u].last_announce = -1e9
         await eventually(lambda: len(started) == 4, what="announcements started")
