@@ -403,12 +403,12 @@ async def test_announcements_falling_due_together_are_spread_over_the_tick(
             uuid, _ = rig.call(f"+861380000000{i}")
             await eventually(lambda uuid=uuid: uuid in rig.acd.acd.queue)
             uuids.append(uuid)
-        await eventually(lambda: len(started) == 4, what="entry announcements")
+        await eventually(lambda: len(started) == 4, limit_s=20, what="entry announcements")
         assert sorted(u for u, _ in started) == sorted(uuids)
         started.clear()
         for u in uuids:  # all four due at once
             rig.acd.calls[u].last_announce = -1e9
-        await eventually(lambda: len(started) == 4, what="announcements started")
+        await eventually(lambda: len(started) == 4, limit_s=10, what="announcements started")
         tick = rig.acd.config.tick_s
         assert started == [(u, pytest.approx(i * tick / 4)) for i, u in enumerate(uuids)]
         await asyncio.sleep(5 * tick)
