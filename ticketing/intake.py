@@ -579,7 +579,6 @@ class _TablePlan:
         columns = ", ".join(_quote(n) for n in names)
         self._head = f"INSERT INTO {_quote(table.name)} ({columns}) VALUES "
         self._one = f"({', '.join('?' * len(names))})"
-        self.sql = self._head + self._one
         self.width = len(names)
         self._multi: dict[int, str] = {}
         self._get = operator.itemgetter(*given) if len(given) > 1 else None
@@ -588,7 +587,7 @@ class _TablePlan:
         self._constants = tuple(value for _, value in constants)
 
     def params(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """One parameter tuple per row, for `executemany(self.sql, ...)`."""
+        """One parameter tuple per row, in the column order of `multi_sql`."""
         out = []
         get, converters, constants = self._get, self._converters, self._constants
         for row in rows:
