@@ -45,7 +45,14 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import HOST, ServerProcess, drop_store, loadavg, make_store
+from bench.harness import (
+    HOST,
+    ServerProcess,
+    drop_store,
+    loadavg,
+    make_store,
+    quiet_collector,
+)
 
 PII_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # bench only
 PASSWORD = "bench-password-1"
@@ -385,18 +392,6 @@ class GcPauses:
     @property
     def longest(self) -> float:
         return max(self.pauses, default=0.0)
-
-
-def quiet_collector() -> None:
-    """Collect once, then freeze what this process holds, before sockets connect.
-
-    Seeding imports the whole service into this process (over a million objects);
-    a full collection of that heap takes 100-200 ms, and one that falls inside the
-    burst stamps a whole batch late on all 500 sockets (seen as p99 = max). Frozen
-    objects are not scanned again; what the measurement itself allocates is still
-    collected. Done before the ceiling and the service alike."""
-    gc.collect()
-    gc.freeze()
 
 
 def rss_mib(pid: int) -> float:

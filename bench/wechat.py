@@ -41,7 +41,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.harness import HOST, ServerProcess, loadavg
+from bench.harness import HOST, ServerProcess, loadavg, quiet_collector
 
 TOKEN = "bench-token"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -276,6 +276,7 @@ async def bench(args: argparse.Namespace) -> int:
     fixed = Result("service @ fixed rate")
     timeout = aiohttp.ClientTimeout(total=10)
     async with ceil_server, svc_server, aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+        quiet_collector()
         # warm-up (connections, first batches), not measured
         await closed_loop(
             s, svc_server.base, make_pushes(200, 4 * 10**15), args.clients, 1.0, Result("w")
