@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,10 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
 
-    @property
+    @functools.cached_property
     def sqlite_file(self) -> Path | None:
-        """The database file on SQLite (None for PostgreSQL or an in-memory database)."""
+        """The database file on SQLite (None for PostgreSQL or an in-memory database);
+        parsed once: the writers ask for it on every batch."""
         return _sqlite_path(self.url) if self.url.startswith("sqlite") else None
 
     @property
