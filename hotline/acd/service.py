@@ -6,7 +6,9 @@ Every step is written to the call's row before it is announced, so a restart
 loses at most the step in flight.
 
 Calls live on the instance whose socket holds them: the in-memory queue is this
-instance's, the database and the bus tell everybody else.
+instance's, the database and the bus tell everybody else. Each call's row names its
+instance, which beats while it runs (hotline.calls.instances); whichever instance
+notices that another stopped or went silent closes the calls it left behind.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from hotline.acd.domain import (
 )
 from hotline.acd.metrics import AcdMetrics
 from hotline.acd.switch import Ring, RingResult, Switch, SwitchError
-from hotline.calls import store
+from hotline.calls import instances, store
 from ticketing.events import DomainEvent
 from ticketing.handlers import Deps, announce
 
@@ -84,6 +86,10 @@ class AcdConfig:
     prompt_dir: Path | None = None
     language: str = "zh"
     hangup_after_agent: bool = True
+    # this instance's heartbeat, and the silence after which an instance is presumed
+    # dead and its live calls closed (a few missed beats, so a slow beat is no crash)
+    heartbeat_s: float = 5.0
+    instance_stale_s: float = 30.0
 
 
 @dataclass
@@ -164,27 +170,78 @@ class AcdService:
         self.answer_clicks: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        # who holds this process's calls, in the database shared with other instances
+        self.instance = instances.Instance()
         self.emergency: Any = None  # hotline.emergency.EmergencyDesk, set by the wiring
+
+    @property
+    def instance_id(self) -> str:
+        return self.instance.id
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        lost = await store.reconcile_after_restart(self.deps, self.deps.clock())
-        if lost:
-            log.warning("%d calls were live when the service last stopped; marked lost", lost)
+        """Register this instance, then close the calls nobody holds any more: those
+        of instances that stopped or went silent, and rows from before instances were
+        recorded. Other instances' live calls are theirs, whatever this one finds."""
+        now = self.deps.clock()
+        await instances.register(self.deps, self.instance, now)
+        await self._close_orphans(now, include_unowned=True)
+        await instances.prune(self.deps, now)
         self._ticker = asyncio.create_task(self._tick_forever(), name="acd-ticker")
+        self._heartbeat = asyncio.create_task(self._beat_forever(), name="acd-heartbeat")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._ticker, *self._tasks) if t is not None]
+        tasks = [t for t in (self._ticker, self._heartbeat, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        self._ticker = None
+        self._ticker = self._heartbeat = None
         # steps of calls handed in before the stop are committed before the store closes
         with contextlib.suppress(Exception):
             await store.flush_call_writes(self.deps)
+        # then stopped: what is still live is left over, for the next start (or another
+        # instance's next heartbeat) to close at once rather than after the stale wait
+        try:
+            await instances.mark_stopped(self.deps, self.instance, self.deps.clock())
+        except Exception:
+            log.exception("could not record this instance's stop; its calls close when stale")
+
+    async def heartbeat(self) -> int:
+        """One beat: this instance is alive, and the live calls of instances that
+        stopped or went silent are closed (their sockets went with them). Returns how
+        many were closed."""
+        now = self.deps.clock()
+        await instances.beat(self.deps, self.instance, now)
+        return await self._close_orphans(now, include_unowned=False)
+
+    async def _close_orphans(self, now: datetime, *, include_unowned: bool) -> int:
+        lost = await instances.close_orphaned_calls(
+            self.deps,
+            self.instance.id,
+            now,
+            self.config.instance_stale_s,
+            include_unowned=include_unowned,
+        )
+        if lost:
+            log.warning(
+                "%d calls were live on instances that stopped or went silent; marked lost",
+                len(lost),
+            )
+        return len(lost)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            try:
+                await self.heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("instance heartbeat failed; retrying on the next beat")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -256,6 +313,7 @@ class AcdService:
             "queued" if queued else "overflow",
             now,
             work_due=due,
+            instance_id=self.instance.id,
         )
         watcher = self._spawn(self._watch_caller(call), f"acd-watch-{uuid}")
         try:

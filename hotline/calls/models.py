@@ -46,6 +46,27 @@ class Call(SQLModel, table=True):
     hangup_cause: str | None = Field(default=None, max_length=64)
     ticket_number: str | None = Field(default=None, max_length=20, index=True)
     recording_path: str | None = Field(default=None, max_length=500)
+    # the service instance whose socket holds the call (ServiceInstance.id); NULL on
+    # rows written before instances were recorded
+    instance_id: str | None = Field(default=None, max_length=36, index=True)
+
+
+class ServiceInstance(SQLModel, table=True):
+    """One start of the service process, and when it was last seen alive.
+
+    Several instances share the database, and each holds its own calls' sockets: a
+    call left live by an instance that stopped (`stopped_at`) or stopped beating
+    (`seen_at` too old) is gone, and whoever notices closes it; a call held by an
+    instance that is alive is nobody else's business (hotline.calls.instances).
+    """
+
+    __tablename__ = "service_instance"
+    id: str = Field(primary_key=True, max_length=36)  # a uuid4 per start
+    host: str = Field(max_length=255)
+    pid: int
+    started_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    seen_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    stopped_at: datetime | None = _ts()
 
 
 class CallEvent(SQLModel, table=True):

@@ -73,9 +73,13 @@ _DELETE_CALL_ITEM = sa.delete(work_item).where(
 @functools.cache
 def _insert_call_row(is_sqlite: bool) -> sa.Insert:
     """The call's row unless it exists: FreeSWITCH retries a socket connect, and a
-    retried call keeps its one row (ON CONFLICT DO NOTHING on the uuid)."""
+    retried call keeps its one row (ON CONFLICT on the uuid). The retry may reach
+    another instance (the first one died holding it): the instance that inserts
+    holds the socket now, so it takes the call over (`instance_id`, when it gives
+    one); nothing else of the row changes."""
     ins: Any = (sqlite.insert if is_sqlite else postgresql.insert)(call_t)
-    return ins.on_conflict_do_nothing(index_elements=["uuid"])
+    owner = sa.func.coalesce(ins.excluded.instance_id, call_t.c.instance_id)
+    return ins.on_conflict_do_update(index_elements=["uuid"], set_={"instance_id": owner})
 
 
 _UPSERT_ITEM: dict[bool, sa.Insert] = {}
@@ -283,8 +287,12 @@ async def insert_call(
     *,
     queue: str = "12345",
     work_due: datetime | None = None,
+    instance_id: str | None = None,
 ) -> None:
-    """The call's row, its first trail entry and (while it waits) its work-queue item."""
+    """The call's row, its first trail entry and (while it waits) its work-queue item.
+
+    `instance_id`: the service instance holding the call's socket (hotline.calls.
+    instances), so that other instances leave the call alone while this one lives."""
     row = {
         "uuid": uuid,
         "caller_enc": deps.cipher.encrypt(caller) if caller else None,
@@ -294,6 +302,7 @@ async def insert_call(
         "priority": priority,
         "state": state,
         "entered_at": now,
+        "instance_id": instance_id,  # always present: a batch's rows share their keys
     }
     item = None
     if state == "queued":
@@ -387,20 +396,6 @@ def call_row_view(row: Any) -> dict[str, Any]:
         "ticket": row.ticket_number,
         "recording": row.recording_path,
     }
-
-
-async def reconcile_after_restart(deps: Deps, now: datetime) -> int:
-    """Calls this process held when it stopped are gone with their sockets: close them
-    and drop their queue items so nobody waits on a ghost."""
-    live = ("queued", "ringing", "talking", "held", "transferring", "consulting", "conference")
-    async with deps.db.write() as conn:
-        res = await conn.execute(
-            sa.update(call_t)
-            .where(call_t.c.state.in_(live))
-            .values(state="lost", ended_at=now, hangup_cause="SERVICE_RESTART")
-        )
-        await conn.execute(sa.delete(work_item).where(work_item.c.kind == workqueue.CALL))
-    return int(res.rowcount or 0)
 
 
 # ---------------------------------------------------------------- caller -> history

@@ -58,7 +58,9 @@ def build_call_entry(
         emergency=DeskEmergency(desk),
         callbacks=CallbackStore(deps, due_s),
         surveys=TicketSurveys(deps),
-        voicemail=VoicemailBox(deps, settings.voicemail_dir.resolve(), due_s),
+        voicemail=VoicemailBox(
+            deps, settings.voicemail_dir.resolve(), due_s, instance_id=acd.instance_id
+        ),
     )
     flows = ivr.load_shipped()
     if card_deps is None:  # no card service wired: that number gets the 12345 flow

@@ -172,12 +172,17 @@ class TicketSurveys:
 
 class VoicemailBox:
     """`ivr.Voicemails`: the recording under the voicemail directory, the call's row
-    pointing at it and a callback work item so an agent listens and calls back."""
+    pointing at it and a callback work item so an agent listens and calls back.
+    The row names the service instance that took the message (`instance_id`, the
+    ACD's), like every call's row."""
 
-    def __init__(self, deps: Deps, directory: Path, due_in_s: float) -> None:
+    def __init__(
+        self, deps: Deps, directory: Path, due_in_s: float, *, instance_id: str | None = None
+    ) -> None:
         self.deps = deps
         self.directory = directory
         self.due_in_s = due_in_s
+        self.instance_id = instance_id
 
     async def voicemail_path(self, call_uuid: str) -> str:
         day = self.deps.clock().strftime("%Y/%m/%d")
@@ -190,7 +195,15 @@ class VoicemailBox:
             return  # silence or an immediate hang-up: nothing to call back about
         now = self.deps.clock()
         caller = e164(message.caller_id)
-        await store.insert_call(self.deps, message.call_uuid, caller, 2, "voicemail", now)
+        await store.insert_call(
+            self.deps,
+            message.call_uuid,
+            caller,
+            2,
+            "voicemail",
+            now,
+            instance_id=self.instance_id,
+        )
         await store.update_call(
             self.deps,
             message.call_uuid,

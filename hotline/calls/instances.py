@@ -1,0 +1,160 @@
+"""Which service instance holds which calls, and closing the calls nobody holds any more.
+
+A call lives on the instance whose socket holds it (hotline.acd.service). Several
+instances share one PostgreSQL database, so no instance may assume that the live
+calls in the database are its own: each start registers a `service_instance` row,
+beats (`seen_at`) while it runs and says when it stops (`stopped_at`), and every
+call's row names its instance (`call.instance_id`).
+
+A live call is orphaned when its instance stopped, went silent for longer than the
+stale threshold (a crash, a kill -9, a lost host) or is unknown. Orphans are closed
+as `lost` (SERVICE_RESTART) and their queue items removed, by whichever instance
+notices first: at its start and at each of its heartbeats. Calls written before
+instances were recorded (`instance_id` NULL) are closed at start only, as before:
+a heartbeat must not close the calls of an older instance still running beside
+the new ones during a rolling upgrade.
+
+On PostgreSQL two instances may sweep at once; the UPDATE re-checks each row's
+state under its lock (READ COMMITTED), so every orphan is closed, and counted, by
+exactly one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from hotline.calls.models import ServiceInstance
+from hotline.calls.store import call_t, work_item
+from ticketing import workqueue
+from ticketing.handlers import Deps
+
+instance_t = ServiceInstance.__table__  # type: ignore[attr-defined]
+
+# the states in which a call still has a caller on some instance's socket
+LIVE_STATES = ("queued", "ringing", "talking", "held", "transferring", "consulting", "conference")
+LOST_CAUSE = "SERVICE_RESTART"
+_DELETE_CHUNK = 500  # refs per DELETE: far below either database's bind-parameter limit
+KEEP_GONE_S = 7 * 86400  # rows of instances silent this long are dropped (one per start)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """This process's identity in `service_instance`: a fresh id per start."""
+
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    host: str = field(default_factory=lambda: socket.gethostname()[:255])
+    pid: int = field(default_factory=os.getpid)
+
+
+# ---------------------------------------------------------------- pure
+
+
+def stale_before(now: datetime, stale_after_s: float) -> datetime:
+    """An instance last seen before this is presumed dead."""
+    return now - timedelta(seconds=stale_after_s)
+
+
+def orphaned(me: str, cutoff: datetime, *, include_unowned: bool) -> sa.ColumnElement[bool]:
+    """Live calls held by no instance alive (not stopped, seen since `cutoff`), never
+    `me`'s own; with `include_unowned` also those written before instances were
+    recorded (instance_id NULL)."""
+    alive = sa.exists().where(
+        instance_t.c.id == call_t.c.instance_id,
+        instance_t.c.stopped_at.is_(None),
+        instance_t.c.seen_at >= cutoff,
+    )
+    owner = call_t.c.instance_id
+    owned_by_other = sa.and_(owner.is_not(None), owner != me, ~alive)
+    whose = sa.or_(owner.is_(None), owned_by_other) if include_unowned else owned_by_other
+    return sa.and_(call_t.c.state.in_(LIVE_STATES), whose)
+
+
+# ---------------------------------------------------------------- I/O
+
+
+async def register(deps: Deps, instance: Instance, now: datetime) -> None:
+    """This instance's row (again, if it went missing: a heartbeat puts it back)."""
+    row = {
+        "id": instance.id,
+        "host": instance.host,
+        "pid": instance.pid,
+        "started_at": now,
+        "seen_at": now,
+        "stopped_at": None,
+    }
+    async with deps.db.write() as conn:
+        await conn.execute(deps.db.upsert(instance_t, [row], ["id"], ["seen_at", "stopped_at"]))
+
+
+async def beat(deps: Deps, instance: Instance, now: datetime) -> None:
+    """Still alive: `seen_at` moves on (the row is put back if somebody removed it)."""
+    async with deps.db.write() as conn:
+        res = await conn.execute(
+            sa.update(instance_t).where(instance_t.c.id == instance.id).values(seen_at=now)
+        )
+    if not res.rowcount:
+        await register(deps, instance, now)
+
+
+async def prune(deps: Deps, now: datetime, keep_s: float = KEEP_GONE_S) -> int:
+    """Drop the rows of instances silent for `keep_s`: every start adds one, and their
+    calls were closed as orphans long before (an unknown owner is an orphan too)."""
+    async with deps.db.write() as conn:
+        res = await conn.execute(
+            sa.delete(instance_t).where(instance_t.c.seen_at < now - timedelta(seconds=keep_s))
+        )
+    return int(res.rowcount or 0)
+
+
+async def mark_stopped(deps: Deps, instance: Instance, now: datetime) -> None:
+    """A graceful stop: whatever this instance left live is an orphan from now on."""
+    async with deps.db.write() as conn:
+        await conn.execute(
+            sa.update(instance_t)
+            .where(instance_t.c.id == instance.id)
+            .values(stopped_at=now, seen_at=now)
+        )
+
+
+async def close_orphaned_calls(
+    deps: Deps, me: str, now: datetime, stale_after_s: float, *, include_unowned: bool
+) -> list[str]:
+    """Close the orphaned live calls as lost and drop their queue items, in one
+    transaction; returns their uuids. Nobody waits on a ghost, and no live instance's
+    call or queue item is touched."""
+    cond = orphaned(me, stale_before(now, stale_after_s), include_unowned=include_unowned)
+    async with deps.db.write() as conn:
+        uuids = list(
+            (
+                await conn.execute(
+                    sa.update(call_t)
+                    .where(cond)
+                    .values(state="lost", ended_at=now, hangup_cause=LOST_CAUSE)
+                    .returning(call_t.c.uuid)
+                )
+            ).scalars()
+        )
+        for i in range(0, len(uuids), _DELETE_CHUNK):
+            await conn.execute(
+                sa.delete(work_item).where(
+                    work_item.c.kind == workqueue.CALL,
+                    work_item.c.ref.in_(uuids[i : i + _DELETE_CHUNK]),
+                )
+            )
+    return uuids
+
+
+async def get_instance(deps: Deps, instance_id: str) -> dict[str, Any] | None:
+    """The instance's row (operators' and tests' view)."""
+    async with deps.db.read() as conn:
+        row = (
+            await conn.execute(sa.select(instance_t).where(instance_t.c.id == instance_id))
+        ).first()
+    return dict(row._mapping) if row else None
