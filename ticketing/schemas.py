@@ -26,7 +26,7 @@ class ContactIn(Strict):
     channel_ids: Annotated[
         dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=128)]],
         Field(max_length=10),
-    ] = {}
+    ] = Field(default_factory=dict)  # a factory: a `{}` default is deep-copied per parse
 
 
 class LocationIn(Strict):
@@ -53,7 +53,7 @@ class AnswerIn(Strict):
 
 class DispatchIn(Strict):
     department: Code | None = None
-    assist: Annotated[list[Code], Field(max_length=10)] = []
+    assist: Annotated[list[Code], Field(max_length=10)] = Field(default_factory=list)
     note: Text | None = None
 
 
