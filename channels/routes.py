@@ -49,8 +49,9 @@ class ConversationTicketIn(Strict):
 
 
 class ContactLinkIn(Strict):
-    contact_ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(max_length=50)] = Field(
-        default_factory=list
+    # ids an INTEGER column can hold: a larger one would fail in the driver
+    contact_ids: Annotated[list[Annotated[int, Field(ge=1, lt=2**31)]], Field(max_length=50)] = (
+        Field(default_factory=list)
     )
     phone: Annotated[str, Field(min_length=3, max_length=32)] | None = None
     display_name: Annotated[str, Field(max_length=100)] | None = None
@@ -82,7 +83,8 @@ def _errors(fn: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
 
 def _id(request: web.Request, name: str = "id") -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or len(raw) > 12:
+    # ASCII digits ("²".isdigit() too) an INTEGER column can hold
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
         raise problem("not-found", f"{raw!r} is not an id")
     return int(raw)
 

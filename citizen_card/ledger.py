@@ -1593,6 +1593,8 @@ class Ledger:
         if cursor is not None:
             try:
                 before = int(cursor)
+                if not 0 < before < 2**63:  # a seq the BIGINT column can hold
+                    raise ValueError(cursor)
             except ValueError as exc:
                 raise InvalidRequest("bad cursor") from exc
             stmt = stmt.where(_E.seq < before)

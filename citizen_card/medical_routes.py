@@ -26,7 +26,15 @@ from citizen_card import medical as med
 from citizen_card import service as svc
 from citizen_card.ledger import DEFAULT_MAX_AMOUNT
 from citizen_card.partner_middleware import problem_response, require_scope
-from citizen_card.routes import COUNTER, STAFF_READ, CardRoute, StaffOf, _body, _card_errors
+from citizen_card.routes import (
+    COUNTER,
+    STAFF_READ,
+    CardRoute,
+    StaffOf,
+    _body,
+    _card_errors,
+    nul_errors,
+)
 from citizen_card.service import CardDeps, CardError
 
 MEDICAL_SCOPE = "medical"
@@ -88,8 +96,9 @@ def _problem(exc: CardError) -> web.Response:
 
 
 async def _parse(request: web.Request, model: type[_Strict]) -> Any:
+    raw = await request.read()
     try:
-        return model.model_validate_json(await request.read() or b"{}")
+        body = model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         if any(e["type"] in ("json_invalid", "json_type") for e in exc.errors()):
             raise CardError("malformed-body", "the body is not JSON", status=400) from None
@@ -98,6 +107,10 @@ async def _parse(request: web.Request, model: type[_Strict]) -> Any:
             for e in exc.errors(include_url=False)
         ]
         raise _Invalid(errors) from None
+    nul = nul_errors(raw)
+    if nul:
+        raise _Invalid(nul)
+    return body
 
 
 class _Invalid(Exception):
@@ -204,11 +217,15 @@ def medical_routes(
 def medical_admin_routes(card: CardDeps, staff: StaffOf) -> list[CardRoute]:
     """Staff routes: residents' grants to hospitals, health-card links."""
 
+    def path_id(request: web.Request, name: str, what: str) -> int:
+        raw = request.match_info[name]
+        # ASCII digits an INTEGER column can hold: a longer one would fail in the driver
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+            raise CardError("not-found", f"no such {what}", status=404)
+        return int(raw)
+
     def resident_id(request: web.Request) -> int:
-        try:
-            return int(request.match_info["id"])
-        except ValueError:
-            raise CardError("not-found", "no such resident", status=404) from None
+        return path_id(request, "id", "resident")
 
     @_card_errors
     async def create_grant(request: web.Request) -> web.StreamResponse:
@@ -239,10 +256,7 @@ def medical_admin_routes(card: CardDeps, staff: StaffOf) -> list[CardRoute]:
     @_card_errors
     async def revoke(request: web.Request) -> web.StreamResponse:
         who = staff(request, COUNTER)
-        try:
-            grant_id = int(request.match_info["grant_id"])
-        except ValueError:
-            raise CardError("not-found", "no such grant", status=404) from None
+        grant_id = path_id(request, "grant_id", "grant")
         row = await med.revoke_grant(card, resident_id(request), grant_id, actor=who.username)
         return _ok(med.grant_view(row, card.clock()))
 

@@ -94,7 +94,7 @@ from citizen_card.partner_middleware import (
     require_scope,
 )
 from citizen_card.partner_models import PARTNER_TABLE
-from citizen_card.routes import CardRoute, StaffOf, Strict, problem
+from citizen_card.routes import CardRoute, StaffOf, Strict, nul_errors, problem
 from citizen_card.service import CardDeps, CardError, CardStatus
 from citizen_card.verify import ListError, ReplayCache, Verifier
 
@@ -328,7 +328,7 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 async def _read(request: web.Request, model: type[BaseModel]) -> Any:
     raw = await request.read()
     try:
-        return model.model_validate_json(raw or b"{}")
+        body = model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         if any(e["type"] in ("json_invalid", "json_type") for e in exc.errors()):
             raise problem(400, "malformed-body", "The request body could not be read") from None
@@ -340,6 +340,10 @@ async def _read(request: web.Request, model: type[BaseModel]) -> Any:
             for e in exc.errors(include_url=False)
         ]
         raise problem(422, "validation-error", "Some fields are not valid", errors=errors) from None
+    nul = nul_errors(raw)
+    if nul:
+        raise problem(422, "validation-error", "Some fields are not valid", errors=nul)
+    return body
 
 
 def _card_problem(exc: CardError) -> web.HTTPException:

@@ -108,7 +108,7 @@ class TopUpIn(Strict):
 
 
 class BenefitItem(Strict):
-    resident_id: int = Field(gt=0)
+    resident_id: int = Field(gt=0, lt=2**31)  # an id the INTEGER column can hold
     amount: int = Field(gt=0, le=5_000_000, description="fen")
 
 
@@ -121,10 +121,45 @@ class HospitalCardIn(Strict):
     hospital_card_no: str = Field(min_length=1, max_length=64)
 
 
+# JSON can carry NUL only as this escape (a raw control character is invalid JSON).
+# PostgreSQL's text cannot store NUL and no field here has a use for it: refused as
+# a field error instead of failing in the database.
+_NUL_ESCAPE = b"\\u0000"
+
+
+def nul_errors(raw: bytes) -> list[dict[str, str]]:
+    """A field error for each string (or key) of a JSON body that holds a NUL."""
+    if _NUL_ESCAPE not in raw:
+        return []
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return []
+    # paths are linked (parent, key) pairs, spelled out only for a hit: spelling every
+    # element's path would cost depth x elements of memory on a deep, wide body
+    found: list[str] = []
+    stack: list[tuple[Any, Any]] = [(None, data)]
+    while stack:
+        at, node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                found.append(_spell(at))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if "\x00" in k:
+                    found.append(_spell((at, k)))
+                else:
+                    stack.append(((at, k), v))
+        elif isinstance(node, list):
+            stack.extend(((at, i), v) for i, v in enumerate(node))
+    found.sort()
+    return [{"field": f, "message": "must not contain NUL characters"} for f in found]
+
+
 async def _body(request: web.Request, model: type[Strict]) -> Any:
     raw = await request.read()
     try:
-        return model.model_validate_json(raw or b"{}")
+        body = model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         errors = [
             {
@@ -136,6 +171,10 @@ async def _body(request: web.Request, model: type[Strict]) -> Any:
         if any(e["type"] in ("json_invalid", "json_type") for e in exc.errors()):
             raise problem(400, "malformed-body", "The request body could not be read") from None
         raise problem(422, "validation-error", "Some fields are not valid", errors=errors) from None
+    nul = nul_errors(raw)
+    if nul:
+        raise problem(422, "validation-error", "Some fields are not valid", errors=nul)
+    return body
 
 
 def _card_errors(fn: Handler) -> Handler:
@@ -178,10 +217,11 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
         return _json(view, 201)
 
     def _resident_id(request: web.Request) -> int:
-        try:
-            return int(request.match_info["id"])
-        except ValueError:
-            raise problem(404, "not-found", "Not found") from None
+        raw = request.match_info["id"]
+        # ASCII digits an INTEGER column can hold: a longer one would fail in the driver
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+            raise problem(404, "not-found", "Not found")
+        return int(raw)
 
     @_card_errors
     async def get_resident(request: web.Request) -> web.StreamResponse:
@@ -556,3 +596,12 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
         CardRoute("GET", wk + "/root-key.pem", root_key, "The city's root public key (pin it)"),
         CardRoute("GET", wk + "/receipt-key.pem", receipt_key, "Public key of freeze receipts"),
     ]
+
+
+def _spell(at: Any) -> str:
+    """`a.0.b` from the linked (parent, key) pairs of a JSON path."""
+    keys: list[str] = []
+    while at is not None:
+        at, key = at
+        keys.append(str(key))
+    return ".".join(reversed(keys)) or "(body)"

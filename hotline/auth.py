@@ -220,12 +220,18 @@ def _principal(row: Any) -> Principal:
     )
 
 
+def _usable(token: str) -> str | None:
+    """The token if it could be one we issued (printable ASCII), else None: header
+    bytes that are not UTF-8 arrive as lone surrogates, which no hash can encode."""
+    return token if token and token.isascii() and token.isprintable() else None
+
+
 def request_token(request: web.Request) -> tuple[str | None, bool]:
-    """(token, came_from_cookie)."""
+    """(token, came_from_cookie); a token no session could have is no token (401)."""
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None, False
-    cookie = request.cookies.get(COOKIE)
+        return _usable(auth[7:].strip()), False
+    cookie = _usable(request.cookies.get(COOKIE) or "")
     return (cookie, True) if cookie else (None, False)
 
 

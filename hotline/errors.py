@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from hotline.appkeys import SETTINGS
 from ticketing.store import StoreUnavailable
-from ticketing.webkit import PROBLEM_JSON, problem_response
+from ticketing.webkit import PROBLEM_JSON, problem, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,18 @@ _BY_STATUS = {
     413: "payload-too-large",
     415: "unsupported-media-type",
 }
+# NUL has no place in any path segment or query value of the JSON API, and
+# PostgreSQL's text cannot hold it: every lookup with one would fail in the driver
+_NUL_CHECKED = "/api/"
 
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
+        if request.path.startswith(_NUL_CHECKED) and (
+            "\x00" in request.path or "\x00" in request.query_string
+        ):
+            raise problem("invalid-request", "the URL must not contain NUL characters (%00)")
         return await handler(request)
     except web.HTTPException as exc:
         if exc.content_type == PROBLEM_JSON or exc.status < 400:

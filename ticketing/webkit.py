@@ -108,7 +108,7 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     if ctype not in ("application/json", "") and not ctype.endswith("+json"):
         raise problem("unsupported-media-type", f"send application/json, not {ctype}")
     raw = await request.read()
-    if raw.strip():
+    if raw.strip() and NUL_ESCAPE not in raw:
         # fast path: pydantic parses and validates in one pass (no dict in between);
         # any failure takes the careful path below for a precise problem
         try:
@@ -126,10 +126,47 @@ async def read_body(request: web.Request, model: type[M]) -> M:
         raise problem("malformed-body", "the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise problem("malformed-body", "the body must be a JSON object")
+    nul = nul_fields(data) if NUL_ESCAPE in raw else []
+    if nul:
+        raise problem(
+            "validation-error", errors=[{"field": f, "message": NUL_MESSAGE} for f in nul]
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise problem("validation-error", errors=validation_errors(exc)) from None
+
+
+# JSON can carry NUL only as this escape (a raw control character is invalid JSON).
+# PostgreSQL's text cannot store NUL, and no field of ours has a use for it: it is
+# refused here rather than failing in the database after the request was accepted.
+NUL_ESCAPE = b"\\u0000"
+NUL_MESSAGE = "must not contain NUL characters"
+
+
+def nul_fields(data: Any) -> list[str]:
+    """Dotted paths of the strings (keys included) in parsed JSON that hold a NUL.
+
+    Iterative: json.loads accepts nesting almost as deep as the recursion limit, and
+    a recursive walk from inside a request handler would hit it (a 500)."""
+    # paths are linked (parent, key) pairs, spelled out only for a hit: spelling every
+    # element's path would cost depth x elements of memory on a deep, wide body
+    found: list[str] = []
+    stack: list[tuple[Any, Any]] = [(None, data)]
+    while stack:
+        at, node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                found.append(_spell(at))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if "\x00" in k:
+                    found.append(_spell((at, k)))
+                else:
+                    stack.append(((at, k), v))
+        elif isinstance(node, list):
+            stack.extend(((at, i), v) for i, v in enumerate(node))
+    return sorted(found)
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -172,3 +209,12 @@ class RouteSpec:
 
     def route(self) -> web.RouteDef:
         return web.route(self.method, self.path, self.handler)
+
+
+def _spell(at: Any) -> str:
+    """`a.0.b` from the linked (parent, key) pairs of a JSON path."""
+    keys: list[str] = []
+    while at is not None:
+        at, key = at
+        keys.append(str(key))
+    return ".".join(reversed(keys)) or "(body)"

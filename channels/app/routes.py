@@ -30,6 +30,7 @@ from ticketing.webkit import (
 
 P = const.PREFIX
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_SEQ = 2**31 - 1  # app_notification.seq is an INTEGER column
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -49,7 +50,8 @@ def _unauthorized(detail: str) -> web.HTTPException:
 async def resolve(signin: SignIn, request: web.Request) -> ResidentPrincipal:
     """The signed-in resident, or the app's 401 (staff sessions do not count here)."""
     token = bearer(request)
-    if token is None or len(token) > 256:
+    # header bytes that are not UTF-8 arrive as lone surrogates: no token we issued
+    if token is None or len(token) > 256 or not (token.isascii() and token.isprintable()):
         raise _unauthorized("send the app's bearer token (POST /api/v1/app/auth/token)")
     who = await signin.resolve(token)
     if who is None:
@@ -119,7 +121,8 @@ def _lang(request: web.Request) -> str:
 def _int(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or not lo <= int(value) <= hi:
+    # ASCII digits only ("²".isdigit() too), few enough for int() and the columns
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and lo <= int(value) <= hi):
         raise problem("validation-error", errors=[{"field": name, "message": f"{lo} to {hi}"}])
     return int(value)
 
@@ -222,7 +225,7 @@ def app_routes(
     @_errors
     async def app_notifications(request: web.Request) -> web.StreamResponse:
         me = await who(request)
-        after = _int(request.query.get("after"), "after", 0, 0, 2**62)
+        after = _int(request.query.get("after"), "after", 0, 0, MAX_SEQ)
         limit = _int(request.query.get("limit"), "limit", const.FEED_PAGE, 1, 100)
         items = await feed.page(me.account_id, after, limit)
         return json_response(
@@ -237,7 +240,7 @@ def app_routes(
     async def app_notification_stream(request: web.Request) -> web.StreamResponse:
         me = await who(request)
         last = request.headers.get("Last-Event-ID") or request.query.get("after")
-        after = _int(last, "Last-Event-ID", 0, 0, 2**62)
+        after = _int(last, "Last-Event-ID", 0, 0, MAX_SEQ)
 
         async def still_signed_in() -> bool:
             token = bearer(request)

@@ -399,11 +399,16 @@ def parse_request_query(
         raise Open311Error(400, *errors)
     if start is None and end is None:
         end, start = now, now - const.DEFAULT_WINDOW
-    elif start is None:
-        assert end is not None
-        start = end - const.DEFAULT_WINDOW
-    elif end is None:
-        end = start + const.DEFAULT_WINDOW
+    else:
+        # the default window reaches past year 1 or 9999 for a date near either end
+        try:
+            if start is None:
+                assert end is not None
+                start = end - const.DEFAULT_WINDOW
+            elif end is None:
+                end = start + const.DEFAULT_WINDOW
+        except OverflowError:
+            raise Open311Error(400, "start_date or end_date is out of range") from None
     if start > end:
         raise Open311Error(400, "start_date is after end_date")
     if end - start > const.MAX_WINDOW:
@@ -428,7 +433,8 @@ def _paging(pairs: Pairs, errors: list[str]) -> tuple[int, int]:
             out.append(default)
             continue
         top = top or const.MAX_RECORDS
-        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= top:
+        # the length first: int() refuses more than 4300 digits (ValueError)
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 7 and 1 <= int(raw) <= top):
             errors.append(f"{name} must be a whole number from 1 to {top}")
             out.append(default)
         else:

@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,11 @@ from channels.telegram.const import CB_CONFIRM, CB_KIND, MAX_BODY_BYTES, SECRET_
 log = logging.getLogger(__name__)
 MAX_UPDATE_ID = 2**53
 Context = ContextTypes.DEFAULT_TYPE
+# JSON escapes can carry NUL (PostgreSQL's text cannot hold it) and lone surrogates
+# (not UTF-8: neither database takes them); real Telegram never sends them, but a
+# resident's message must be kept, not turned into a 503 Telegram retries forever
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89abcdefABCDEF])")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass
@@ -52,6 +58,18 @@ class _Outcome:
 
     receipt: Receipt | None = None
     error: BaseException | None = None
+
+
+def _storable(node: Any) -> Any:
+    """Parsed JSON with NUL and lone surrogates in its strings replaced by U+FFFD
+    (json.loads joins valid surrogate pairs, so any left are lone)."""
+    if isinstance(node, str):
+        return _UNSTORABLE.sub("\ufffd", node)
+    if isinstance(node, dict):
+        return {_storable(k): _storable(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_storable(v) for v in node]
+    return node
 
 
 def _plain(text: str, status: int = 200, **headers: str) -> web.Response:
@@ -114,6 +132,8 @@ class TelegramWebhook:
             data = json.loads(body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             return _plain("body is not JSON", 400)
+        if _UNSTORABLE_ESCAPE.search(body):
+            data = _storable(data)
         update_id = data.get("update_id") if isinstance(data, dict) else None
         if (
             not isinstance(update_id, int)

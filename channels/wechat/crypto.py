@@ -26,11 +26,17 @@ class DecryptError(Exception):
 
 
 def sign(*parts: str) -> str:
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+    # surrogatepass: a query value may carry lone surrogates; it then simply mismatches
+    return hashlib.sha1("".join(sorted(parts)).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check(expected: str | None, *parts: str) -> None:
-    if not expected or not hmac.compare_digest(sign(*parts), expected.lower()):
+    # compare_digest refuses non-ASCII strings (TypeError); a hex digest is ASCII
+    if (
+        not expected
+        or not expected.isascii()
+        or not hmac.compare_digest(sign(*parts), expected.lower())
+    ):
         raise SignatureError("signature mismatch")
 
 

@@ -211,10 +211,11 @@ def acd_routes(service: AcdService) -> list[RouteSpec]:
     async def callback_done(request: web.Request) -> web.StreamResponse:
         who = principal_of(request, *FLOOR)
         body = await read_body(request, CallbackDoneBody)
-        try:
-            cb_id = int(request.match_info["id"])
-        except ValueError:
-            raise problem("not-found", "no such callback") from None
+        raw = request.match_info["id"]
+        # an id the INTEGER column can hold (ASCII digits: int() also takes '²' and '٣')
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+            raise problem("not-found", "no such callback")
+        cb_id = int(raw)
         out = await store.close_callback(service.deps, cb_id, who.username, body.status, body.note)
         if out is None:
             raise problem("conflict", "this callback is not open (done already, or unknown)")
