@@ -18,7 +18,7 @@ from ticketing.deadlines import Urgency
 from ticketing.handlers import InvalidRequest, TicketNotFound
 from ticketing.lifecycle import Kind, Role
 from ticketing.schemas import Code, LocationIn, Strict, TicketNumber
-from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body
+from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body, row_id
 
 FLOOR = (Role.AGENT, Role.SUPERVISOR)
 
@@ -83,10 +83,10 @@ def _errors(fn: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
 
 def _id(request: web.Request, name: str = "id") -> int:
     raw = request.match_info[name]
-    # ASCII digits ("²".isdigit() too) an INTEGER column can hold
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+    rid = row_id(raw)
+    if rid is None:
         raise problem("not-found", f"{raw!r} is not an id")
-    return int(raw)
+    return rid
 
 
 def _bool(request: web.Request, name: str) -> bool | None:

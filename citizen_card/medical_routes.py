@@ -34,6 +34,7 @@ from citizen_card.routes import (
     _body,
     _card_errors,
     nul_errors,
+    row_id,
 )
 from citizen_card.service import CardDeps, CardError
 
@@ -218,11 +219,10 @@ def medical_admin_routes(card: CardDeps, staff: StaffOf) -> list[CardRoute]:
     """Staff routes: residents' grants to hospitals, health-card links."""
 
     def path_id(request: web.Request, name: str, what: str) -> int:
-        raw = request.match_info[name]
-        # ASCII digits an INTEGER column can hold: a longer one would fail in the driver
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+        rid = row_id(request.match_info[name])
+        if rid is None:
             raise CardError("not-found", f"no such {what}", status=404)
-        return int(raw)
+        return rid
 
     def resident_id(request: web.Request) -> int:
         return path_id(request, "id", "resident")

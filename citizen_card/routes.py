@@ -127,6 +127,21 @@ class HospitalCardIn(Strict):
 _NUL_ESCAPE = b"\\u0000"
 
 
+MAX_ROW_ID = 2**31 - 1  # the INTEGER primary keys on both databases
+
+
+def row_id(raw: str) -> int | None:
+    """A path segment as a row id, or None (the citizen card's own copy: it imports
+    nothing of ticketing): ASCII digits only ('²' and '٣' pass
+    `isdigit()` and fail or surprise `int()`) and within the INTEGER range, so a
+    lookup never fails in the driver."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10:
+        value = int(raw)
+        if 0 < value <= MAX_ROW_ID:
+            return value
+    return None
+
+
 def nul_errors(raw: bytes) -> list[dict[str, str]]:
     """A field error for each string (or key) of a JSON body that holds a NUL."""
     if _NUL_ESCAPE not in raw:
@@ -217,11 +232,10 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
         return _json(view, 201)
 
     def _resident_id(request: web.Request) -> int:
-        raw = request.match_info["id"]
-        # ASCII digits an INTEGER column can hold: a longer one would fail in the driver
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+        rid = row_id(request.match_info["id"])
+        if rid is None:
             raise problem(404, "not-found", "Not found")
-        return int(raw)
+        return rid
 
     @_card_errors
     async def get_resident(request: web.Request) -> web.StreamResponse:

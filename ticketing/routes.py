@@ -52,6 +52,7 @@ from ticketing.webkit import (
     principal_of,
     problem,
     read_body,
+    row_id,
 )
 
 STAFF: tuple[Role, ...] = ()
@@ -285,11 +286,9 @@ def ticket_routes(
     @_domain_errors
     async def download_attachment(request: web.Request) -> web.StreamResponse:
         who = principal_of(request, *STAFF)
-        raw = request.match_info["id"]
-        # ASCII digits an INTEGER column can hold: a longer one would fail in the driver
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+        att_id = row_id(request.match_info["id"])
+        if att_id is None:
             raise problem("not-found")
-        att_id = int(raw)
         meta = await h.get_attachment(deps, att_id, who)
         path = attachment_dir / meta["storage_key"]
         if not path.is_file():

@@ -169,6 +169,20 @@ def nul_fields(data: Any) -> list[str]:
     return sorted(found)
 
 
+MAX_ROW_ID = 2**31 - 1  # the INTEGER primary keys on both databases
+
+
+def row_id(raw: str) -> int | None:
+    """A path segment as a row id, or None: ASCII digits only ('²' and '٣' pass
+    `isdigit()` and fail or surprise `int()`) and within the INTEGER range, so a
+    lookup never fails in the driver."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10:
+        value = int(raw)
+        if 0 < value <= MAX_ROW_ID:
+            return value
+    return None
+
+
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     out = []
     for err in exc.errors(include_url=False):

@@ -18,7 +18,7 @@ from hotline.acd.service import AcdService, BadTarget, CallNotFound, NotYourCall
 from hotline.calls import store
 from ticketing.handlers import TicketNotFound
 from ticketing.lifecycle import Role
-from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body
+from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body, row_id
 
 FLOOR = (Role.AGENT, Role.SUPERVISOR)
 SUPERVISION = (Role.SUPERVISOR, Role.ADMIN)
@@ -211,11 +211,9 @@ def acd_routes(service: AcdService) -> list[RouteSpec]:
     async def callback_done(request: web.Request) -> web.StreamResponse:
         who = principal_of(request, *FLOOR)
         body = await read_body(request, CallbackDoneBody)
-        raw = request.match_info["id"]
-        # an id the INTEGER column can hold (ASCII digits: int() also takes '²' and '٣')
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and 0 < int(raw) < 2**31):
+        cb_id = row_id(request.match_info["id"])
+        if cb_id is None:
             raise problem("not-found", "no such callback")
-        cb_id = int(raw)
         out = await store.close_callback(service.deps, cb_id, who.username, body.status, body.note)
         if out is None:
             raise problem("conflict", "this callback is not open (done already, or unknown)")

@@ -26,7 +26,7 @@ from ticketing.deadlines import Urgency, due_at
 from ticketing.handlers import Deps, TicketNotFound, get_ticket, limits_for
 from ticketing.lifecycle import Role
 from ticketing.schemas import Code, Strict
-from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body
+from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body, row_id
 
 STATIC = Path(__file__).with_name("static")
 FLOOR = (Role.AGENT, Role.SUPERVISOR)
@@ -253,11 +253,8 @@ def console_routes(deps: Deps, feed: QueueFeed, wall: Wall) -> list[RouteSpec]:
             raise problem("validation-error", errors=errors)
 
     def _article_id(request: web.Request) -> int:
-        try:
-            value = int(request.match_info["id"])
-        except ValueError:
-            value = 0
-        if not 0 < value < 2**31:
+        value = row_id(request.match_info["id"])
+        if value is None:
             raise problem("not-found", "no such article")
         return value
 

@@ -1,11 +1,12 @@
-"""NUL in JSON bodies: refused by field, at any depth JSON allows (ticketing.webkit)."""
+"""NUL in JSON bodies and ids in paths: refused cleanly, whatever the input (webkit)."""
 
 from __future__ import annotations
 
 import json
 
 from citizen_card.routes import nul_errors
-from ticketing.webkit import nul_fields
+from citizen_card.routes import row_id as card_row_id
+from ticketing.webkit import nul_fields, row_id
 
 DEPTH = 5_000  # deeper than the recursion limit: a recursive walk would fail
 
@@ -26,3 +27,11 @@ def test_a_body_nested_past_the_recursion_limit_is_walked_without_recursion() ->
     raw = '{"a": ' + "[" * 200 + '"x\\u0000"' + "]" * 200 + "}"
     (err,) = nul_errors(raw.encode())  # the citizen-card copy (it imports no ticketing)
     assert err["field"] == "a" + ".0" * 200
+
+
+def test_row_ids_are_ascii_digits_within_the_integer_range() -> None:
+    assert row_id("1") == 1
+    assert row_id("2147483647") == 2**31 - 1
+    for bad in ("0", "2147483648", "99999999999", "-1", "+1", " 1", "1.0", "²", "٣", "", "1e3"):
+        assert row_id(bad) is None, bad
+    assert card_row_id("2147483647") == 2**31 - 1 and card_row_id("٣") is None
