@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 import ivr
@@ -28,17 +27,6 @@ from tests.hotline.acd.acd_rig import Rig, eventually, make_rig
 from ticketing import workqueue
 
 CALLER = "+8613800138000"
-
-
-@pytest.fixture
-async def deps(tmp_path, db_url) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
-    """The database as another process would see it: for rows the rigs did not write."""
-    d = build_deps(make_settings(tmp_path, db_url))
-    await d.db.create_all()
-    try:
-        yield d
-    finally:
-        await d.db.dispose()
 
 
 async def _call(deps: Any, uuid: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ hold those functions to what the readers (API, console, wall, survey) rely on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from typing import Any
 
@@ -17,23 +16,11 @@ import sqlalchemy as sa
 
 import channels.models  # noqa: F401  (the contacts' table)
 import citizen_card.models  # noqa: F401  (the residents' table)
-from hotline.bootstrap import build_deps
 from hotline.calls import store
-from tests.conftest import make_settings
 from ticketing import workqueue
 
 CALLER = "+8613800138000"
 OTHER = "+8613900139000"
-
-
-@pytest.fixture
-async def deps(tmp_path, db_url) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
-    d = build_deps(make_settings(tmp_path, db_url))
-    await d.db.create_all()
-    try:
-        yield d
-    finally:
-        await d.db.dispose()
 
 
 async def _ticket(deps: Any, number: str, phone: str, status: str) -> None:
