@@ -17,8 +17,9 @@ from tests.conftest import make_settings
 from ticketing.events import DomainEvent
 
 
-async def eventually(cond: Callable[[], Any], limit_s: float = 3.0, what: str = "") -> None:
-    """Poll a condition the ACD reaches asynchronously (calls are concurrent by nature)."""
+async def eventually(cond: Callable[[], Any], limit_s: float = 10.0, what: str = "") -> None:
+    """Poll a condition the ACD reaches asynchronously (calls are concurrent by nature);
+    the limit is for a loaded CI machine: a condition that holds returns at once."""
     deadline = asyncio.get_running_loop().time() + limit_s
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
