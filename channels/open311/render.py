@@ -68,8 +68,13 @@ def to_json(data: Any) -> bytes:
 
 def respond(fmt: str, root: str, data: Any, status: int = 200) -> web.Response:
     """`root` names the XML root element; JSON has no root (Spark convention)."""
-    body = to_xml(root, data) if fmt == "xml" else to_json(data)
-    return web.Response(status=status, body=body, content_type=FORMATS[fmt], charset="utf-8")
+    return web.Response(
+        status=status, body=render(fmt, root, data), content_type=FORMATS[fmt], charset="utf-8"
+    )
+
+
+def render(fmt: str, root: str, data: Any) -> bytes:
+    return to_xml(root, data) if fmt == "xml" else to_json(data)
 
 
 def errors_response(fmt: str, status: int, descriptions: list[str]) -> web.Response:

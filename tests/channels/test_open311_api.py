@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import pytest
+import sqlalchemy as sa
 
 from channels.open311 import issue_key
 from hotline.appkeys import DEPS, INTAKE
@@ -165,6 +166,34 @@ async def test_services_list_maps_leaf_categories(sqlite_api):
     ]
     assert light.findtext("metadata") == "true"
     assert light.findtext("type") == "realtime"
+
+
+async def test_services_list_follows_a_catalog_change(sqlite_api):
+    """The list is rendered once per catalog; a reload (an admin's change) shows at once."""
+    from ticketing.catalog import category_t
+
+    deps = sqlite_api.app[DEPS]
+    first = {
+        s["service_code"] for s in await (await sqlite_api.client.get(f"{V2}/services.json")).json()
+    }
+    again = await (await sqlite_api.client.get(f"{V2}/services.json")).read()
+    assert {s["service_code"] for s in json.loads(again)} == first
+    assert "urban.street-lights" in first
+    async with deps.db.write() as conn:
+        await conn.execute(
+            sa.update(category_t)
+            .where(category_t.c.code == "urban.street-lights")
+            .values(active=False)
+        )
+    await deps.catalog.reload(deps.db)
+    for fmt in ("json", "xml"):
+        body = await (await sqlite_api.client.get(f"{V2}/services.{fmt}")).read()
+        codes = (
+            {s["service_code"] for s in json.loads(body)}
+            if fmt == "json"
+            else {e.findtext("service_code") for e in xml_of(body)}
+        )
+        assert codes == first - {"urban.street-lights"}
 
 
 async def test_service_definition_in_both_formats(sqlite_api):
