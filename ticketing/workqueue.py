@@ -164,17 +164,21 @@ def _order() -> list[Any]:
     ]
 
 
+# built once: constructing the statement cost more than running it
+_LIST_ITEMS = (
+    sa.select(work_item)
+    .where(work_item.c.audience.in_(sa.bindparam("audiences", expanding=True)))
+    .order_by(*_order())
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+
+
 async def list_items(
     conn: AsyncConnection, audiences: list[str], *, limit: int = 100
 ) -> list[dict[str, Any]]:
     if not audiences:
         return []
-    rows = await conn.execute(
-        sa.select(work_item)
-        .where(work_item.c.audience.in_(audiences))
-        .order_by(*_order())
-        .limit(limit)
-    )
+    rows = await conn.execute(_LIST_ITEMS, {"audiences": list(audiences), "limit": limit})
     return [dict(r._mapping) for r in rows]
 
 
