@@ -38,27 +38,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    def result_processor(self, dialect: sa.Dialect, coltype: Any) -> Any:
-        """On SQLite, the stored text straight through `datetime.fromisoformat` (C) rather
-        than SQLAlchemy's regular-expression parse and then ours: every list page reads a
-        handful of these per row. Anything `fromisoformat` does not take goes the stock
-        way, which decides."""
-        stock = super().result_processor(dialect, coltype)
-        if dialect.name != "sqlite" or stock is None:
-            return stock
-        parse = datetime.fromisoformat
-
-        def process(value: Any) -> datetime | None:
-            if type(value) is str:
-                try:
-                    dt = parse(value)
-                except ValueError:
-                    return stock(value)  # type: ignore[no-any-return]
-                return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-            return stock(value)  # type: ignore[no-any-return]
-
-        return process
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
