@@ -62,7 +62,7 @@ TICKETS: list[dict[str, Any]] = [
     {
         "kind": "consultation",
         "title": "市民卡挂失怎么办理",
-        "category": None,
+        "category": "citizen-card.loss-replacement",
         "description": "市民卡丢了，怎么挂失？",
         "district": None,
         "phone": None,
@@ -77,7 +77,7 @@ TICKETS: list[dict[str, Any]] = [
     {
         "kind": "suggestion",
         "title": "建议增加公交班次",
-        "category": None,
+        "category": "transport.bus",
         "description": "早高峰12路公交太挤，建议增加班次。",
         "district": "北岭区",
         "phone": "13700001111",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import main
 
@@ -21,6 +22,9 @@ async def test_seed_demo_fills_an_empty_store_once(monkeypatch, tmp_path, capsys
     assert await asyncio.to_thread(main.main, ["seed-demo"]) == 0
     first = capsys.readouterr().out
     assert "5 users, 5 tickets, 2 residents with cards added" in first
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        uncategorised = db.execute("SELECT number FROM ticket WHERE category_code IS NULL")
+        assert uncategorised.fetchall() == []  # an agent files every ticket under a category
     assert await asyncio.to_thread(main.main, ["seed-demo"]) == 0
     assert "0 users, 0 tickets, 0 residents with cards added" in capsys.readouterr().out
 
