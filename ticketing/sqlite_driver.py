@@ -44,10 +44,7 @@ class _Finished:
         self.description = description
         self.rowcount = rowcount
         self.lastrowid = lastrowid
-        self.arraysize = 1
-
-    def close(self) -> None:
-        return None
+        self.arraysize = 1  # what fetchmany() takes without a size
 
 
 _NOTHING_YET = _Finished(None, -1, None)
