@@ -32,7 +32,7 @@ from hotline.auth import SessionStore, auth_middleware, auth_routes
 from hotline.bootstrap import build_card_deps, build_deps
 from hotline.card_binding import binding_routes, bound_resident
 from hotline.console import Console
-from hotline.errors import problem_middleware
+from hotline.errors import install_problem_parser_errors, problem_middleware
 from hotline.gc_tuning import quiet_gc
 from hotline.idempotency import idempotency_middleware
 from hotline.metrics import Metrics
@@ -72,6 +72,7 @@ def create_app(
     # aiosqlite logs every statement with its parameters at DEBUG: personal data must
     # not reach the logs even when an operator turns debugging on
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    install_problem_parser_errors()  # requests aiohttp cannot parse get problem+json too
     deps = deps or build_deps(settings)
     card_deps = card_deps or build_card_deps(settings, deps.db, deps.cipher)
     metrics = Metrics()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
+import aiohttp.web_server
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from hotline.appkeys import SETTINGS
 from ticketing.store import StoreUnavailable
-from ticketing.webkit import PROBLEM_JSON, problem, problem_response
+from ticketing.webkit import PROBLEM_JSON, problem, problem_body, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +76,48 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response("internal-error")
+
+
+class ProblemRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse with problem+json.
+
+    A request line or header aiohttp's parser refuses (not HTTP, a header past 8 KiB, a
+    bad chunk size) never reaches the application or its middlewares: aiohttp answers
+    it itself, in text/plain. Clients of this API read problem+json for every error, so
+    the parser's refusals are spelt the same way. Only the body changes: the status,
+    the logging and the closed connection stay aiohttp's.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; refuses a half-sent reply
+        if status == 400:
+            first_line = (message or "").strip().splitlines()[:1]
+            _, body = problem_body("malformed-request", first_line[0][:200] if first_line else None)
+        elif status == 500:
+            _, body = problem_body("internal-error")
+        else:
+            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+            body = {"type": "about:blank", "title": phrase or "Error", "status": status}
+        resp = web.Response(
+            status=status, text=json.dumps(body, ensure_ascii=False), content_type=PROBLEM_JSON
+        )
+        resp.force_close()
+        return resp
+
+
+def install_problem_parser_errors() -> None:
+    """Make every aiohttp server in this process use `ProblemRequestHandler`.
+
+    `web.Server` builds one handler per connection from the module's `RequestHandler`
+    name and offers no parameter for the class; rebinding that name is the one hook.
+    Idempotent; servers that are already running pick it up for new connections.
+    """
+    aiohttp.web_server.RequestHandler = ProblemRequestHandler  # type: ignore[misc]

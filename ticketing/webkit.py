@@ -28,6 +28,7 @@ IDEMPOTENCY_RECORDED = web.RequestKey("idempotency_recorded", bool)
 
 PROBLEM_TITLES: dict[str, tuple[int, str]] = {
     "malformed-body": (400, "The request body could not be read"),
+    "malformed-request": (400, "The HTTP request could not be parsed"),
     "invalid-request": (400, "The request is not acceptable"),
     "unauthorized": (401, "Sign in first"),
     "forbidden": (403, "Your role may not do this"),

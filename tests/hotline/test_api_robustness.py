@@ -362,3 +362,44 @@ async def test_database_unavailable_is_503_and_nothing_is_half_written(api):
     r = await api.post("/api/v1/tickets", TICKET, headers={"Idempotency-Key": "down-1"})
     assert r.status == 201
     assert "Idempotent-Replayed" not in r.headers
+
+
+# ---------------------------------------------------------------- what the HTTP parser refuses
+
+
+async def _raw_exchange(api, request: bytes) -> tuple[int, str, bytes]:  # type: ignore[no-untyped-def]
+    """Send bytes no HTTP client would, and read the whole answer (the server closes)."""
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), headers.get("Content-Type", ""), body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20_000 + b"\r\n\r\n",
+        b"POST /api/v1/tickets HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["not-http", "header-over-8k", "bad-chunk-size"],
+)
+async def test_what_the_http_parser_refuses_is_problem_json(sqlite_api, request_bytes):
+    """aiohttp answers these itself, before any middleware: still problem+json, and the
+    service goes on serving."""
+    status, ctype, body = await _raw_exchange(sqlite_api, request_bytes)
+    assert status == 400
+    assert ctype.split(";")[0] == PROBLEM
+    doc = json.loads(body)
+    assert doc["type"] == "/problems/malformed-request"
+    assert doc["status"] == 400 and doc["title"]
+    r = await sqlite_api.get("/healthz")
+    assert r.status == 200
