@@ -28,7 +28,7 @@ from citizen_card.service import CardDeps
 from hotline import appkeys
 from hotline.acd.switch import Switch
 from hotline.acd.wiring import PhoneLine, build_phone_line
-from hotline.auth import SessionStore, auth_middleware, auth_routes
+from hotline.auth import LoginPolicy, SessionStore, auth_middleware, auth_routes
 from hotline.bootstrap import build_card_deps, build_deps
 from hotline.card_binding import binding_routes, bound_resident
 from hotline.console import Console
@@ -77,7 +77,15 @@ def create_app(
     card_deps = card_deps or build_card_deps(settings, deps.db, deps.cipher)
     metrics = Metrics()
     deps.observers.append(metrics.observe)
-    sessions = SessionStore(deps, settings.session_ttl_s)
+    sessions = SessionStore(
+        deps,
+        settings.session_ttl_s,
+        LoginPolicy(
+            settings.login_max_failures,
+            settings.login_lockout_s,
+            settings.login_max_failures_per_ip,
+        ),
+    )
     intake = Intake(deps)
     app = web.Application(
         client_max_size=settings.max_body_bytes,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,9 +28,19 @@ from ticketing.handlers import Deps, announce
 from ticketing.lifecycle import Role
 from ticketing.models import StaffSession, StaffUser, utcnow
 from ticketing.ports import Principal
+from ticketing.ratelimit import SlidingWindow
 from ticketing.schemas import Strict
-from ticketing.webkit import PRINCIPAL, RouteSpec, json_response, principal_of, problem, read_body
+from ticketing.webkit import (
+    PRINCIPAL,
+    RouteSpec,
+    json_response,
+    principal_of,
+    problem,
+    problem_response,
+    read_body,
+)
 
+log = logging.getLogger(__name__)
 COOKIE = "hotline_session"
 RESIDENT_PATHS = "/api/v1/app/"
 CACHE_TTL_S = 30.0
@@ -60,6 +71,37 @@ def token_hash(token: str) -> str:
 
 class UserExists(Exception):
     pass
+
+
+class LoginLocked(Exception):
+    """Sign-in refused before the password is even checked: wait `retry_after` seconds."""
+
+    def __init__(self, retry_after: int, detail: str) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    """How many wrong passwords a staff account and an address may send.
+
+    The account's count lives in the database, so every instance sees it and a
+    guesser cannot spread attempts across instances; each attempt is counted before
+    its password is checked, so a burst of parallel guesses is held to the same
+    number. A locked account opens again by itself after `lockout_s` (no help desk
+    at 3 a.m.); the per-address count, kept by each instance, stops a guesser who
+    tries many usernames, and is high because a call centre's agents share one
+    address.
+    """
+
+    max_failures: int = 5
+    lockout_s: int = 900
+    max_failures_per_ip: int = 100
+
+
+def _retry_after(until: datetime, now: datetime) -> int:
+    return max(1, int((until - now).total_seconds() + 0.999))
 
 
 async def create_user(
@@ -109,25 +151,40 @@ class _Cached:
 
 
 class SessionStore:
-    def __init__(self, deps: Deps, ttl_s: int) -> None:
+    def __init__(self, deps: Deps, ttl_s: int, policy: LoginPolicy | None = None) -> None:
         self.deps = deps
         self.ttl_s = ttl_s
+        self.policy = policy or LoginPolicy()
+        self._ip_failures = SlidingWindow(self.policy.max_failures_per_ip, self.policy.lockout_s)
         self._cache: dict[str, _Cached] = {}
         # token hash -> the lookup in flight: concurrent misses on one token share it
         self._lookups: dict[str, asyncio.Future[Principal | None]] = {}
         self._generation = 0  # bumped by every revocation seen
 
-    async def login(self, username: str, password: str) -> tuple[str, Principal] | None:
-        async with self.deps.db.read() as conn:
-            user = (
-                await conn.execute(sa.select(user_t).where(user_t.c.username == username))
-            ).first()
+    async def login(
+        self, username: str, password: str, ip: str | None = None
+    ) -> tuple[str, Principal] | None:
+        """A session for the right password; None for a wrong one; `LoginLocked` when
+        the account or the address has failed too often to be let try now."""
+        ip_key = ip or "-"
+        wait = self._ip_failures.retry_after(ip_key)
+        if wait is not None:
+            raise LoginLocked(wait, "too many failed sign-ins from your address; wait and retry")
+        user, attempts = await self._take_attempt(username)
         ok = await verify_password(user.password_hash if user else _DUMMY_HASH, password)
         if not (user and ok and user.active):
+            self._ip_failures.add(ip_key)
+            if user is not None and attempts == self.policy.max_failures:
+                log.warning("staff account %r: %d wrong passwords in a row", username, attempts)
             return None
         token = secrets.token_urlsafe(32)
         now = utcnow()
         async with self.deps.db.write() as conn:
+            await conn.execute(
+                sa.update(user_t)
+                .where(user_t.c.id == user.id)
+                .values(failed_logins=0, locked_until=None)
+            )
             await conn.execute(
                 sa.insert(session_t).values(
                     token_hash=token_hash(token),
@@ -137,6 +194,47 @@ class SessionStore:
                 )
             )
         return token, _principal(user)
+
+    async def _take_attempt(self, username: str) -> tuple[Any, int]:
+        """Count one attempt against the account before its password is checked.
+
+        Returns the user row (None when there is no such user) and the attempts since
+        the last good sign-in, this one included. Raises `LoginLocked` when the
+        account is locked, or when this attempt is one past the allowed wrong ones
+        (which locks it).
+        """
+        policy = self.policy
+        now = self.deps.clock()
+        locked_for = 0  # raised after the block: an exception inside would undo the lock
+        async with self.deps.db.write() as conn:
+            query = sa.select(user_t).where(user_t.c.username == username)
+            if not self.deps.db.is_sqlite:  # SQLite's writes are serialised already
+                query = query.with_for_update()
+            user = (await conn.execute(query)).first()
+            if user is None:
+                return None, 0
+            attempts = (0 if user.locked_until is not None else user.failed_logins) + 1
+            if user.locked_until is not None and user.locked_until > now:
+                locked_for = _retry_after(user.locked_until, now)
+            elif attempts > policy.max_failures:
+                locked_for = policy.lockout_s
+                await conn.execute(
+                    sa.update(user_t)
+                    .where(user_t.c.id == user.id)
+                    .values(failed_logins=0, locked_until=now + timedelta(seconds=locked_for))
+                )
+            else:
+                await conn.execute(
+                    sa.update(user_t)
+                    .where(user_t.c.id == user.id)
+                    .values(failed_logins=attempts, locked_until=None)
+                )
+        if locked_for:
+            raise LoginLocked(
+                locked_for,
+                "this account is locked after too many wrong passwords; wait and retry",
+            )
+        return user, attempts
 
     async def resolve(self, token: str) -> Principal | None:
         th = token_hash(token)
@@ -264,7 +362,12 @@ class LoginIn(Strict):
 def auth_routes(sessions: SessionStore, cookie_secure: bool) -> list[RouteSpec]:
     async def login(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, LoginIn)
-        result = await sessions.login(body.username, body.password)
+        try:
+            result = await sessions.login(body.username, body.password, request.remote)
+        except LoginLocked as exc:
+            resp = problem_response("too-many-requests", exc.detail)
+            resp.headers["Retry-After"] = str(exc.retry_after)
+            return resp
         if result is None:
             raise problem("unauthorized", "wrong username or password")
         token, who = result

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         12 * 3600, description="Staff session lifetime (one shift)"
     )
     cookie_secure: bool = Field(False, description="Mark the session cookie Secure (behind TLS)")
+    login_max_failures: Annotated[int, Field(ge=1, le=100)] = Field(
+        5, description="Wrong staff passwords in a row before the account is locked"
+    )
+    login_lockout_s: Annotated[int, Field(ge=1, le=86400)] = Field(
+        900, description="How long a staff account stays locked after too many wrong passwords"
+    )
+    login_max_failures_per_ip: Annotated[int, Field(ge=1)] = Field(
+        100, description="Failed staff sign-ins from one address per lockout period (any account)"
+    )
     deadline_scan_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="How often the deadline watcher looks for warnings and breaches"
     )

@@ -92,6 +92,13 @@ class StaffUser(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
+    # sign-in attempts since the last good one, and the lockout they caused (hotline.auth)
+    failed_logins: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer(), nullable=False, server_default="0")
+    )
+    locked_until: datetime | None = Field(
+        default=None, sa_column=sa.Column(UTCDateTime(), nullable=True)
+    )
 
 
 class StaffSession(SQLModel, table=True):

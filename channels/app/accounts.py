@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +38,7 @@ from channels.app.otp import (
 from ticketing.handlers import Deps, mask_phone
 from ticketing.lifecycle import Role
 from ticketing.ports import Principal
+from ticketing.ratelimit import SlidingWindow
 
 log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
@@ -120,38 +119,6 @@ def normalise_mobile(raw: str) -> str:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-class SlidingWindow:
-    """Events per key in the last `window_s` seconds (this instance only)."""
-
-    def __init__(self, limit: int, window_s: float, max_keys: int = 100_000) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self.max_keys = max_keys
-        self._events: dict[str, deque[float]] = {}
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._events.get(key)
-        if q is None:
-            if len(self._events) >= self.max_keys:
-                self._events.clear()  # a flood of addresses: forget rather than grow
-            q = self._events[key] = deque()
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
-        return q
-
-    def retry_after(self, key: str, now: float | None = None) -> int | None:
-        """Seconds to wait when the key is at its limit, else None."""
-        now = time.monotonic() if now is None else now
-        q = self._recent(key, now)
-        if len(q) < self.limit:
-            return None
-        return max(1, int(q[0] + self.window_s - now) + 1)
-
-    def add(self, key: str, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._recent(key, now).append(now)
 
 
 def _seconds(delta: timedelta) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 from tests.conftest import PASSWORD, make_settings
 
@@ -56,6 +57,78 @@ async def test_wrong_password_and_unknown_user_get_the_same_401(sqlite_api):
     }
     assert await wrong.json() == expected
     assert await unknown.json() == expected
+
+
+# ---------------------------------------------------------------- lockout
+
+
+async def _locked_answer(r) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status == 429, await r.text()
+    assert r.content_type == PROBLEM
+    assert int(r.headers["Retry-After"]) >= 1
+    body = await r.json()
+    assert body["type"] == "/problems/too-many-requests"
+    return body
+
+
+async def test_five_wrong_passwords_lock_the_account_even_against_the_right_one(sqlite_api):
+    """An account's lockout holds against the right password too (else the lock would
+    only tell the guesser when they were right), and other accounts are untouched."""
+    c = sqlite_api.client
+    for _ in range(5):
+        assert (await login(c, "agent", "wrong-password")).status == 401
+    body = await _locked_answer(await login(c, "agent"))
+    assert "locked" in body["detail"]
+    assert int((await login(c, "agent")).headers["Retry-After"]) <= 900
+    assert (await login(c, "agent2")).status == 200
+
+
+async def test_the_lock_opens_by_itself_and_a_good_sign_in_resets_the_count(sqlite_api):
+    from hotline.appkeys import DEPS
+
+    c = sqlite_api.client
+    deps = sqlite_api.app[DEPS]
+    start = deps.clock()
+    for _ in range(4):
+        assert (await login(c, "agent", "wrong-password")).status == 401
+    assert (await login(c, "agent")).status == 200  # the count starts again
+    for _ in range(5):
+        assert (await login(c, "agent", "wrong-password")).status == 401
+    await _locked_answer(await login(c, "agent"))
+    deps.clock = lambda: start + dt.timedelta(seconds=900 + 60)  # the lock is from later
+    assert (await login(c, "agent")).status == 200
+
+
+async def test_a_burst_of_parallel_guesses_checks_no_more_passwords_than_allowed(api):
+    """Attempts are counted before the (slow) password check: 30 guesses at once get
+    5 wrong-password answers and 25 refusals, not 30 checks."""
+    answers = await asyncio.gather(
+        *(login(api.client, "supervisor", f"guess-{i}") for i in range(30))
+    )
+    statuses = sorted(r.status for r in answers)
+    assert statuses == [401] * 5 + [429] * 25
+
+
+async def test_many_usernames_from_one_address_are_throttled(aiohttp_client, tmp_path):
+    """Spraying one password over many usernames (most of them made up) trips the
+    per-address count; the answer says how long to wait."""
+    from hotline.app import create_app
+    from hotline.appkeys import DEPS
+    from hotline.bootstrap import build_deps
+    from tests.conftest import _seed
+
+    settings = make_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path}/t.db", login_max_failures_per_ip=10
+    )
+    deps = build_deps(settings)
+    await deps.db.create_all()
+    client = await aiohttp_client(
+        create_app(settings, deps=deps, migrate=False, watch_deadlines=False)
+    )
+    await _seed(client.app[DEPS])
+    for i in range(10):
+        assert (await login(client, f"user-{i}", "Password1")).status == 401
+    await _locked_answer(await login(client, "agent"))
 
 
 async def test_login_with_a_missing_field_is_422(sqlite_api):
