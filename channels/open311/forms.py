@@ -7,10 +7,13 @@ for optional arguments applies throughout: an empty value is the same as none.
 
 from __future__ import annotations
 
+import codecs
+import email.parser
+import email.policy
 import math
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo
@@ -44,6 +47,21 @@ _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{1,63}")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _TICKET_NUMBER = re.compile(r"\d{1,20}")
 FORM_TYPES = ("application/x-www-form-urlencoded", "")
+MULTIPART = "multipart/form-data"  # web clients posting a FormData, apps attaching a photo
+# A time whose "+08:00" reached us as " 08:00": clients that build the URL by hand do not
+# escape "+", and a query string decodes it as a space (every time in this city has one)
+_LOST_PLUS = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?) (\d{2}:?\d{2})$")
+# The codec to try when a body labelled with one of these charsets is not UTF-8 (Apache
+# HttpClient's UrlEncodedFormEntity says ISO-8859-1 by default; older Chinese software
+# sends GBK). Only then: the spec has the server assume UTF-8 whatever the label says.
+_LEGACY_CHARSETS = {
+    "iso8859-1": "latin-1",
+    "cp1252": "cp1252",
+    "gbk": "gb18030",
+    "gb2312": "gb18030",
+    "gb18030": "gb18030",
+    "big5": "big5",
+}
 
 POST_FIELDS = frozenset(
     {
@@ -66,25 +84,99 @@ POST_FIELDS = frozenset(
 )
 
 
-def parse_pairs(raw: bytes | str, what: str = "form") -> Pairs:
-    """application/x-www-form-urlencoded as strict UTF-8; empty values kept (then dropped)."""
+def legacy_charset(label: str | None) -> str | None:
+    """The codec for a body that is not UTF-8 but says it is `label`, if we know one."""
+    if not label:
+        return None
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        pairs = urllib.parse.parse_qsl(
-            text,
-            keep_blank_values=True,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=const.MAX_FIELDS,
-        )
+        return _LEGACY_CHARSETS.get(codecs.lookup(label).name)
+    except LookupError:
+        return None
+
+
+def parse_pairs(raw: bytes | str, what: str = "form", fallback: str | None = None) -> Pairs:
+    """application/x-www-form-urlencoded as strict UTF-8; empty values kept (then dropped).
+
+    `fallback` (from `legacy_charset`) is tried only when the bytes are not UTF-8."""
+    try:
+        pairs = _split(raw, "utf-8")
     except UnicodeDecodeError:
-        raise Open311Error(400, f"the {what} is not valid UTF-8") from None
+        if fallback is None:
+            raise Open311Error(400, f"the {what} is not valid UTF-8") from None
+        try:
+            pairs = _split(raw, fallback)
+        except UnicodeDecodeError:
+            raise Open311Error(400, f"the {what} is neither UTF-8 nor {fallback}") from None
+        except ValueError:
+            raise Open311Error(400, f"the {what} has more than {const.MAX_FIELDS} fields") from None
     except ValueError:
         raise Open311Error(400, f"the {what} has more than {const.MAX_FIELDS} fields") from None
+    return _checked(pairs)
+
+
+def _split(raw: bytes | str, encoding: str) -> Pairs:
+    text = raw.decode(encoding) if isinstance(raw, bytes) else raw
+    return urllib.parse.parse_qsl(
+        text,
+        keep_blank_values=True,
+        encoding=encoding,
+        errors="strict",
+        max_num_fields=const.MAX_FIELDS,
+    )
+
+
+def _checked(pairs: Pairs) -> Pairs:
     bad = sorted({k for k, v in pairs if _CONTROL.search(k) or _CONTROL.search(v)})
     if bad:
         raise Open311Error(400, *(f"{k} contains control characters" for k in bad))
     return [(k, v) for k, v in pairs]
+
+
+def parse_multipart(raw: bytes, content_type: str, fallback: str | None = None) -> Pairs:
+    """multipart/form-data text fields as pairs, read like a urlencoded form.
+
+    A file part is refused rather than dropped: the report would be filed without the
+    photo its sender believes we have (send media_url instead)."""
+    head = b"Content-Type: " + content_type.encode("utf-8", "surrogateescape") + b"\r\n\r\n"
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    if not msg.is_multipart() or not msg.get_boundary():
+        raise Open311Error(400, "the multipart form has no boundary")
+    pairs: Pairs = []
+    files: list[str] = []
+    for part in msg.iter_parts():
+        if len(pairs) + len(files) >= const.MAX_FIELDS:
+            raise Open311Error(400, f"the form has more than {const.MAX_FIELDS} fields")
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or part.is_multipart():
+            raise Open311Error(400, "every multipart part needs a form-data name")
+        if part.get_filename() is not None:
+            files.append(name)
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        charset = legacy_charset(part.get_content_charset()) or fallback
+        pairs.append((name, _part_text(name, data, charset)))
+    if files:
+        raise Open311Error(
+            400,
+            *(
+                f"{n}: files cannot be uploaded here; send media_url, a link to the file"
+                for n in dict.fromkeys(files)
+            ),
+        )
+    return _checked(pairs)
+
+
+def _part_text(name: str, data: bytes, fallback: str | None) -> str:
+    """A part's value as UTF-8, or in its own (or the body's) legacy charset if not."""
+    for encoding in ("utf-8", fallback):
+        if encoding is None:
+            continue
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    raise Open311Error(400, f"{name} is not valid UTF-8")
 
 
 def single_values(pairs: Iterable[tuple[str, str]], names: Iterable[str]) -> dict[str, str]:
@@ -345,8 +437,10 @@ def _comma_list(raw: str | None) -> list[str]:
 
 
 def parse_request_query(
-    pairs: Pairs, services: dict[str, Service], tz: ZoneInfo, now: datetime
+    pairs: Pairs, known_codes: Collection[str], tz: ZoneInfo, now: datetime
 ) -> RequestQuery:
+    """`known_codes`: every category code, offered or not, so the requests of a service
+    switched off since can still be asked for by the code they are listed with."""
     names = ("service_request_id", "service_code", "start_date", "end_date", "status")
     # these may be repeated ("can be declared multiple times, comma delimited")
     joined: dict[str, str] = {}
@@ -366,7 +460,7 @@ def parse_request_query(
         return RequestQuery(ids=tuple(dict.fromkeys(ids)))
 
     codes = _comma_list(joined.get("service_code"))
-    unknown = [c for c in codes if c not in services]
+    unknown = [c for c in codes if c not in known_codes]
     if unknown:
         errors.append(f"unknown service_code {', '.join(unknown[:5])}")
     statuses: list[Status] = []
@@ -386,7 +480,7 @@ def parse_request_query(
             errors.append(f"{name} was given more than once")
             continue
         try:
-            value = parse_datetime(raw, tz)
+            value = parse_datetime(_LOST_PLUS.sub(r"\1+\2", raw.strip()), tz)
         except ValueError as exc:
             errors.append(f"{name}: {exc}")
             continue

@@ -22,8 +22,12 @@ from channels.open311 import const
 from channels.open311.definitions import Definitions, load_definitions
 from channels.open311.forms import (
     FORM_TYPES,
+    MULTIPART,
     Open311Error,
+    Pairs,
     RequestQuery,
+    legacy_charset,
+    parse_multipart,
     parse_new_request,
     parse_pairs,
     parse_request_query,
@@ -152,18 +156,23 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             raise Open311Error(404, f"service_code {code!r} was not found")
         return respond(fmt, "service_definition", service.definition())
 
-    async def open311_create_request(request: web.Request, fmt: str) -> web.StreamResponse:
+    async def form_pairs(request: web.Request) -> Pairs:
+        """The POST body's fields. The spec sends a urlencoded form and has the server
+        assume UTF-8 whatever the charset label says; multipart/form-data is read too."""
         ctype = request.content_type if "Content-Type" in request.headers else ""
-        if ctype not in FORM_TYPES:
+        if ctype not in (*FORM_TYPES, MULTIPART):
             raise Open311Error(400, f"send application/x-www-form-urlencoded, not {ctype}")
-        charset = (request.charset or "utf-8").lower()
-        if charset not in ("utf-8", "utf8"):
-            raise Open311Error(400, f"send the form in UTF-8, not {charset}")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise Open311Error(413, "the request body is too large") from None
-        pairs = parse_pairs(raw)
+        fallback = legacy_charset(request.charset)
+        if ctype == MULTIPART:
+            return parse_multipart(raw, request.headers["Content-Type"], fallback)
+        return parse_pairs(raw, fallback=fallback)
+
+    async def open311_create_request(request: web.Request, fmt: str) -> web.StreamResponse:
+        pairs = await form_pairs(request)
         query = query_pairs(request)
         # some clients put api_key in the query string (as Swagger descriptions show)
         key = single_values(pairs, ["api_key"]).get("api_key") or single_values(
@@ -212,7 +221,8 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
         ]
 
     async def open311_list_requests(request: web.Request, fmt: str) -> web.StreamResponse:
-        q = parse_request_query(query_pairs(request), services(), deps.tz, deps.clock())
+        known = services().keys() | deps.catalog.categories.keys()
+        q = parse_request_query(query_pairs(request), known, deps.tz, deps.clock())
         rows = await find_requests(deps.db, q)
         return respond(fmt, "service_requests", views(rows))
 
@@ -233,6 +243,20 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
         if number is None:
             raise Open311Error(404, f"token {token!r} was not found")
         return respond(fmt, "service_requests", [{"service_request_id": number, "token": token}])
+
+    async def open311_not_found(request: web.Request) -> web.StreamResponse:
+        """Any other path under /open311/v2 (a missing extension, a typo): the spec's 404
+        in its own error format, as the extension asks, not the hotline's problem+json."""
+        ext = request.match_info["tail"].rpartition(".")[2].lower()
+        return errors_response(
+            ext if ext in const.FORMATS else const.DEFAULT_FORMAT,
+            404,
+            [f"no such GeoReport v2 resource; see {const.PREFIX}/discovery.xml"],
+        )
+
+    async def open311_not_found_below(request: web.Request) -> web.StreamResponse:
+        """The same for two segments (requests/123 without its extension)."""
+        return await open311_not_found(request)
 
     p = const.PREFIX
     fmt = "{fmt}"
@@ -307,4 +331,18 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             tag=tag,
             responses={**xml_or_json, 404: "unknown token"},
         ),
+    ] + [  # last: only what no route above matched (one or two path segments)
+        RouteSpec(
+            method,
+            f"{p}/{path}",
+            handler,
+            "Any other Open311 path: 404 in the spec's error format",
+            tag=tag,
+            responses={404: "no such resource (GeoReport v2 errors list)"},
+        )
+        for path, handler in (
+            ("{tail}", open311_not_found),
+            ("{head}/{tail}", open311_not_found_below),
+        )
+        for method in ("GET", "POST")
     ]

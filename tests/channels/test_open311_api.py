@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 
@@ -469,6 +470,98 @@ async def test_undecodable_or_foreign_bodies_are_400_not_500(sqlite_api):
     assert await errors(r, 400) == ["the form has more than 200 fields"]
 
 
+async def test_the_form_is_read_as_utf8_whatever_its_charset_label_says(sqlite_api):
+    """The spec: "All text received ... will be assumed to be UTF-8". Apache HttpClient's
+    UrlEncodedFormEntity (GeoReporter for Android) labels every form ISO-8859-1."""
+    key = await key_for(sqlite_api)
+    body = urlencode(street_light(key, description="路灯不亮 café"))
+    for label in ("ISO-8859-1", "windows-1252", "gbk", "no-such-charset"):
+        r = await sqlite_api.client.post(
+            f"{V2}/requests.json",
+            data=body + f"&device_id={label}",
+            headers={"Content-Type": f"application/x-www-form-urlencoded; charset={label}"},
+        )
+        assert r.status == 200, (label, await r.text())
+        (item,) = await r.json()
+        assert (await one_request(sqlite_api, item["service_request_id"]))["description"] == (
+            "路灯不亮 café"
+        )
+
+
+async def test_a_form_that_is_not_utf8_is_read_in_the_legacy_charset_it_names(sqlite_api):
+    key = await key_for(sqlite_api)
+    for label, codec, text in (
+        ("ISO-8859-1", "latin-1", "café crème"),
+        ("GBK", "gbk", "路灯不亮"),
+        ("gb2312", "gb2312", "井盖"),
+    ):
+        form = street_light(key, description=text, address_string=f"{text} 12")
+        r = await sqlite_api.client.post(
+            f"{V2}/requests.xml",
+            data=urlencode(form, encoding=codec),
+            headers={"Content-Type": f"application/x-www-form-urlencoded; charset={label}"},
+        )
+        assert r.status == 200, (label, await r.text())
+        number = xml_of(await r.read()).findtext("request/service_request_id") or ""
+        item = await one_request(sqlite_api, number)
+        assert (item["description"], item["address"]) == (text, f"{text} 12")
+    r = await sqlite_api.client.post(
+        f"{V2}/requests.json",
+        data=urlencode(street_light(key)) + "&description=%FF%FE",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-16"},
+    )
+    assert await errors(r, 400) == ["the form is not valid UTF-8"]
+
+
+def multipart(fields: list[tuple[str, str]]) -> aiohttp.FormData:
+    form = aiohttp.FormData(charset="utf-8", default_to_multipart=True)
+    for k, v in fields:
+        form.add_field(k, v)
+    return form
+
+
+async def test_multipart_form_data_is_read_like_a_urlencoded_form(api):
+    """Browsers posting a FormData and apps attaching a photo send multipart/form-data."""
+    key = await key_for(api)
+    fields = [
+        ("api_key", key),
+        ("service_code", "urban.garbage"),
+        ("address_string", "和平街3号"),
+        ("description", "垃圾两天没人收\n臭味很大"),
+        ("attribute[WASTE_TYPE][]", "bulky"),
+        ("attribute[WASTE_TYPE][]", "household"),
+        ("attribute[OVERFLOW]", "yes"),
+    ]
+    r = await api.client.post(f"{V2}/requests.json", data=multipart(fields))
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.status == 200, await r.text()
+    (item,) = await r.json()
+    number = item["service_request_id"]
+    public = await one_request(api, number)
+    assert (public["address"], public["description"]) == ("和平街3号", "垃圾两天没人收\n臭味很大")
+    t = await (await api.get(f"/api/v1/tickets/{number}")).json()
+    assert "垃圾种类（可多选）：生活垃圾、大件垃圾" in t["description"]
+    # the same report sent again as a urlencoded form is a retry of the first
+    assert await create(api, urlencode(fields)) == number
+
+
+async def test_a_multipart_file_is_refused_never_silently_dropped(sqlite_api):
+    key = await key_for(sqlite_api)
+    form = multipart(list(street_light(key).items()))
+    form.add_field("media", b"\x89PNG\r\n\x1a\n....", filename="p.png", content_type="image/png")
+    r = await sqlite_api.client.post(f"{V2}/requests.xml", data=form)
+    assert await errors(r, 400) == [
+        "media: files cannot be uploaded here; send media_url, a link to the file"
+    ]
+    assert await (await sqlite_api.client.get(f"{V2}/requests.json")).json() == []
+    r = await sqlite_api.client.post(
+        f"{V2}/requests.json",
+        data=b"api_key=x",
+        headers={"Content-Type": "multipart/form-data"},
+    )
+    assert await errors(r, 400) == ["the multipart form has no boundary"]
+
+
 # ---------------------------------------------------------------- retries
 
 
@@ -613,6 +706,64 @@ async def test_filters_ids_codes_and_dates(api):
     assert await ids(f"start_date={start}&end_date={end}") == [noise, light]
     early = (now - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert await ids(f"start_date={early}&end_date={start}") == []
+
+
+async def test_an_unescaped_plus_in_a_date_offset_still_means_plus(api):
+    """Every time in this city is +08:00, and a hand-built URL sends the "+" as is, which a
+    query string reads as a space."""
+    key = await key_for(api)
+    number = await create(api, street_light(key))
+    now = datetime.now(UTC).astimezone(api.app[DEPS].tz)
+    start = (now - timedelta(days=1)).isoformat(timespec="seconds")
+    end = (now + timedelta(days=1)).isoformat(timespec="seconds")
+    assert start.endswith("+08:00")
+    r = await api.client.get(f"{V2}/requests.json?start_date={start}&end_date={end}")
+    assert r.status == 200, await r.text()
+    assert [i["service_request_id"] for i in await r.json()] == [number]
+    later = (now + timedelta(hours=1)).isoformat(timespec="seconds")
+    r = await api.client.get(f"{V2}/requests.json?start_date={later}")
+    assert await r.json() == []
+
+
+async def test_requests_of_a_service_switched_off_can_still_be_filtered_by_its_code(api):
+    """GET requests lists them with their service_code; that code must work as a filter."""
+    from ticketing.catalog import category_t
+
+    key = await key_for(api)
+    number = await create(api, street_light(key))
+    deps = api.app[DEPS]
+    async with deps.db.write() as conn:
+        await conn.execute(
+            sa.update(category_t)
+            .where(category_t.c.code == "urban.street-lights")
+            .values(active=False)
+        )
+    await deps.catalog.reload(deps.db)
+    listed = await (await api.client.get(f"{V2}/requests.json")).json()
+    assert [(i["service_request_id"], i["service_code"]) for i in listed] == [
+        (number, "urban.street-lights")
+    ]
+    r = await api.client.get(f"{V2}/requests.json?service_code=urban.street-lights")
+    assert r.status == 200, await r.text()
+    assert [i["service_request_id"] for i in await r.json()] == [number]
+    r = await api.client.get(f"{V2}/requests.json?service_code=urban.no-such")
+    assert await errors(r, 400) == ["unknown service_code urban.no-such"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "fmt"),
+    [
+        ("GET", "requests/2026010100001", "xml"),  # no extension
+        ("GET", "requests", "xml"),
+        ("GET", "service_list.json", "json"),
+        ("POST", "request.json", "json"),  # singular, as some clients spell it
+        ("GET", "tokens/c0ffee", "xml"),
+    ],
+)
+async def test_unknown_paths_are_404_in_the_spec_error_format(sqlite_api, method, path, fmt):
+    r = await sqlite_api.client.request(method, f"{V2}/{path}")
+    assert r.content_type == ("application/json" if fmt == "json" else "text/xml")
+    assert await errors(r, 404) == ["no such GeoReport v2 resource; see /open311/v2/discovery.xml"]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from channels.open311.definitions import load_definitions
-from channels.open311.forms import Open311Error, parse_datetime, parse_new_request, parse_pairs
+from channels.open311.forms import (
+    Open311Error,
+    legacy_charset,
+    parse_datetime,
+    parse_multipart,
+    parse_new_request,
+    parse_pairs,
+)
 from channels.open311.render import to_json, to_xml
 from channels.open311.services import build_services
 from channels.open311.submit import request_digest
@@ -141,3 +148,40 @@ def test_xml_is_well_formed_whatever_the_text():
     assert root.findtext("request/lat") == "1.5"
     assert root.findtext("request/ok") == "true"
     assert to_json([{"a": None, "b": "路灯"}]) == '[{"a":null,"b":"路灯"}]'.encode()
+
+
+def test_multipart_parts_are_utf8_or_their_own_legacy_charset_and_bounded():
+    def body(*parts: bytes) -> bytes:
+        return b"".join(b"--B\r\n" + p + b"\r\n" for p in parts) + b"--B--\r\n"
+
+    named = b'Content-Disposition: form-data; name="%s"'
+    gbk = named % b"description" + b"\r\nContent-Type: text/plain; charset=GBK\r\n\r\n"
+    raw = body(
+        named % b"service_code" + b"\r\n\r\nurban.garbage",
+        gbk + "路灯不亮".encode("gbk"),
+        named % b"address_string" + b"\r\n\r\n" + "幸福路".encode(),
+    )
+    assert parse_multipart(raw, "multipart/form-data; boundary=B") == [
+        ("service_code", "urban.garbage"),
+        ("description", "路灯不亮"),
+        ("address_string", "幸福路"),
+    ]
+    with pytest.raises(Open311Error) as exc:
+        parse_multipart(
+            body(named % b"description" + b"\r\n\r\n\xff\xfe"), "multipart/form-data; boundary=B"
+        )
+    assert exc.value.descriptions == ["description is not valid UTF-8"]
+    many = body(*(named % b"f%d" % i + b"\r\n\r\n1" for i in range(201)))
+    with pytest.raises(Open311Error) as exc:
+        parse_multipart(many, "multipart/form-data; boundary=B")
+    assert exc.value.descriptions == ["the form has more than 200 fields"]
+    assert [
+        legacy_charset(c) for c in ("ISO-8859-1", "GB2312", "utf-8", "utf-16", "x-nope", None)
+    ] == [
+        "latin-1",
+        "gb18030",
+        None,
+        None,
+        None,
+        None,
+    ]
