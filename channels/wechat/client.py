@@ -21,15 +21,19 @@ import aiohttp
 
 from channels.outbox import DeliveryError
 from channels.wechat.const import (
+    BUSY_ERROR,
+    BUSY_RETRY_S,
     CHANNEL,
     CUSTOM_SEND_PATH,
     MENU_CREATE_PATH,
+    OUTSIDE_WINDOW_ERRORS,
     PERMANENT_ERRORS,
     TEMPLATE_SEND_PATH,
     TOKEN_ERRORS,
     TOKEN_MARGIN_S,
     TOKEN_PATH,
 )
+from channels.wechat.inbound import split_text
 
 log = logging.getLogger(__name__)
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
@@ -66,6 +70,7 @@ class WeChatClient:
         self._token: _Token | None = None
         self._refreshing: asyncio.Task[_Token] | None = None
         self.token_fetches = 0
+        self.busy_retry_s = BUSY_RETRY_S
 
     async def start(self) -> None:
         if self._session is None:
@@ -146,22 +151,34 @@ class WeChatClient:
         return data
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST with the access token; a stale token is refreshed and the call retried once."""
-        token = await self.access_token()
-        try:
-            return await self._request("POST", path, params={"access_token": token}, body=body)
-        except WeChatApiError as exc:
-            if exc.errcode not in TOKEN_ERRORS:
-                raise
-            log.info("WeChat says the access token is stale (%s); refreshing", exc.errcode)
-            self.invalidate(token)
+        """POST with the access token. A stale token (40001 / 42001 / 40014) is dropped
+        and the call retried once with a fresh one; "system busy" (-1) is retried once
+        after `busy_retry_s` (WeChat: 稍候再试), then left to the caller (the outbox
+        retries with backoff)."""
+        refreshed = busy = False
+        while True:
             token = await self.access_token()
-            return await self._request("POST", path, params={"access_token": token}, body=body)
+            try:
+                return await self._request("POST", path, params={"access_token": token}, body=body)
+            except WeChatApiError as exc:
+                if exc.errcode in TOKEN_ERRORS and not refreshed:
+                    log.info("WeChat says the access token is stale (%s); refreshing", exc.errcode)
+                    self.invalidate(token)
+                    refreshed = True
+                elif exc.errcode == BUSY_ERROR and not busy:
+                    log.info("WeChat is busy (-1); retrying in %.1fs", self.busy_retry_s)
+                    await asyncio.sleep(self.busy_retry_s)
+                    busy = True
+                else:
+                    raise
 
     async def send_text(self, openid: str, text: str) -> None:
-        await self.call(
-            CUSTOM_SEND_PATH, {"touser": openid, "msgtype": "text", "text": {"content": text}}
-        )
+        """A customer-service text; one longer than WeChat takes (`MAX_TEXT_BYTES`, else
+        45002) goes as several, in order."""
+        for piece in split_text(text) or [text]:
+            await self.call(
+                CUSTOM_SEND_PATH, {"touser": openid, "msgtype": "text", "text": {"content": piece}}
+            )
 
     async def send_template(
         self, openid: str, template_id: str, data: dict[str, str], url: str | None = None
@@ -182,7 +199,12 @@ class WeChatClient:
 class WeChatSender:
     """The outbox's sender for WeChat: texts as customer-service messages, ticket
     updates as template messages when a template is configured (the classic
-    first / keyword1 / keyword2 / remark layout), else as text."""
+    first / keyword1 / keyword2 / remark layout), else as text.
+
+    Since May 2023 WeChat no longer shows a template's `first` and `remark`, so a
+    department's answer put there never reaches the resident: an update carrying one
+    goes as a customer-service text (the whole answer), and as the template only when
+    the resident is outside the 48 h window for those."""
 
     channel = CHANNEL
 
@@ -198,7 +220,15 @@ class WeChatSender:
 
     async def send(self, recipient: str, payload: dict[str, Any]) -> None:
         kind = payload.get("type")
+        text = payload.get("text")
         if kind == "ticket_update" and self.template_id:
+            if payload.get("reply") and isinstance(text, str) and text:
+                try:
+                    await self.client.send_text(recipient, text)
+                    return
+                except WeChatApiError as exc:
+                    if exc.errcode not in OUTSIDE_WINDOW_ERRORS:
+                        raise
             await self.client.send_template(
                 recipient,
                 self.template_id,
@@ -210,7 +240,6 @@ class WeChatSender:
                 },
             )
             return
-        text = payload.get("text")
         if not isinstance(text, str) or not text:
             raise DeliveryError(f"nothing to send in a {kind!r} payload", permanent=True)
         await self.client.send_text(recipient, text)

@@ -14,7 +14,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from channels.message import InboundMessage, Kind, Location, Media
-from channels.wechat.const import CHANNEL
+from channels.wechat.const import CHANNEL, MAX_TEXT_BYTES
 
 
 class ParseError(Exception):
@@ -22,7 +22,8 @@ class ParseError(Exception):
 
 
 _DECLARATIONS = re.compile(r"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
-_DECLARATIONS_B = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # The shape of every push WeChat sends: <xml>, then flat elements holding one CDATA
 # section or plain text without markup, then </xml>. Anything else (attributes,
 # nesting, entities, comments, a declaration, a BOM, CR, characters XML forbids)
@@ -39,30 +40,37 @@ _NOT_FLAT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\r\ud800-\udfff\ufffe\uffff]"
 def parse_xml(body: bytes | str) -> dict[str, Any]:
     """The <xml> root as a flat dict of strings.
 
-    WeChat's XML is flat and never has a DOCTYPE; a document with one is refused before
-    parsing, so no entity (internal or external) is ever expanded. A push in WeChat's
-    own flat shape is read by `_parse_flat` (what ElementTree would give, a few times
-    cheaper); any other document goes to ElementTree's C parser.
+    WeChat's XML is flat, UTF-8 and never has a DOCTYPE. Bytes are decoded as UTF-8
+    first (strictly) and the DOCTYPE check runs on that text: a check on the raw bytes
+    misses a document in UTF-16, which the XML parser would read (and whose entities it
+    would expand); UTF-16 without a BOM "decodes" as UTF-8 full of NULs, which XML
+    forbids, so it is refused too. The parser is told the encoding, so a declaration
+    inside the document cannot make it read other characters than the check saw. A push in
+    WeChat's own flat shape is read by `_parse_flat` (what ElementTree would give, a
+    few times cheaper); any other document goes to ElementTree's C parser.
     """
     if isinstance(body, str):
-        if _DECLARATIONS.search(body):
-            raise ParseError("DOCTYPE/ENTITY declarations are not accepted")
-        flat = _parse_flat(body)
-        if flat is not None:
-            return flat
-        raw = body.encode()
+        doc = body
     else:
-        raw = body
-        if _DECLARATIONS_B.search(raw):
-            raise ParseError("DOCTYPE/ENTITY declarations are not accepted")
         try:
-            flat = _parse_flat(raw.decode())
+            doc = body.decode("utf-8")
         except UnicodeDecodeError:
-            flat = None
-        if flat is not None:
-            return flat
+            raise ParseError("not UTF-8") from None
+    if _CONTROL.search(doc):  # XML forbids them; UTF-16 read as UTF-8 is full of NULs
+        raise ParseError("not XML: control characters")
+    if _DECLARATIONS.search(doc):
+        raise ParseError("DOCTYPE/ENTITY declarations are not accepted")
+    flat = _parse_flat(doc)
+    if flat is not None:
+        return flat
     try:
-        root = ElementTree.fromstring(raw)
+        raw = doc.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates in a str: not a character XML allows
+        raise ParseError("not XML: not encodable as UTF-8") from None
+    try:
+        parser = ElementTree.XMLParser(encoding="utf-8")
+        parser.feed(raw)
+        root = parser.close()
     except (ElementTree.ParseError, ValueError) as exc:
         raise ParseError(f"not XML: {exc}") from None
     if root.tag != "xml":
@@ -195,6 +203,11 @@ def to_message(d: dict[str, Any]) -> InboundMessage:
         if event == "location":
             loc = Location(_float(d, "Latitude", -90, 90), _float(d, "Longitude", -180, 180), None)
             data["precision"] = _s(d, "Precision")
+        if event in ("subscribe", "scan") and _s(d, "Ticket"):
+            # a parametric QR code: subscribe carries "qrscene_" + the scene, SCAN (an
+            # existing follower) the scene alone; the Ticket redeems the code's image
+            data["ticket"] = (_s(d, "Ticket") or "")[:256]
+            data["scene"] = (key or "").removeprefix("qrscene_")[:128] or None
         if event == "templatesendjobfinish":
             data["template_msg_id"] = msg_id
             data["status"] = _s(d, "Status")
@@ -222,8 +235,40 @@ def _cdata(text: str) -> str:
     return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
+def xml_safe(text: str) -> str:
+    """`text` without the characters XML 1.0 forbids: one of them (a control character
+    in a ticket title typed on another channel) makes the whole reply unreadable to
+    WeChat, which then shows the resident "该公众号暂时无法提供服务"."""
+    return _XML_FORBIDDEN.sub("", text)
+
+
+def split_text(text: str, limit: int = MAX_TEXT_BYTES) -> list[str]:
+    """`text` in pieces of at most `limit` UTF-8 bytes (WeChat refuses longer texts),
+    cut after a line break where there is one in the second half of a piece, else
+    between two characters. No empty pieces; "" gives []."""
+    pieces: list[str] = []
+    rest = text
+    while len(rest.encode("utf-8", "surrogatepass")) > limit:
+        head = rest.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+        cut = head.rfind("\n")
+        if cut >= len(head) // 2:
+            head = head[: cut + 1]
+        pieces.append(head.rstrip("\n"))
+        rest = rest[len(head) :]
+    if rest.strip("\n"):
+        pieces.append(rest.strip("\n") if pieces else rest)
+    return [p for p in pieces if p]
+
+
 def text_reply(to_user: str, from_account: str, content: str, now: int | None = None) -> str:
-    """A passive text reply (被动回复消息): To = the resident's openid, From = us."""
+    """A passive text reply (被动回复消息): To = the resident's openid, From = us.
+
+    Content longer than WeChat takes is cut to its first `MAX_TEXT_BYTES` (the caller
+    sends the rest another way: see `split_text`), and characters XML forbids are
+    dropped, so WeChat can always read the reply."""
+    content = xml_safe(content)
+    if len(content.encode("utf-8")) > MAX_TEXT_BYTES:
+        content = split_text(content)[0]
     return (
         f"<xml><ToUserName>{_cdata(to_user)}</ToUserName>"
         f"<FromUserName>{_cdata(from_account)}</FromUserName>"

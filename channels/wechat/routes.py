@@ -3,7 +3,10 @@
 GET answers WeChat's server verification. POST takes a push in plaintext,
 compatible or safe (AES) mode, stores it through the intake (idempotent on MsgId)
 and answers within WeChat's 5 seconds with a passive reply (the emergency number,
-a bot prompt, the ticket number), encrypted in safe mode, or "success".
+a bot prompt, the ticket number), encrypted in safe mode, or "success". WeChat does
+not wait longer (after three tries the resident sees "该公众号暂时无法提供服务"): a
+message not handled within `REPLY_BUDGET_S` is answered "success" and its replies
+follow as customer-service messages, as do replies longer than WeChat takes.
 
 Answers: 403 for a missing or wrong signature or a stale timestamp (the sender is
 not WeChat); 413 for a body WeChat would never send; 200 "success" for anything
@@ -17,13 +20,23 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from channels.hub import ChannelHub
-from channels.wechat.const import MAX_BODY_BYTES
+from channels.message import InboundMessage, Receipt
+from channels.outbox import DeliveryError
+from channels.wechat.const import CHANNEL, MAX_BODY_BYTES, REPLY_BUDGET_S
 from channels.wechat.crypto import DecryptError, MessageCrypto, SignatureError, check
-from channels.wechat.inbound import ParseError, parse_xml, text_reply, to_message
+from channels.wechat.inbound import (
+    ParseError,
+    parse_xml,
+    split_text,
+    text_reply,
+    to_message,
+    xml_safe,
+)
 from ticketing.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -55,6 +68,8 @@ class WeChatWebhook:
             else None
         )
         self.clock = time.time
+        self.reply_budget_s = REPLY_BUDGET_S
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     def _fresh(self, timestamp: str) -> bool:
         if not timestamp.isdigit() or len(timestamp) > 12:
@@ -64,12 +79,16 @@ class WeChatWebhook:
         return abs(self.clock() - int(timestamp)) <= self.config.max_age_s
 
     async def verify(self, request: web.Request) -> web.StreamResponse:
-        """Server verification: echo `echostr` if the signature is WeChat's. With
-        `msg_signature` (the enterprise-style check) the echostr is encrypted."""
+        """Server verification: echo `echostr` if the signature is WeChat's.
+
+        The official account checks the URL the same way in every mode: `signature`
+        over (token, timestamp, nonce) and a plain echostr, answered as the body and
+        nothing else. Only without `signature` is an encrypted echostr with
+        `msg_signature` (the 企业微信-style check) tried."""
         q = request.query
         ts, nonce, echostr = q.get("timestamp", ""), q.get("nonce", ""), q.get("echostr", "")
         try:
-            if "msg_signature" in q and self.crypto is not None:
+            if "signature" not in q and "msg_signature" in q and self.crypto is not None:
                 plain = self.crypto.decrypt(echostr, q.get("msg_signature"), ts, nonce)
                 return _plain(plain)
             check(q.get("signature"), self.config.token, ts, nonce)
@@ -79,11 +98,13 @@ class WeChatWebhook:
         return _plain(echostr)
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
+        started = asyncio.get_running_loop().time()
         q = request.query
         ts, nonce = q.get("timestamp", ""), q.get("nonce", "")
         safe = q.get("encrypt_type", "raw").lower() == "aes"
+        signed = q.get("signature") is not None or not safe
         try:
-            if q.get("signature") is not None or not safe:
+            if signed:
                 check(q.get("signature"), self.config.token, ts, nonce)
         except SignatureError:
             log.warning("wechat push with a bad signature from %s", request.remote)
@@ -93,21 +114,16 @@ class WeChatWebhook:
             return _plain("stale timestamp", 403)
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return _plain("body too large", 413)
-        # read() returns what has arrived so far: a body split across TCP segments
-        # must be read to its end (or until it is too large), not cut short
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_BODY_BYTES:
-            chunk = await request.content.read(MAX_BODY_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        body = b"".join(chunks)
-        if len(body) > MAX_BODY_BYTES:
+        body = await self._read_body(request)
+        if body is None:
             return _plain("body too large", 413)
         try:
             outer = parse_xml(body)
+            if safe and self.crypto is None and signed and "MsgType" in outer:
+                # compatible mode (明文 and 密文 side by side) without our AES key: the
+                # signed plaintext half is the message, and a plain reply is allowed
+                log.warning("wechat compatible-mode push read as plaintext: AES key unset")
+                safe = False
             if safe:
                 if self.crypto is None:
                     log.error("wechat safe-mode push but HOTLINE_WECHAT_AES_KEY/APP_ID unset")
@@ -128,18 +144,94 @@ class WeChatWebhook:
         except Exception:  # a parsing bug must not turn WeChat's push into a 5xx
             log.exception("wechat push could not be read; answered success")
             return _plain(SUCCESS)
+        # not cancelled with the request: WeChat hanging up must not stop a write
+        task = self._keep(asyncio.ensure_future(self.hub.receive(msg, inline=True)))
+        budget = self.reply_budget_s - (asyncio.get_running_loop().time() - started)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, budget))
+        if not done:
+            log.warning(
+                "wechat message %s not handled within %.1fs: answered success, replies follow "
+                "as customer-service messages",
+                msg.external_id,
+                self.reply_budget_s,
+            )
+            self._keep(asyncio.ensure_future(self._answer_later(task, msg.sender_id)))
+            return _plain(SUCCESS)
         try:
-            # shielded: WeChat hanging up must not cancel a write already on its way
-            receipt = await asyncio.shield(self.hub.receive(msg, inline=True))
+            receipt = task.result()
         except StoreUnavailable:
             log.error(
                 "store unavailable: wechat message %s not kept; WeChat will retry", msg.external_id
             )
             return _plain("unavailable", 503)
-        if not receipt.replies:
+        return self._reply(msg, receipt, encrypt=safe, nonce=nonce)
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The whole body, or None past `MAX_BODY_BYTES`. read() returns what has arrived
+        so far: a body split across TCP segments must be read to its end."""
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_BODY_BYTES:
+            chunk = await request.content.read(MAX_BODY_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = b"".join(chunks)
+        return None if len(body) > MAX_BODY_BYTES else body
+
+    def _reply(
+        self, msg: InboundMessage, receipt: Receipt, *, encrypt: bool, nonce: str
+    ) -> web.StreamResponse:
+        """The passive reply (encrypted in safe mode), or "success" when there is none.
+
+        WeChat refuses a text over `MAX_TEXT_BYTES`: a longer answer goes out as
+        customer-service messages, in order, and WeChat is told "success" (without a
+        sender the passive reply carries the first part). A retry gets the same passive
+        reply again (the first answer may not have reached WeChat), but customer-service
+        messages only once."""
+        pieces = split_text(xml_safe("\n\n".join(receipt.replies)))
+        if not pieces:
+            return _plain(SUCCESS)
+        if len(pieces) > 1 and self.hub.senders.get(CHANNEL) is not None:
+            if not receipt.duplicate:
+                self._keep(asyncio.ensure_future(self._push(msg.sender_id, pieces)))
             return _plain(SUCCESS)
         account = str(msg.data.get("account") or "")
-        reply = text_reply(msg.sender_id, account, "\n\n".join(receipt.replies))
-        if safe and self.crypto is not None:
+        reply = text_reply(msg.sender_id, account, pieces[0])
+        if encrypt and self.crypto is not None:
             reply = self.crypto.encrypt(reply, nonce=nonce)
         return web.Response(text=reply, content_type="application/xml")
+
+    async def _answer_later(self, task: asyncio.Future[Receipt], openid: str) -> None:
+        """The replies of a message answered "success" at the deadline, once it is handled."""
+        try:
+            receipt = await task
+        except StoreUnavailable:
+            log.error("store unavailable: a wechat message answered success was not kept")
+            return
+        except Exception:
+            log.exception("wechat message answered success could not be handled")
+            return
+        if receipt.replies and not receipt.duplicate:  # a duplicate's were sent the first time
+            await self._push(openid, split_text(xml_safe("\n\n".join(receipt.replies))))
+
+    async def _push(self, openid: str, pieces: list[str]) -> None:
+        """Send texts as customer-service messages, one after the other (best effort:
+        the resident has just written, so the 48 h window is open)."""
+        sender = self.hub.senders.get(CHANNEL)
+        if sender is None:
+            log.warning("wechat replies for %s dropped: no sender (APP_ID/APP_SECRET)", openid)
+            return
+        for piece in pieces:
+            try:
+                await sender.send(openid, {"type": "text", "text": piece})
+            except DeliveryError as exc:
+                log.warning("wechat reply to %s not delivered: %s", openid, exc)
+                return
+
+    def _keep(self, task: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Hold a reference until the task ends (the loop keeps only weak ones)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -44,6 +44,7 @@ class FakeWeChat:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], Any]] = []
+        self.raw_bodies: list[bytes] = []  # as they came over the wire
         self.tokens_issued = 0
         self.token_errors = 0
         self.send_errors: list[int] = []
@@ -66,6 +67,7 @@ class FakeWeChat:
         return web.json_response({"access_token": self.valid_token, "expires_in": 7200})
 
     async def send(self, request: web.Request) -> web.Response:
+        self.raw_bodies.append(await request.read())
         body = await request.json()
         self.calls.append((request.path, dict(request.query), body))
         if self.token_errors:
