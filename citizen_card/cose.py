@@ -8,8 +8,9 @@ What it does:
 * ``sign1(payload, private_key, alg=..., kid=...)`` writes a COSE_Sign1, tagged with
   CBOR tag 18 by default, protected header ``{1: alg, 4: kid}``, empty unprotected
   header, attached payload.
-* ``decode_sign1(data)`` parses a COSE_Sign1, tagged (tag 18) or untagged, strictly:
-  see below. ``verify_sign1(msg, public_key, alg)`` checks its signature over
+* ``decode_sign1(data)`` parses a COSE_Sign1, tagged (tag 18, optionally inside the
+  CWT tag 61 of RFC 8392 section 6) or untagged, strictly: see below.
+  ``verify_sign1(msg, public_key, alg)`` checks its signature over
   ``Sig_structure = ["Signature1", protected (bstr), external_aad (b""), payload]``.
 * ES256 signatures are the raw 64-byte ``r || s`` form COSE uses (RFC 9053 §2.1);
   ``raw_to_der`` / ``der_to_raw`` convert to and from the DER form of ``cryptography``.
@@ -21,7 +22,8 @@ Strict parsing. The envelope and the header maps are attacker-controlled and are
 *before* any signature is checked, so they are not handed to a general CBOR decoder
 (``cbor2`` would, for instance, compile a regular expression for tag 35 or build a
 cyclic structure for tags 28/29). A small reader accepts only: an optional tag 18 at
-the top, then an array of exactly 4 items (bstr, map, bstr, bstr) and nothing after it;
+the top (itself optionally inside tag 61, the CWT tag that standard CWT tooling may
+put in front), then an array of exactly 4 items (bstr, map, bstr, bstr) and nothing after it;
 header maps hold integer or text labels (no duplicates, no label in both headers) and
 values made of integers, byte/text strings, booleans, null and arrays/maps of those,
 nested at most 4 deep; definite lengths only; no tags, no floats. Anything else raises
@@ -49,6 +51,7 @@ __all__ = [
     "ALG_IDS",
     "ALG_NAMES",
     "COSE_SIGN1_TAG",
+    "CWT_TAG",
     "HDR_ALG",
     "HDR_CONTENT_TYPE",
     "HDR_CRIT",
@@ -68,6 +71,7 @@ __all__ = [
 ]
 
 COSE_SIGN1_TAG = 18
+CWT_TAG = 61  # RFC 8392 section 6: may prefix a tagged COSE message
 HDR_ALG = 1
 HDR_CRIT = 2
 HDR_CONTENT_TYPE = 3
@@ -380,13 +384,22 @@ def _protected_header(protected_bytes: bytes) -> dict[Any, Any]:
 
 
 def decode_sign1(data: bytes) -> Sign1:
-    """Parse a COSE_Sign1 (tag 18 or untagged) strictly; raise ``CoseFormatError``."""
+    """Parse a COSE_Sign1 strictly; raise ``CoseFormatError``.
+
+    Accepted envelopes: untagged, ``18(...)``, and ``61(18(...))``: RFC 8392 lets a
+    CWT carry the CWT tag in front of the COSE tag, and a conforming token must not be
+    refused for it. The CWT tag alone, around an untagged array, is not a COSE message.
+    """
     if type(data) is not bytes:
         if not isinstance(data, bytearray | memoryview):
             raise CoseFormatError("COSE_Sign1 must be bytes")
         data = bytes(data)
     major, arg, pos = _head(data, 0)
     tagged = False
+    if major == 6 and arg == CWT_TAG:
+        major, arg, pos = _head(data, pos)
+        if major != 6 or arg != COSE_SIGN1_TAG:
+            raise CoseFormatError("the CWT tag 61 must wrap a tagged COSE_Sign1 (tag 18)")
     if major == 6:
         if arg != COSE_SIGN1_TAG:
             raise CoseFormatError(f"CBOR tag {arg} is not COSE_Sign1 (18)")

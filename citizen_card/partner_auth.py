@@ -63,6 +63,7 @@ import hashlib
 import heapq
 import hmac
 import json
+import math
 import re
 import secrets
 import time
@@ -101,6 +102,9 @@ _PARAM_SEP_RE = re.compile(r"[ \t]*,[ \t]*")
 _REQUEST_PARAMS = ("partner_id", "key_id", "nonce", "timestamp", "signature")
 _RESPONSE_PARAMS = ("key_id", "timestamp", "signature")
 _SIG_LEN = {SCHEME_ED25519: 64, SCHEME_HMAC: 32}
+# Refusals of a header that could not be read: the city cannot know the nonce, so
+# their answers are signed with an empty request-nonce (see docs/partner-api.md).
+UNREAD_HEADER_CODES = frozenset({"missing_signature", "bad_scheme", "malformed"})
 
 # code -> (HTTP status, title); the problem type is `/problems/partner-<code>`
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -390,10 +394,14 @@ def verify_signature(
         raise PartnerAuthError("unknown_partner", "the registry answered for another partner")
     if not partner.enabled:
         raise PartnerAuthError("partner_disabled", f"partner {partner.partner_id} is disabled")
-    if abs(now - params.timestamp) > skew_s:
+    # Whole seconds on both sides: the partner's timestamp is integer Unix seconds, so
+    # the city's clock is too; otherwise +301 s read as "+300 s" (int() of 300.6) in
+    # the refusal, and a timestamp exactly 300 s behind was refused by a fraction.
+    offset = params.timestamp - math.floor(now)
+    if abs(offset) > skew_s:
         raise PartnerAuthError(
             "clock_skew",
-            f"timestamp {params.timestamp} is {int(params.timestamp - now):+d} s from the "
+            f"timestamp {params.timestamp} is {offset:+d} s from the "
             f"city's clock; at most ±{skew_s} s is accepted",
         )
     try:

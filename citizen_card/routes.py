@@ -22,6 +22,9 @@ from citizen_card.ledger import IdempotencyConflict, InsufficientFunds, LedgerEr
 from citizen_card.service import CardDeps, CardError
 
 PROBLEM_JSON = "application/problem+json"
+# RFC 9052's media type with its cose-type parameter: says which COSE structure the
+# trust list and status list bytes are, so generic COSE tooling needs no guessing.
+COSE_SIGN1_TYPE = 'application/cose; cose-type="cose-sign1"'
 STAFF_READ = ("agent", "supervisor", "admin")
 COUNTER = ("agent", "supervisor", "admin")
 
@@ -437,15 +440,13 @@ def card_routes(deps: CardDeps, staff: StaffOf) -> list[CardRoute]:
     async def trust_list(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=svc.trust_list(deps),
-            content_type="application/cose",
-            headers={"Cache-Control": "public, max-age=60"},
+            headers={"Content-Type": COSE_SIGN1_TYPE, "Cache-Control": "public, max-age=60"},
         )
 
     async def status_list(request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=await svc.status_list(deps),
-            content_type="application/cose",
-            headers={"Cache-Control": "public, max-age=30"},
+            headers={"Content-Type": COSE_SIGN1_TYPE, "Cache-Control": "public, max-age=30"},
         )
 
     async def root_key(request: web.Request) -> web.StreamResponse:

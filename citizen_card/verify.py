@@ -10,10 +10,10 @@ ROOT public key (Ed25519, PEM) and the time.
 Token
 -----
 ``"CC1:" + Base45(zlib(COSE_Sign1(CWT claims)))``, modelled on the EU Digital COVID
-Certificate. COSE_Sign1 (tag 18; untagged accepted) with protected header
-``{1: alg, 4: kid}``: alg ES256 (-7, primary) or EdDSA (-8, Ed25519, secondary), kid =
-first 8 bytes of SHA-256 of the signing key's SubjectPublicKeyInfo DER. The payload is a
-CBOR map of claims:
+Certificate. COSE_Sign1 (tag 18; untagged, or inside the CWT tag 61, accepted) with
+protected header ``{1: alg, 4: kid}``: alg ES256 (-7, primary) or EdDSA (-8, Ed25519,
+secondary), kid = first 8 bytes of SHA-256 of the signing key's SubjectPublicKeyInfo
+DER. The payload is a CBOR map of claims:
 
 ==========  =======  ======================================================
 key         name     value

@@ -50,7 +50,7 @@ from citizen_card.partner_auth import (
     verify_response,
     verify_signature,
 )
-from citizen_card.partner_client import PartnerClient, main, sign_headers
+from citizen_card.partner_client import PartnerClient, main, sign_headers, verify_answer
 from citizen_card.partner_middleware import partner_auth_middleware, partner_of, require_scope
 from citizen_card.partner_models import PARTNER_TABLES
 
@@ -480,6 +480,60 @@ async def test_clock_skew_is_refused(world: World, offset: int) -> None:
 async def test_clock_skew_at_the_edge_is_accepted(world: World, offset: int) -> None:
     status, _ = await world.client(offset=offset).request("GET", "/partner/v1/echo")
     assert status == 200
+
+
+@pytest.mark.parametrize("offset", [-301, 301])
+def test_clock_skew_is_told_in_whole_seconds_of_the_city_clock(offset: int) -> None:
+    """Mid-second, +301 s used to read "+300 s; at most ±300 s is accepted"."""
+    message = canonical_request("GET", "/partner/v1/echo", NOW + offset, NONCE, b"")
+    params = parse_authorization(
+        "CITYCARD-ED25519 partner_id=hospital-01,key_id=k2026,nonce="
+        f"{NONCE},timestamp={NOW + offset},"
+        f"signature={base64.urlsafe_b64encode(PARTNER_KEY.sign(message)).decode().rstrip('=')}"
+    )
+    with pytest.raises(PartnerAuthError) as err:
+        verify_signature(params, "GET", "/partner/v1/echo", b"", hospital(), NOW + 0.6)
+    assert err.value.code == "clock_skew"
+    assert f"is {offset:+d} s from the city's clock" in err.value.message
+
+
+@pytest.mark.parametrize("offset", [-300, 300])
+def test_clock_skew_edge_holds_mid_second(offset: int) -> None:
+    """A timestamp exactly 300 s away is accepted all through the city's second."""
+    message = canonical_request("GET", "/partner/v1/echo", NOW + offset, NONCE, b"")
+    params = parse_authorization(
+        "CITYCARD-ED25519 partner_id=hospital-01,key_id=k2026,nonce="
+        f"{NONCE},timestamp={NOW + offset},"
+        f"signature={base64.urlsafe_b64encode(PARTNER_KEY.sign(message)).decode().rstrip('=')}"
+    )
+    verify_signature(params, "GET", "/partner/v1/echo", b"", hospital(), NOW + 0.999)
+
+
+async def test_the_reference_client_reads_a_refusal_of_its_unreadable_header(
+    world: World,
+) -> None:
+    """`malformed` answers are bound to the empty nonce (the city cannot read ours): the
+    client used to call that a forgery and hide the reason it was refused."""
+    status, body = await world.client().request("GET", "/partner/v1/echo", timestamp=NOW * 1000)
+    assert status == 401
+    assert body["type"] == "/problems/partner-malformed"
+    assert body["detail"] == "timestamp must be integer Unix seconds"
+
+
+async def test_the_reference_client_still_refuses_other_answers_bound_to_no_nonce(
+    world: World,
+) -> None:
+    """Only the three unreadable-header refusals may carry the empty nonce."""
+    unsigned = await world.http.get("/partner/v1/echo")  # a 401 bound to ""
+    body = await unsigned.read()
+    header = unsigned.headers[RESPONSE_SIGNATURE_HEADER]
+    verify_answer(header, CITY_KEY.public_key(), 401, NONCE, body)  # missing_signature
+    forged = body.replace(b"missing_signature", b"bad_signature")
+    with pytest.raises(ForgedResponse):
+        verify_answer(header, CITY_KEY.public_key(), 401, NONCE, forged)
+    resigned = CITY_SIGNER.sign(200, "", b'{"valid":true}', NOW)
+    with pytest.raises(ForgedResponse):
+        verify_answer(resigned, CITY_KEY.public_key(), 200, NONCE, b'{"valid":true}')
 
 
 async def test_replayed_nonce_is_refused(

@@ -335,6 +335,8 @@ def test_bad_cose(ring, verifier):
     cases = [
         cbor2.dumps({"not": "cose"}),
         cbor2.dumps(cbor2.CBORTag(17, body)),  # COSE_Mac0 tag
+        cbor2.dumps(cbor2.CBORTag(61, body)),  # the CWT tag must wrap a tagged COSE_Sign1
+        cbor2.dumps(cbor2.CBORTag(61, cbor2.CBORTag(17, body))),
         good + b"\x00",  # trailing byte
         cbor2.dumps(cbor2.CBORTag(18, body[:3])),
         cbor2.dumps(cbor2.CBORTag(18, [sign1.protected_bytes, {1: -7}, *body[2:]])),
@@ -618,6 +620,10 @@ def test_our_verifier_reads_cwt_tokens(alg):
     verdict = v.verify(wrap(cwt.encode(dict(claims), private)), "transit", now)
     assert verdict.valid, verdict
     assert verdict.claims["sub"] == "card-cwt" and verdict.claims["nbf"] == now
+    # `tagged=True` puts the CWT tag 61 in front of tag 18 (RFC 8392 section 6): was bad_cose.
+    tagged = cwt.encode(dict(claims), private, tagged=True)
+    assert tagged[:2] == b"\xd8\x3d"
+    assert v.verify(wrap(tagged), "transit", now).valid
     # COSE-level API with exactly our profile: alg and kid protected.
     sign1 = cwt.COSE.new(alg_auto_inclusion=False, kid_auto_inclusion=False).encode_and_sign(
         cbor2.dumps(claims),
