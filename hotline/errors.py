@@ -84,8 +84,12 @@ class ProblemRequestHandler(RequestHandler):
     A request line or header aiohttp's parser refuses (not HTTP, a header past 8 KiB, a
     bad chunk size) never reaches the application or its middlewares: aiohttp answers
     it itself, in text/plain. Clients of this API read problem+json for every error, so
-    the parser's refusals are spelt the same way. Only the body changes: the status,
-    the logging and the closed connection stay aiohttp's.
+    the parser's refusals are spelt the same way.
+
+    aiohttp logs each refusal at ERROR with a traceback: on a public port anyone can
+    fill the log with them (scanners, TLS on the HTTP port), burying real faults. A
+    client's malformed request is logged once, on one line, at INFO; only a 5xx (our
+    own fault) keeps the ERROR and its traceback.
     """
 
     __slots__ = ()
@@ -97,10 +101,19 @@ class ProblemRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs; refuses a half-sent reply
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        else:
+            self.logger.info(
+                "refused a malformed request from %s: %s %s",
+                request.remote,
+                status,
+                _first_line(message or (str(exc) if exc else ""))[:200],
+            )
+        if request.writer.output_size > 0:  # part of a reply went out: nothing to add
+            raise ConnectionError("the response was sent already; cannot send the error")
         if status == 400:
-            first_line = (message or "").strip().splitlines()[:1]
-            _, body = problem_body("malformed-request", first_line[0][:200] if first_line else None)
+            _, body = problem_body("malformed-request", _first_line(message or "")[:200] or None)
         elif status == 500:
             _, body = problem_body("internal-error")
         else:
@@ -111,6 +124,11 @@ class ProblemRequestHandler(RequestHandler):
         )
         resp.force_close()
         return resp
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def install_problem_parser_errors() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -403,3 +404,18 @@ async def test_what_the_http_parser_refuses_is_problem_json(sqlite_api, request_
     assert doc["status"] == 400 and doc["title"]
     r = await sqlite_api.get("/healthz")
     assert r.status == 200
+
+
+async def test_a_flood_of_malformed_requests_does_not_fill_the_error_log(sqlite_api, caplog):
+    """Scanners and TLS sent to the HTTP port are the client's fault: one INFO line each,
+    no traceback, so a real fault still stands out in the ERROR log."""
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    for _ in range(3):
+        await _raw_exchange(
+            sqlite_api, b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n"
+        )
+    await _raw_exchange(sqlite_api, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")
+    server_records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert server_records, "the refusals are still logged"
+    assert all(r.levelno < logging.WARNING for r in server_records)
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in server_records)
