@@ -46,6 +46,7 @@ from ticketing.handlers import Deps
 from ticketing.intake import Intake
 from ticketing.lifecycle import Role
 from ticketing.ports import Principal
+from ticketing.report_routes import report_routes
 from ticketing.routes import ticket_routes
 from ticketing.webkit import RouteSpec, principal_of
 
@@ -111,6 +112,7 @@ def create_app(
         settings.attachment_dir,
         {"max_bytes": settings.attachment_max_bytes, "types": settings.allowed_attachment_types},
     )
+    specs += report_routes(deps)
     specs += [_card_spec(r) for r in card_routes(card_deps, _staff)]
     partners = SqlPartnerRegistry(card_deps.engine, card_deps.cipher, changes=card_deps.changes)
     specs += [_card_spec(r) for r in partner_admin_routes(card_deps, partners, _staff)]

@@ -8,7 +8,9 @@ a busy scraper cannot load the store.
 
 from __future__ import annotations
 
+import math
 import time
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,9 +32,14 @@ from ticketing.events import (
     TicketTransitioned,
 )
 from ticketing.handlers import Deps, overdue_clause, ticket_t
-from ticketing.lifecycle import Status
+from ticketing.lifecycle import Role, Status
+from ticketing.performance import Period, performance
+from ticketing.ports import Principal
 
 SCRAPE_CACHE_S = 5.0
+RATES_CACHE_S = 60.0  # the 30-day rates aggregate a month of tickets: not every scrape
+RATES_DAYS = 30
+CENTRE = Principal("metrics", Role.SUPERVISOR)  # the whole centre's figures
 MAX_CACHED_CHILDREN = 4096  # label combinations remembered per metric (methods are client input)
 
 
@@ -57,6 +64,17 @@ class Metrics:
             "hotline_tickets_by_status", "Tickets by current status", ["status"], registry=r
         )
         self.overdue = Gauge("hotline_tickets_overdue", "Tickets past a deadline", registry=r)
+        # the rates a 12345 centre is judged by, over the tickets received in the last 30
+        # local days (the same figures as GET /api/v1/reports/performance); NaN while
+        # there is nothing to rate
+        self.rates = {
+            name: Gauge(f"hotline_{name}_ratio_30d", help_text, registry=r)
+            for name, help_text in (
+                ("dispatch_on_time", "Dispatched within the dispatch deadline, last 30 days"),
+                ("on_time_completion", "Completed within the feedback deadline (按时办结率)"),
+                ("satisfaction", "Follow-ups satisfied or basically satisfied (满意率)"),
+            )
+        }
         self.latency = Histogram(
             "hotline_http_request_duration_seconds",
             "HTTP request latency",
@@ -65,6 +83,7 @@ class Metrics:
             registry=r,
         )
         self._refreshed = 0.0
+        self._rates_refreshed = -RATES_CACHE_S
         # `labels()` validates and hashes its arguments under a lock on every call; the
         # children never change, so look each combination up once.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -111,6 +130,14 @@ class Metrics:
                 self.by_status.labels(status.value).set(counts.get(status.value, 0))
             self.overdue.set(overdue)
             self._refreshed = time.monotonic()
+        if time.monotonic() - self._rates_refreshed > RATES_CACHE_S:
+            today = deps.clock().astimezone(deps.tz).date()
+            period = Period(today - timedelta(days=RATES_DAYS - 1), today, deps.tz)
+            figures = (await performance(deps, period, None, CENTRE)).total.view()
+            for name, gauge in self.rates.items():
+                value = figures[f"{name}_rate"]
+                gauge.set(math.nan if value is None else value)
+            self._rates_refreshed = time.monotonic()
         return generate_latest(self.registry)
 
     def middleware(self) -> Any:

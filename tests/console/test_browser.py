@@ -170,3 +170,35 @@ async def test_help_overlay_english_switch_and_labels(browser, service, tmp_path
     )
     assert unlabeled == []
     assert page.errors == []
+
+
+async def test_director_reads_the_performance_report_and_exports_it(browser, service, tmp_path):
+    """The figures on the screen are the API's; the CSV link carries the chosen period."""
+    done = await service.new_ticket(title="路灯不亮", channel="wechat")
+    await service.move(done["number"], "dispatch", {"department": "urban-mgmt"})
+    await service.move(done["number"], "sign", as_="urban")
+    await service.move(done["number"], "reply", {"reply": "已修复"}, as_="urban")
+    await service.move(done["number"], "follow-up", {"satisfaction": "satisfied"})
+    await service.new_ticket(title="噪音扰民")
+    page = await login(browser, service, "supervisor")
+    await page.click("#tabs button[data-view='report']")
+    await page.wait_for_selector("[data-testid='report-table'] tfoot")
+    total = "[data-testid='report-table'] tfoot"
+    assert await page.inner_text(f"{total} [data-col='received']") == "2"
+    assert await page.inner_text(f"{total} [data-col='satisfaction_rate']") == "100.0%"
+    assert await page.inner_text(f"{total} [data-col='on_time_completion_rate']") == "100.0%"
+    rows = await page.eval_on_selector_all(
+        "[data-testid='report-table'] tbody th", "els => els.map(e => e.textContent)"
+    )
+    assert sorted(rows) == sorted(["示例市城市管理局", "热线中心直办"])  # names, not codes
+    await page.select_option("#r-by", "channel")
+    await page.click("#report-form button[type='submit']")
+    await page.wait_for_selector("[data-testid='report-table'] tbody th:text('微信')")
+    href = await page.get_attribute("#r-csv", "href")
+    assert href and "format=csv" in href and "by=channel" in href
+    csv_text = await page.evaluate(
+        "async (u) => (await fetch(u, {credentials: 'same-origin'})).text()", href
+    )
+    assert csv_text.splitlines()[-1].startswith("total,合计,2,")
+    await page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert page.errors == []

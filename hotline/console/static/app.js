@@ -11,9 +11,9 @@ const CHANNELS = ["phone", "wechat", "app", "web", "walk_in", "email", "telegram
 const LINES = ["110", "119", "120", "122"];
 const VIEWS_BY_ROLE = {
   agent: ["workspace", "kb"],
-  supervisor: ["workspace", "kb", "wall"],
-  department: ["inbox", "kb"],
-  admin: ["kb", "wall"],
+  supervisor: ["workspace", "kb", "wall", "report"],
+  department: ["inbox", "kb", "report"],
+  admin: ["kb", "wall", "report"],
 };
 // The phone line's HTTP API (hotline/acd, see /work notes acd_api); absent until routed.
 const ACD = {
@@ -1103,6 +1103,64 @@ function wallSoon() {
   wallSoonTimer = setTimeout(wallLoad, 1000);
 }
 
+// ---------------------------------------------------------------- performance report
+
+const REPORT_GROUPS = ["", "department", "category", "channel", "kind", "district"];
+const REPORT_COLUMNS = [
+  "received", "answered_directly", "dispatched", "dispatch_on_time_rate", "completed",
+  "on_time_completion_rate", "follow_ups", "satisfaction_rate", "returns", "extensions_granted",
+  "supervised", "reopened", "open", "overdue_open", "avg_hours_to_complete",
+];
+
+function reportQuery(format) {
+  const q = new URLSearchParams();
+  if ($("#r-from").value) q.set("from", $("#r-from").value);
+  if ($("#r-to").value) q.set("to", $("#r-to").value);
+  if ($("#r-by").value) q.set("by", $("#r-by").value);
+  if (format) q.set("format", format);
+  return `/api/v1/reports/performance?${q}`;
+}
+
+function reportCell(key, value) {
+  if (value === null || value === undefined) return "—";
+  if (key.endsWith("_rate")) return `${(value * 100).toFixed(1)}%`;
+  return String(value);
+}
+
+function reportLabel(by, row) {
+  if (by === "department" && row.key === "-") return t("report.centre");
+  if (by === "channel" || by === "kind") return label(by, row.key);
+  return row.label || row.key;
+}
+
+function reportGroups() {
+  const select = $("#r-by");
+  const chosen = select.value;
+  select.replaceChildren(...REPORT_GROUPS.map((g) =>
+    el("option", { value: g, text: t(g ? `report.by_${g}` : "report.by_none") })));
+  select.value = chosen || "department";
+}
+
+async function reportLoad() {
+  reportGroups();
+  let doc;
+  try { doc = await api("GET", reportQuery()); } catch (e) { toast(e.message, true); return; }
+  $("#r-from").value = doc.from;
+  $("#r-to").value = doc.to;
+  $("#r-csv").href = reportQuery("csv");
+  const by = doc.by || "";
+  const head = el("tr", {}, el("th", { scope: "col", text: by ? t(`report.by_${by}`) : t("report.group") }),
+    ...REPORT_COLUMNS.map((c) => el("th", { scope: "col", class: "num", text: t(`report.col_${c}`) })));
+  const line = (name, figures, cls) => el("tr", { class: cls || null },
+    el("th", { scope: "row", text: name }),
+    ...REPORT_COLUMNS.map((c) => el("td", { class: "num", "data-col": c, text: reportCell(c, figures[c]) })));
+  const body = doc.rows.map((r) => line(reportLabel(by, r), r));
+  const table = el("table", { class: "table report-table", "data-testid": "report-table" },
+    el("thead", {}, head), el("tbody", {}, ...body),
+    el("tfoot", {}, line(t("report.total"), doc.total, "total")));
+  $("#report-body").replaceChildren(doc.total.received ? table : el("p", { class: "muted", text: t("report.empty") }));
+}
+
 // ---------------------------------------------------------------- views, state, shortcuts
 
 function showView(name) {
@@ -1118,6 +1176,7 @@ function showView(name) {
   if (name === "wall") { wallLoad(); wallTimer = setInterval(wallLoad, 5000); }
   if (name === "inbox") inboxLoad().catch((e) => toast(e.message, true));
   if (name === "kb") kbList().catch((e) => toast(e.message, true));
+  if (name === "report") reportLoad();
 }
 
 function showAgentState(state) {
@@ -1331,6 +1390,7 @@ function wire() {
   }
   for (const b of $$("#call-panel [data-line]")) b.addEventListener("click", () => emergency(b.dataset.line));
   $("#drill-close").addEventListener("click", () => { $("#drill").hidden = true; });
+  $("#report-form").addEventListener("submit", (e) => { e.preventDefault(); reportLoad(); });
   document.addEventListener("focusin", (e) => {
     if (e.target.classList && e.target.classList.contains("answer-target")) lastAnswerTarget = e.target;
   });
