@@ -48,6 +48,7 @@ from ticketing.lifecycle import (
 from ticketing.ports import Principal
 
 MAX_DAYS = 366
+EARLIEST, LATEST = date(1970, 1, 1), date(9000, 12, 31)
 DIMENSIONS = ("department", "category", "channel", "kind", "district")
 NONE_KEY = "-"  # a ticket without a department (answered at the centre) or district
 
@@ -79,9 +80,12 @@ def parse_period(first: str | None, last: str | None, today: date, tz: ZoneInfo)
         if not value:
             return default
         try:
-            return date.fromisoformat(value)
+            d = date.fromisoformat(value)
         except ValueError:
             raise InvalidRequest("a date YYYY-MM-DD", name) from None
+        if not EARLIEST <= d <= LATEST:  # date(1, 1, 1) in UTC+8 is before year 1 in UTC
+            raise InvalidRequest(f"a date from {EARLIEST} to {LATEST}", name)
+        return d
 
     start = day(first, "from", today.replace(day=1))
     end = day(last, "to", today if not first else max(start, today))

@@ -169,6 +169,10 @@ async def test_csv_opens_in_excel_with_the_same_figures(api, clock):
     ("params", "field"),
     [
         ({"from": "2026-13-01"}, "from"),
+        ({"from": "2026-02-30"}, "from"),
+        ({"from": "0001-01-01", "to": "0001-01-02"}, "from"),
+        ({"from": "9999-12-30", "to": "9999-12-31"}, "from"),
+        ({"from": "2026-11-01", "to": "９９"}, "to"),
         ({"from": "2026-11-20", "to": "2026-11-01"}, "to"),
         ({"from": "2024-01-01", "to": "2026-01-01"}, "to"),
         ({"by": "mood"}, "by"),
