@@ -110,6 +110,7 @@ AUTHORIZATION_TTL_S = 120  # a payment authorization is used at once or not at a
 ADMIN = ("admin",)
 MAX_PARTNER_ID = 56  # "partner:" + id fits card_event.actor (64)
 PAY_TOKENS = "*"  # nonce-store namespace of used payment tokens (not a valid partner id)
+EARLIEST_DAY = date(1970, 1, 1)  # reconciliation: no transfer can be older
 
 event_t = svc.event_t
 card_t = svc.card_t
@@ -711,6 +712,13 @@ class _PartnerApi:
                 "The date is YYYY-MM-DD",
                 errors=[{"field": "date", "message": "YYYY-MM-DD"}],
             ) from None
+        if day < EARLIEST_DAY:  # nothing then, and year 1 at UTC+8 has no UTC start
+            raise problem(
+                422,
+                "validation-error",
+                f"No transfers before {EARLIEST_DAY}",
+                errors=[{"field": "date", "message": f"on or after {EARLIEST_DAY}"}],
+            )
         if day > svc.today(self.card):
             raise problem(
                 422,

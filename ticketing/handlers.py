@@ -347,8 +347,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, tid = json.loads(raw)
-        return datetime.fromisoformat(at), int(tid)
-    except (ValueError, TypeError) as exc:
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("a cursor's time has an offset")
+        return when.astimezone(UTC), int(tid)  # year 1 at +14:00: OverflowError
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidRequest("cursor is not one this API issued", "cursor") from exc
 
 

@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,9 @@ def _time(value: str | None, name: str) -> datetime | None:
         return None
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if dt.tzinfo is not None:
+            dt.astimezone(UTC)  # year 1 at +14:00 has no UTC instant: refuse, not 500
+    except (ValueError, OverflowError):
         dt = None
     if dt is None or dt.tzinfo is None:
         raise problem(

@@ -555,6 +555,8 @@ async def test_reconciliation_equals_the_ledger_and_is_signed(api):
     assert status == 422
     status, _ = await shop.request("GET", "/partner/v1/reconciliation/yesterday")
     assert status == 422
+    status, body = await shop.request("GET", "/partner/v1/reconciliation/0001-01-01")
+    assert status == 422, body  # no UTC instant for its start: refused, not a 500
 
 
 async def test_100_concurrent_payments_against_5000_fen_pay_exactly_50(api):

@@ -289,7 +289,12 @@ async def test_filter_by_creation_time(api, monkeypatch):
     in_shanghai = (datetime.now(SHANGHAI) - timedelta(days=1)).isoformat()
     assert await listed(api, **{"from": in_shanghai}) == [new["number"]]
 
-    for bad in ("yesterday", "2026-01-01T00:00:00"):  # no offset: ambiguous
+    for bad in (
+        "yesterday",
+        "2026-01-01T00:00:00",  # no offset: ambiguous
+        "0001-01-01T00:00:00+14:00",  # no UTC instant
+        "9999-12-31T23:59:59-12:00",
+    ):
         r = await api.get("/api/v1/tickets", params={"from": bad})
         assert r.status == 422
         assert (await r.json())["errors"][0]["field"] == "from"
@@ -351,6 +356,7 @@ def _cursor(payload: object) -> str:
         _cursor(["yesterday", 1]),
         _cursor([1, 2]),
         _cursor(["2026-01-01T00:00:00", 1]),  # no offset
+        _cursor(["0001-01-01T00:00:00+14:00", 1]),  # no UTC instant
         _cursor(["2026-01-01T00:00:00+00:00", 10**30]),
         _cursor(["2026-01-01T00:00:00+00:00", "x"]),
     ],
