@@ -173,6 +173,7 @@ class AcdService:
         self._heartbeat: asyncio.Task[None] | None = None
         # who holds this process's calls, in the database shared with other instances
         self.instance = instances.Instance()
+        self._db_clock_offset = timedelta(0)  # measured at start (hotline.calls.instances)
         self.emergency: Any = None  # hotline.emergency.EmergencyDesk, set by the wiring
 
     @property
@@ -185,7 +186,8 @@ class AcdService:
         """Register this instance, then close the calls nobody holds any more: those
         of instances that stopped or went silent, and rows from before instances were
         recorded. Other instances' live calls are theirs, whatever this one finds."""
-        now = self.deps.clock()
+        self._db_clock_offset = await instances.clock_offset(self.deps)
+        now = self._instance_now()
         await instances.register(self.deps, self.instance, now)
         await self._close_orphans(now, include_unowned=True)
         await instances.prune(self.deps, now)
@@ -206,7 +208,7 @@ class AcdService:
         # then stopped: what is still live is left over, for the next start (or another
         # instance's next heartbeat) to close at once rather than after the stale wait
         try:
-            await instances.mark_stopped(self.deps, self.instance, self.deps.clock())
+            await instances.mark_stopped(self.deps, self.instance, self._instance_now())
         except Exception:
             log.exception("could not record this instance's stop; its calls close when stale")
 
@@ -214,9 +216,13 @@ class AcdService:
         """One beat: this instance is alive, and the live calls of instances that
         stopped or went silent are closed (their sockets went with them). Returns how
         many were closed."""
-        now = self.deps.clock()
+        now = self._instance_now()
         await instances.beat(self.deps, self.instance, now)
         return await self._close_orphans(now, include_unowned=False)
+
+    def _instance_now(self) -> datetime:
+        """This host's time on the database's clock, for instances to judge each other."""
+        return self.deps.clock() + self._db_clock_offset
 
     async def _close_orphans(self, now: datetime, *, include_unowned: bool) -> int:
         lost = await instances.close_orphaned_calls(

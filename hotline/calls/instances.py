@@ -14,6 +14,12 @@ instances were recorded (`instance_id` NULL) are closed at start only, as before
 a heartbeat must not close the calls of an older instance still running beside
 the new ones during a rolling upgrade.
 
+Hosts' clocks disagree: an instance whose host runs 40 s slow would write a `seen_at`
+the others read as silence, and lose its calls to their sweep. So on PostgreSQL each
+instance measures, at start, how far the database's clock is from its own and states
+its heartbeat times (and judges others') in the database's time. A skew under
+`SKEW_TOLERANCE_S` is left alone: the stale threshold is 30 s. SQLite is one host.
+
 On PostgreSQL two instances may sweep at once; the UPDATE re-checks each row's
 state under its lock (READ COMMITTED), so every orphan is closed, and counted, by
 exactly one of them.
@@ -21,6 +27,7 @@ exactly one of them.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -36,11 +43,13 @@ from ticketing import workqueue
 from ticketing.handlers import Deps
 
 instance_t = ServiceInstance.__table__  # type: ignore[attr-defined]
+log = logging.getLogger(__name__)
 
 # the states in which a call still has a caller on some instance's socket
 LIVE_STATES = ("queued", "ringing", "talking", "held", "transferring", "consulting", "conference")
 LOST_CAUSE = "SERVICE_RESTART"
 _DELETE_CHUNK = 500  # refs per DELETE: far below either database's bind-parameter limit
+SKEW_TOLERANCE_S = 2.0  # clock differences below this are not corrected
 KEEP_GONE_S = 7 * 86400  # rows of instances silent this long are dropped (one per start)
 
 
@@ -77,6 +86,27 @@ def orphaned(me: str, cutoff: datetime, *, include_unowned: bool) -> sa.ColumnEl
 
 
 # ---------------------------------------------------------------- I/O
+
+
+async def clock_offset(deps: Deps) -> timedelta:
+    """What to add to this host's clock (`deps.clock`) to read the database's, for the
+    times instances judge each other by; zero on SQLite or within the tolerance."""
+    if deps.db.is_sqlite:
+        return timedelta(0)
+    before = deps.clock()
+    async with deps.db.read() as conn:
+        db_now = (await conn.execute(sa.select(sa.func.clock_timestamp()))).scalar_one()
+    after = deps.clock()
+    offset: timedelta = db_now - (before + (after - before) / 2)
+    if abs(offset.total_seconds()) < SKEW_TOLERANCE_S:
+        return timedelta(0)
+    log.warning(
+        "this host's clock is %.1f s %s the database's: instance heartbeats use the "
+        "database's time (fix NTP on this host)",
+        abs(offset.total_seconds()),
+        "behind" if offset > timedelta(0) else "ahead of",
+    )
+    return offset
 
 
 async def register(deps: Deps, instance: Instance, now: datetime) -> None:

@@ -10,6 +10,7 @@ services on the in-memory switch) where the service's behaviour is the point.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
 
 import ivr
+from hotline.acd.memory_switch import MemorySwitch
+from hotline.acd.service import AcdConfig, AcdService
 from hotline.bootstrap import build_deps
 from hotline.calls import instances, store
 from hotline.phone.services import VoicemailBox
 from tests.conftest import make_settings
-from tests.hotline.acd.acd_rig import Rig, eventually, make_rig
+from tests.hotline.acd.acd_rig import FAST, Rig, eventually, make_rig
 from ticketing import workqueue
 
 CALLER = "+8613800138000"
@@ -303,3 +307,55 @@ async def test_rows_of_instances_gone_for_a_week_are_pruned(deps: Any) -> None:
     assert await instances.prune(deps, now) == 1
     assert await instances.get_instance(deps, old.id) is None
     assert await instances.get_instance(deps, recent.id) is not None
+
+
+# ---------------------------------------------------------------- (f) clocks that disagree
+
+
+async def test_a_host_whose_clock_runs_slow_keeps_its_calls(
+    tmp_path: Path, pg_url: str, caplog: Any
+) -> None:
+    """Production: several hosts on one PostgreSQL. A host 2 minutes slow would write
+    heartbeats that look 2 minutes old to the others, who would close its callers'
+    calls; it states its times on the database's clock instead, and says so."""
+    slow_dir = tmp_path / "slow"
+    slow_dir.mkdir()
+    slow = build_deps(make_settings(slow_dir, pg_url))
+    await slow.db.create_all()
+    await slow.bus.start()
+    real = slow.clock
+    slow.clock = lambda: real() - timedelta(minutes=2)
+    acd = AcdService(slow, MemorySwitch(), AcdConfig(rules=FAST), registry=CollectorRegistry())
+    caplog.set_level(logging.WARNING, logger="hotline.calls.instances")
+    await acd.start()
+    try:
+        assert any("behind the database" in r.getMessage() for r in caplog.records)
+        seen = (await instances.get_instance(slow, acd.instance_id) or {})["seen_at"]
+        assert abs(seen - datetime.now(UTC)) < timedelta(seconds=5)  # the database's time
+        await _owned_call(slow, "slow-host-call", acd.instance, slow.clock())
+        async with make_rig(tmp_path, pg_url) as other:  # a host with the right time
+            assert await other.acd.heartbeat() == 0
+            await acd.heartbeat()
+            assert await other.acd.heartbeat() == 0
+            assert (await _call(other.deps, "slow-host-call"))["state"] == "queued"
+    finally:
+        await acd.stop()
+        await slow.bus.stop()
+        await slow.db.dispose()
+
+
+async def test_a_small_clock_difference_is_left_alone(tmp_path: Path, db_url: str) -> None:
+    """Within the tolerance (and on SQLite, one host) the host's own clock is used as is:
+    the deps clock stays the one tests and the deadline logic move."""
+    deps = build_deps(make_settings(tmp_path, db_url))
+    try:
+        assert await instances.clock_offset(deps) == timedelta(0)
+        real = deps.clock
+        deps.clock = lambda: real() + timedelta(seconds=1)
+        assert await instances.clock_offset(deps) == timedelta(0)
+        deps.clock = lambda: real() + timedelta(seconds=10)
+        expected = timedelta(0) if deps.db.is_sqlite else timedelta(seconds=-10)
+        offset = await instances.clock_offset(deps)
+        assert abs(offset - expected) < timedelta(seconds=1)
+    finally:
+        await deps.db.dispose()
