@@ -1,10 +1,18 @@
 """Calls to the WeChat API (aiohttp; wechatpy's client is blocking): access tokens,
 customer-service messages (客服消息), template messages, the menu.
 
-The access token is cached and refreshed `TOKEN_MARGIN_S` before it expires, by one
-request however many senders need it at that moment (single flight); an answer
-saying the token is invalid or expired (40001 / 42001 / 40014) drops it and retries
-the call once with a fresh one.
+The access token comes from getStableAccessToken (`POST /cgi-bin/stable_token`, normal
+mode), not `cgi-bin/token`: several instances of the service share one AppID, and with
+`cgi-bin/token` each instance's fetch would revoke the others' token within five
+minutes, a failure that shows only in production. In normal mode every caller gets
+the same token while it is valid, and WeChat rolls it over itself in its last five
+minutes (both valid meanwhile). Force-refresh mode (20 a day, revokes the token
+everywhere) is left to an operator after a leak.
+
+The token is cached and refreshed `TOKEN_MARGIN_S` before it expires, by one request
+however many senders need it at that moment (single flight); an answer saying the
+token is invalid or expired (40001 / 42001 / 40014) drops it and retries the call
+once with the one WeChat hands out now.
 """
 
 from __future__ import annotations
@@ -99,12 +107,14 @@ class WeChatClient:
     async def _fetch_token(self) -> _Token:
         self.token_fetches += 1
         data = await self._request(
-            "GET",
+            "POST",
             TOKEN_PATH,
-            params={
+            params={},
+            body={
                 "grant_type": "client_credential",
                 "appid": self.app_id,
                 "secret": self._secret,
+                "force_refresh": False,
             },
         )
         value, ttl = data.get("access_token"), data.get("expires_in")

@@ -21,7 +21,10 @@ REPLY_BUDGET_S = 4.0
 # "该公众号暂时无法提供服务")
 MAX_TEXT_BYTES = 2048
 
-TOKEN_PATH = "/cgi-bin/token"
+# getStableAccessToken: in normal mode every caller gets the same token while it is
+# valid, so instances sharing an AppID do not revoke each other's (cgi-bin/token does:
+# each fetch leaves the previous token five minutes to live)
+TOKEN_PATH = "/cgi-bin/stable_token"
 CUSTOM_SEND_PATH = "/cgi-bin/message/custom/send"
 TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
 MENU_CREATE_PATH = "/cgi-bin/menu/create"

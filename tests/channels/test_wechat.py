@@ -397,7 +397,7 @@ async def test_token_refreshed_once_on_40001(fake) -> None:
         await client.send_text("o1", "a")
         fake.token_errors = 1
         await client.send_text("o1", "b")
-        assert fake.tokens_issued == 2
+        assert fake.token_fetches == 2  # dropped and fetched again once
         assert [b["text"]["content"] for b in fake.sends()] == ["a", "b", "b"]
         # a permanent error is reported as such (no retry)
         fake.send_errors = [43004]
@@ -408,15 +408,34 @@ async def test_token_refreshed_once_on_40001(fake) -> None:
         await client.stop()
 
 
+async def test_instances_sharing_an_app_id_share_one_token(fake) -> None:
+    """Two instances of the service, one AppID: the second's fetch must not revoke the
+    first's token (it would with cgi-bin/token), so both keep sending."""
+    first = WeChatClient("wxapp", "s3cret", fake.base)
+    second = WeChatClient("wxapp", "s3cret", fake.base)
+    try:
+        await first.send_text("o1", "from the first")
+        await second.send_text("o2", "from the second")
+        await first.send_text("o1", "the first again")
+        assert await first.access_token() == await second.access_token() == "TOKEN-1"
+        assert fake.tokens_issued == 1 and fake.token_fetches == 2
+        assert len(fake.sends()) == 3  # no call needed a retry
+    finally:
+        await first.stop()
+        await second.stop()
+
+
 async def test_token_fetch_is_single_flight_and_refreshes_before_expiry(fake) -> None:
     now = [1000.0]
     client = WeChatClient("wxapp", "s3cret", fake.base, clock=lambda: now[0])
     await client.start()
     try:
         tokens = await asyncio.gather(*(client.access_token() for _ in range(20)))
-        assert set(tokens) == {"TOKEN-1"} and fake.tokens_issued == 1
+        assert set(tokens) == {"TOKEN-1"} and fake.token_fetches == 1
         now[0] += 7200 - 299  # inside the last 5 minutes: fetched anew before it expires
+        fake.rotate()  # as WeChat does in a token's last 5 minutes
         assert await client.access_token() == "TOKEN-2"
+        assert fake.token_fetches == 2
     finally:
         await client.stop()
 

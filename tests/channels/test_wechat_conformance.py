@@ -462,17 +462,20 @@ async def test_a_departments_answer_reaches_the_resident_despite_templates_hidin
         await sender.stop()
 
 
-async def test_token_is_fetched_with_the_documented_query(fake) -> None:
+async def test_token_is_fetched_with_the_documented_body(fake) -> None:
     client = WeChatClient("wxapp", "s3cret", fake.base)
     try:
         await client.access_token()
     finally:
         await client.stop()
-    path, query, _ = fake.calls[0]
-    assert (path, query) == (
-        "/cgi-bin/token",
-        {"grant_type": "client_credential", "appid": "wxapp", "secret": "s3cret"},
-    )
+    path, query, body = fake.calls[0]
+    assert (path, query) == ("/cgi-bin/stable_token", {})  # POST JSON, nothing in the URL
+    assert body == {
+        "grant_type": "client_credential",
+        "appid": "wxapp",
+        "secret": "s3cret",
+        "force_refresh": False,  # normal mode: never revoke the token other instances use
+    }
 
 
 async def test_menu_is_published_with_the_documented_shape(tmp_path, fake) -> None:

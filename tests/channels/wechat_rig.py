@@ -40,31 +40,49 @@ SAMPLE_VERIFY_ECHOSTR = (
 
 
 class FakeWeChat:
-    """Records every call; `token_errors` makes the next sends answer 40001."""
+    """Records every call; `token_errors` makes the next sends answer 40001.
+
+    Tokens as getStableAccessToken hands them out: the same one to every caller while
+    it is valid; a new one only when there is none, on `force_refresh`, or once
+    `rotate()` says the platform's own early rollover has happened."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], Any]] = []
         self.raw_bodies: list[bytes] = []  # as they came over the wire
         self.tokens_issued = 0
+        self.token_fetches = 0
+        self._rotate = False
         self.token_errors = 0
         self.send_errors: list[int] = []
         self.valid_token = ""
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/cgi-bin/token", self.token)
+        app.router.add_post("/cgi-bin/stable_token", self.token)
         app.router.add_post("/cgi-bin/message/custom/send", self.send)
         app.router.add_post("/cgi-bin/message/template/send", self.send)
         app.router.add_post("/cgi-bin/menu/create", self.send)
         return app
 
     async def token(self, request: web.Request) -> web.Response:
-        self.calls.append((request.path, dict(request.query), None))
-        if request.query.get("appid") != "wxapp" or request.query.get("secret") != "s3cret":
+        if not request.content_type.startswith("application/json"):
+            return web.json_response({"errcode": 47001, "errmsg": "data format error"})
+        body = await request.json()
+        self.calls.append((request.path, dict(request.query), body))
+        if body.get("grant_type") != "client_credential":
+            return web.json_response({"errcode": 40002, "errmsg": "invalid grant_type"})
+        if body.get("appid") != "wxapp" or body.get("secret") != "s3cret":
             return web.json_response({"errcode": 40013, "errmsg": "invalid appid"})
-        self.tokens_issued += 1
-        self.valid_token = f"TOKEN-{self.tokens_issued}"
+        self.token_fetches += 1
+        if not self.valid_token or self._rotate or body.get("force_refresh") is True:
+            self._rotate = False
+            self.tokens_issued += 1
+            self.valid_token = f"TOKEN-{self.tokens_issued}"
         return web.json_response({"access_token": self.valid_token, "expires_in": 7200})
+
+    def rotate(self) -> None:
+        """The platform rolls the token over (its last five minutes): next fetch is new."""
+        self._rotate = True
 
     async def send(self, request: web.Request) -> web.Response:
         self.raw_bodies.append(await request.read())
