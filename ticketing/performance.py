@@ -54,6 +54,9 @@ NONE_KEY = "-"  # a ticket without a department (answered at the centre) or dist
 
 _COMPLETED = (Status.ANSWERED.value, Status.REPLIED.value, Status.CLOSED.value)
 _FINISHING = (Action.ANSWER.value, Action.REPLY.value)
+# the trail entries the figures read; the rest (notes, dispatch, sign, supervision,
+# contact reveals ...) are most of a trail and are not even looked at
+_COUNTED = (*_FINISHING, Action.RETURN.value, Action.GRANT_EXTENSION.value, Action.FOLLOW_UP.value)
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ def report_query(
             _count(sa.and_(follow_up, sat == Satisfaction.BASIC.value)).label("basic"),
             _count(sa.and_(follow_up, sat == Satisfaction.UNSATISFIED.value)).label("unsat"),
         )
-        .where(e.ticket_number.in_(numbers))
+        .where(e.ticket_number.in_(numbers), e.action.in_(_COUNTED))
         .group_by(e.ticket_number)
         .subquery()
     )
