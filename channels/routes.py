@@ -18,7 +18,15 @@ from ticketing.deadlines import Urgency
 from ticketing.handlers import InvalidRequest, TicketNotFound
 from ticketing.lifecycle import Kind, Role
 from ticketing.schemas import Code, LocationIn, Strict, TicketNumber
-from ticketing.webkit import RouteSpec, json_response, principal_of, problem, read_body, row_id
+from ticketing.webkit import (
+    RouteSpec,
+    field_problem,
+    json_response,
+    principal_of,
+    problem,
+    read_body,
+    row_id,
+)
 
 FLOOR = (Role.AGENT, Role.SUPERVISOR)
 
@@ -70,11 +78,7 @@ def _errors(fn: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
         except conv.ConversationConflict as exc:
             raise problem("conflict", str(exc)) from None
         except InvalidRequest as exc:
-            raise problem(
-                "validation-error",
-                str(exc),
-                errors=[{"field": exc.field or "(body)", "message": str(exc)}],
-            ) from None
+            raise field_problem(str(exc), exc.field) from None
 
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__

@@ -9,7 +9,7 @@ from aiohttp import web
 from ticketing.handlers import Deps, InvalidRequest
 from ticketing.lifecycle import Role
 from ticketing.performance import DIMENSIONS, parse_period, performance
-from ticketing.webkit import RouteSpec, json_response, principal_of, problem
+from ticketing.webkit import RouteSpec, field_problem, json_response, principal_of
 
 READERS = (Role.SUPERVISOR, Role.ADMIN, Role.DEPARTMENT)
 
@@ -35,11 +35,7 @@ def report_routes(deps: Deps) -> list[RouteSpec]:
             as_csv = _wants_csv(request)
             report = await performance(deps, period, by, who)
         except InvalidRequest as exc:
-            raise problem(
-                "validation-error",
-                str(exc),
-                errors=[{"field": exc.field or "(query)", "message": str(exc)}],
-            ) from None
+            raise field_problem(str(exc), exc.field, "(query)") from None
         if not as_csv:
             return json_response(report.view())
         name = f"performance-{period.first}-{period.last}{'-' + by if by else ''}.csv"

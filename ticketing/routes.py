@@ -48,6 +48,7 @@ from ticketing.webkit import (
     IDEMPOTENCY,
     IDEMPOTENCY_RECORDED,
     RouteSpec,
+    field_problem,
     json_response,
     principal_of,
     problem,
@@ -84,17 +85,9 @@ def _domain_errors(fn: Callable[[web.Request], Awaitable[web.StreamResponse]]) -
                 allowed_actions=exc.allowed,
             ) from None
         except h.InvalidRequest as exc:
-            raise problem(
-                "validation-error",
-                str(exc),
-                errors=[{"field": exc.field or "(body)", "message": str(exc)}],
-            ) from None
+            raise field_problem(str(exc), exc.field) from None
         except CatalogError as exc:
-            raise problem(
-                "validation-error",
-                str(exc),
-                errors=[{"field": exc.field or "(body)", "message": str(exc)}],
-            ) from None
+            raise field_problem(str(exc), exc.field) from None
         except h.ConcurrentUpdate:
             raise problem("conflict") from None
 

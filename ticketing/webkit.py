@@ -64,6 +64,13 @@ def problem(slug: str, detail: str | None = None, **ext: Any) -> web.HTTPExcepti
     return exc
 
 
+def field_problem(message: str, field: str | None, where: str = "(body)") -> web.HTTPException:
+    """422 naming the one field at fault (`where` when the domain did not say which)."""
+    return problem(
+        "validation-error", message, errors=[{"field": field or where, "message": message}]
+    )
+
+
 def problem_response(slug: str, detail: str | None = None, **ext: Any) -> web.Response:
     status, body = problem_body(slug, detail, **ext)
     return web.Response(
