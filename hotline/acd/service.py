@@ -215,10 +215,47 @@ class AcdService:
     async def heartbeat(self) -> int:
         """One beat: this instance is alive, and the live calls of instances that
         stopped or went silent are closed (their sockets went with them). Returns how
-        many were closed."""
+        many were closed.
+
+        A beat that gets through may follow a silence of this instance's own (the
+        database was out of reach): the others may have closed calls it still holds,
+        so it takes those back first."""
         now = self._instance_now()
         await instances.beat(self.deps, self.instance, now)
+        await self._reclaim()
         return await self._close_orphans(now, include_unowned=False)
+
+    async def _reclaim(self) -> int:
+        back = await instances.reclaim_lost_calls(
+            self.deps, self.instance.id, self.deps.clock(), self._held
+        )
+        if back:
+            log.warning(
+                "%d calls still live here had been closed as lost by other instances while "
+                "this one could not reach the database; taken back: %s",
+                len(back),
+                ", ".join(f"{uuid} ({state})" for uuid, state in sorted(back.items())),
+            )
+        return len(back)
+
+    def _held(self, uuids: Sequence[str]) -> dict[str, instances.Held]:
+        """What this instance knows now of those calls (hotline.calls.instances asks with
+        their rows locked). Only a caller still on the line counts: a call that has
+        ended here, or is ending, keeps the row the sweep gave it or its own end step's."""
+        now = self.deps.clock()
+        sla = timedelta(seconds=self.config.rules.service_level_s)
+        held: dict[str, instances.Held] = {}
+        for uuid in uuids:
+            call = self.calls.get(uuid)
+            if call is None or call.done.done() or call.ending:
+                continue
+            item = None
+            if uuid in self.acd.queue:  # waiting or ringing: agents see it until answered
+                item = store.queue_item(
+                    uuid, int(call.priority), call.entered + sla, now, created=call.entered
+                )
+            held[uuid] = instances.Held(call.state, item)
+        return held
 
     def _instance_now(self) -> datetime:
         """This host's time on the database's clock, for instances to judge each other."""

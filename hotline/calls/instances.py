@@ -23,6 +23,13 @@ its heartbeat times (and judges others') in the database's time. A skew under
 On PostgreSQL two instances may sweep at once; the UPDATE re-checks each row's
 state under its lock (READ COMMITTED), so every orphan is closed, and counted, by
 exactly one of them.
+
+Silence is not always death: an instance cut off from the database (an outage, a
+partition) for longer than the threshold still holds its callers' sockets while the
+others close their calls. So each beat that gets through also takes back what the
+sweep took from this instance (`reclaim_lost_calls`): the calls it still holds live
+get their row's state back from what the ACD knows now, and their queue item while
+they wait, or the agents would never see them again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +46,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from hotline.calls.models import ServiceInstance
-from hotline.calls.store import call_t, work_item
+from hotline.calls.store import call_event_t, call_t, work_item
 from ticketing import workqueue
 from ticketing.handlers import Deps
 
@@ -48,7 +56,8 @@ log = logging.getLogger(__name__)
 # the states in which a call still has a caller on some instance's socket
 LIVE_STATES = ("queued", "ringing", "talking", "held", "transferring", "consulting", "conference")
 LOST_CAUSE = "SERVICE_RESTART"
-_DELETE_CHUNK = 500  # refs per DELETE: far below either database's bind-parameter limit
+RECLAIMED = "reclaimed"  # the trail entry of a call taken back from the sweep
+_IN_CHUNK = 500  # uuids per IN (...): far below either database's bind-parameter limit
 SKEW_TOLERANCE_S = 2.0  # clock differences below this are not corrected
 KEEP_GONE_S = 7 * 86400  # rows of instances silent this long are dropped (one per start)
 
@@ -60,6 +69,15 @@ class Instance:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     host: str = field(default_factory=lambda: socket.gethostname()[:255])
     pid: int = field(default_factory=os.getpid)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the instance holding a call knows of it now: the state its row should say
+    and, while the caller waits in line, its work-queue item (`store.queue_item`)."""
+
+    state: str
+    item: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------- pure
@@ -83,6 +101,17 @@ def orphaned(me: str, cutoff: datetime, *, include_unowned: bool) -> sa.ColumnEl
     owned_by_other = sa.and_(owner.is_not(None), owner != me, ~alive)
     whose = sa.or_(owner.is_(None), owned_by_other) if include_unowned else owned_by_other
     return sa.and_(call_t.c.state.in_(LIVE_STATES), whose)
+
+
+def swept_from(me: str) -> sa.ColumnElement[bool]:
+    """`me`'s calls that a sweep closed as lost. Also those a later step of `me`'s has
+    moved on since (a step writes its state, not `ended_at` or the cause): until they
+    are cleared the row reads as ended, and its queue item is gone all the same."""
+    return sa.and_(
+        call_t.c.instance_id == me,
+        call_t.c.hangup_cause == LOST_CAUSE,
+        call_t.c.state.in_(("lost", *LIVE_STATES)),
+    )
 
 
 # ---------------------------------------------------------------- I/O
@@ -171,14 +200,73 @@ async def close_orphaned_calls(
                 )
             ).scalars()
         )
-        for i in range(0, len(uuids), _DELETE_CHUNK):
+        for i in range(0, len(uuids), _IN_CHUNK):
             await conn.execute(
                 sa.delete(work_item).where(
                     work_item.c.kind == workqueue.CALL,
-                    work_item.c.ref.in_(uuids[i : i + _DELETE_CHUNK]),
+                    work_item.c.ref.in_(uuids[i : i + _IN_CHUNK]),
                 )
             )
     return uuids
+
+
+async def reclaim_lost_calls(
+    deps: Deps,
+    me: str,
+    now: datetime,
+    held: Callable[[Sequence[str]], Mapping[str, Held]],
+) -> dict[str, str]:
+    """Take back `me`'s calls that others closed as lost while `me` could not beat but
+    still held them: their row's state as `held` says (ended_at and cause cleared), a
+    trail entry, and their queue item if they wait. Returns {uuid: state restored}.
+
+    `held` is asked inside the transaction, once the swept rows are locked (the
+    SQLite writer's lock; FOR UPDATE on PostgreSQL), about those rows only: a step of
+    the ACD's committed before is no newer than its answer, and one after waits and
+    lands on top, so a call that ends or is answered meanwhile is never set back.
+    Rows another transaction holds are skipped (no waiting, no deadlock with the call
+    writer): the next beat takes them. A call `held` does not name (it ended here, or
+    is ending) stays lost."""
+    cond = swept_from(me)
+    pick = sa.select(call_t.c.uuid, call_t.c.state).where(cond).with_for_update(skip_locked=True)
+    async with deps.db.write() as conn:
+        swept = {r.uuid: r.state for r in await conn.execute(pick)}
+        if not swept:
+            return {}
+        live = {u: h for u, h in held(list(swept)).items() if u in swept}
+        by_state: dict[str, list[str]] = {}
+        for uuid, h in live.items():
+            if h.state in LIVE_STATES:  # others (emergency, callback) are written by their step
+                by_state.setdefault(h.state, []).append(uuid)
+        back: dict[str, str] = {}
+        for state, uuids in by_state.items():
+            for i in range(0, len(uuids), _IN_CHUNK):
+                res = await conn.execute(
+                    sa.update(call_t)
+                    .where(cond, call_t.c.uuid.in_(uuids[i : i + _IN_CHUNK]))
+                    .values(state=state, ended_at=None, hangup_cause=None)
+                    .returning(call_t.c.uuid)
+                )
+                back.update((uuid, state) for uuid in res.scalars())
+        if not back:
+            return back
+        await conn.execute(
+            sa.insert(call_event_t),
+            [
+                {
+                    "call_uuid": uuid,
+                    "at": now,
+                    "kind": RECLAIMED,
+                    "actor": None,
+                    "data": {"state": state, "was": swept[uuid], "instance": me},
+                }
+                for uuid, state in back.items()
+            ],
+        )
+        items = [item for uuid in back if (item := live[uuid].item) is not None]
+        if items:
+            await conn.execute(workqueue.upsert_items(deps.db), items)
+    return back
 
 
 async def get_instance(deps: Deps, instance_id: str) -> dict[str, Any] | None:

@@ -28,6 +28,10 @@ class Call(SQLModel, table=True):
     """One inbound call from arrival to hang-up; keyed by FreeSWITCH's channel UUID."""
 
     __tablename__ = "call"
+    # every heartbeat looks up this instance's calls that a sweep closed as lost
+    # (hotline.calls.instances.reclaim_lost_calls): two index columns, not a scan of
+    # all the calls a long-running instance ever took
+    __table_args__ = (sa.Index("ix_call_instance_cause", "instance_id", "hangup_cause"),)
     id: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(max_length=64, unique=True, index=True)
     caller_enc: str | None = Field(default=None, max_length=255)

@@ -277,6 +277,25 @@ def _event(uuid: str, now: datetime, kind: str, actor: str | None, data: Any) ->
     return {"call_uuid": uuid, "at": now, "kind": kind, "actor": actor, "data": data or {}}
 
 
+def queue_item(
+    uuid: str, priority: int, due: datetime | None, now: datetime, created: datetime | None = None
+) -> dict[str, Any]:
+    """A waiting call's row in the agents' work queue: shown to them, held by the ACD
+    (which offers it; nobody claims it from the console). `created`: when the caller
+    started waiting, if not `now` (an item put back for a call already in line)."""
+    return {
+        "kind": workqueue.CALL,
+        "ref": uuid,
+        "audience": workqueue.AGENTS,
+        "action": "answer",
+        "priority": priority,
+        "due_at": due,
+        "claimed_by": ACD_CLAIM,
+        "claim_expires_at": now + timedelta(days=1),
+        "created_at": created or now,
+    }
+
+
 async def insert_call(
     deps: Deps,
     uuid: str,
@@ -304,19 +323,7 @@ async def insert_call(
         "entered_at": now,
         "instance_id": instance_id,  # always present: a batch's rows share their keys
     }
-    item = None
-    if state == "queued":
-        item = {
-            "kind": workqueue.CALL,
-            "ref": uuid,
-            "audience": workqueue.AGENTS,
-            "action": "answer",
-            "priority": priority,
-            "due_at": work_due,
-            "claimed_by": ACD_CLAIM,
-            "claim_expires_at": now + timedelta(days=1),
-            "created_at": now,
-        }
+    item = queue_item(uuid, priority, work_due, now) if state == "queued" else None
     step = _Step(uuid, row=row, event=_event(uuid, now, state, None, {}), item=item)
     await _write(deps, step)
 

@@ -29,6 +29,7 @@ from hotline.phone.services import VoicemailBox
 from tests.conftest import make_settings
 from tests.hotline.acd.acd_rig import FAST, Rig, eventually, make_rig
 from ticketing import workqueue
+from ticketing.store import StoreUnavailable
 
 CALLER = "+8613800138000"
 
@@ -359,3 +360,150 @@ async def test_a_small_clock_difference_is_left_alone(tmp_path: Path, db_url: st
         assert abs(offset - expected) < timedelta(seconds=1)
     finally:
         await deps.db.dispose()
+
+
+# ---------------------------------------------------------------- (g) this instance cut off
+
+
+async def _sweep_as_if_silent(rig: Rig) -> list[str]:
+    """Another instance's sweep while this one could not reach the database: to the
+    others it has been silent for minutes (its socket, and its callers, are fine)."""
+    later = rig.deps.clock() + timedelta(minutes=5)
+    return await instances.close_orphaned_calls(
+        rig.deps, "another-instance", later, 30, include_unowned=False
+    )
+
+
+async def _kinds(deps: Any, uuid: str) -> list[str]:
+    row = await store.get_call(deps, uuid)
+    assert row is not None
+    return [e["kind"] for e in row["events"]]
+
+
+async def test_calls_lost_while_this_instance_was_cut_off_are_taken_back_at_its_next_beat(
+    tmp_path: Path, db_url: str, caplog: Any
+) -> None:
+    async with make_rig(tmp_path, db_url) as rig:  # beats every 5 s: not during this test
+        rig.switch.phone("user/1001")
+        await rig.acd.login("li", "1001")
+        talking, t1 = rig.call("+8613800000001")
+        await eventually(lambda: rig.named("call.answered"), what="the first call answered")
+        waiting, t2 = rig.call("+8613800000002")
+        await eventually(lambda: waiting in rig.acd.acd.queue, what="the second call queued")
+        # a call that ended here while the database was away (its end step never written)
+        await _owned_call(rig.deps, "ended-here", rig.acd.instance, rig.deps.clock())
+        await _owned_call(rig.deps, "theirs", instances.Instance(), rig.deps.clock())
+        assert await _queued_refs(rig.deps) == {waiting, "ended-here", "theirs"}
+
+        swept = await _sweep_as_if_silent(rig)
+        assert set(swept) == {talking, waiting, "ended-here", "theirs"}
+        assert await _queued_refs(rig.deps) == set()
+
+        caplog.set_level(logging.WARNING, logger="hotline.acd.service")
+        assert await rig.acd.heartbeat() == 0
+        for uuid, state in ((waiting, "queued"), (talking, "talking")):
+            row = await _call(rig.deps, uuid)
+            assert (row["state"], row["ended_at"], row["hangup_cause"]) == (state, None, None)
+            assert (await _kinds(rig.deps, uuid))[-1] == "reclaimed"
+        assert (await _call(rig.deps, talking))["agent"] == "li"
+        # only the waiting caller is back in the agents' work queue, as it was
+        assert await _queued_refs(rig.deps) == {waiting}
+        async with rig.deps.db.read() as conn:
+            items = await workqueue.list_items(conn, [workqueue.AGENTS])
+        assert [(i["ref"], i["action"], i["claimed_by"]) for i in items] == [
+            (waiting, "answer", "acd")
+        ]
+        for uuid in ("ended-here", "theirs"):
+            row = await _call(rig.deps, uuid)
+            assert (row["state"], row["hangup_cause"]) == ("lost", "SERVICE_RESTART"), uuid
+        assert any(
+            r.levelno == logging.WARNING and "taken back" in r.getMessage() for r in caplog.records
+        )
+        # taken back once: the next beat finds nothing to do
+        assert await rig.acd.heartbeat() == 0
+        assert (await _kinds(rig.deps, waiting)).count("reclaimed") == 1
+
+        # the ACD's own steps go on: the first call ends, the second is answered
+        leg = rig.switch.leg_of("user/1001")
+        assert leg is not None
+        await rig.switch.hangup(leg)
+        assert await asyncio.wait_for(t1, 2) == "completed"
+        row = await _call(rig.deps, talking)
+        assert (row["state"], row["hangup_cause"]) == ("ended", "NORMAL_CLEARING")
+
+        async def answered() -> bool:
+            return (await _call(rig.deps, waiting))["state"] == "talking"
+
+        await _until(answered)
+        assert await _queued_refs(rig.deps) == set()
+        await rig.switch.hangup(waiting)
+        assert await asyncio.wait_for(t2, 2) == "completed"
+        # and a call that really ended stays ended
+        assert await rig.acd.heartbeat() == 0
+        for uuid in (talking, waiting):
+            assert (await _call(rig.deps, uuid))["state"] == "ended"
+        assert await _queued_refs(rig.deps) == set()
+
+
+async def test_a_step_written_after_the_sweep_does_not_leave_the_call_half_ended(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The database came back before the beat: a step of the call wrote its state over
+    'lost', but not its end time and cause, and the queue item stayed gone."""
+    async with make_rig(tmp_path, db_url) as rig:
+        uuid, task = await _queued_call(rig)
+        assert await _sweep_as_if_silent(rig) == [uuid]
+        await store.update_call(
+            rig.deps, uuid, rig.deps.clock(), event="ring_failed", state="queued"
+        )
+        row = await _call(rig.deps, uuid)
+        assert (row["state"], row["hangup_cause"]) == ("queued", "SERVICE_RESTART")
+        assert await rig.acd.heartbeat() == 0
+        row = await _call(rig.deps, uuid)
+        assert (row["state"], row["ended_at"], row["hangup_cause"]) == ("queued", None, None)
+        assert await _queued_refs(rig.deps) == {uuid}
+        await _hang_up(task)
+
+
+async def test_a_call_that_ended_here_during_the_outage_is_not_taken_back(
+    tmp_path: Path, db_url: str, monkeypatch: Any
+) -> None:
+    """The caller hung up while the database was out of reach: the ACD knows the call
+    is over though its last step was never written, so the row stays lost."""
+    async with make_rig(tmp_path, db_url) as rig:
+        uuid, task = await _queued_call(rig)
+        gone, gone_task = rig.call("+8613800000002")
+        await eventually(lambda: len(rig.named("call.queued")) == 2, what="both calls queued")
+        assert set(await _sweep_as_if_silent(rig)) == {uuid, gone}
+        real = store.update_call
+
+        async def unreachable(deps: Any, ref: str, *a: Any, **kw: Any) -> None:
+            if ref == gone:
+                raise StoreUnavailable("connection refused")
+            await real(deps, ref, *a, **kw)
+
+        monkeypatch.setattr(store, "update_call", unreachable)
+        await rig.switch.hangup(gone)
+        await eventually(lambda: rig.acd.calls[gone].state == "abandoned", what="abandoned")
+        assert await rig.acd.heartbeat() == 0
+        row = await _call(rig.deps, gone)
+        assert (row["state"], row["hangup_cause"]) == ("lost", "SERVICE_RESTART")
+        assert (await _call(rig.deps, uuid))["state"] == "queued"
+        assert await _queued_refs(rig.deps) == {uuid}
+        await _hang_up(task)
+        await _hang_up(gone_task)
+
+
+async def test_the_running_heartbeat_takes_the_call_back_by_itself(
+    tmp_path: Path, db_url: str
+) -> None:
+    async with make_rig(tmp_path, db_url, heartbeat_s=0.05) as rig:
+        uuid, task = await _queued_call(rig)
+        assert await _sweep_as_if_silent(rig) == [uuid]
+
+        async def back() -> bool:
+            return (await _call(rig.deps, uuid))["state"] == "queued"
+
+        await _until(back)
+        assert await _queued_refs(rig.deps) == {uuid}
+        await _hang_up(task)
