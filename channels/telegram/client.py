@@ -4,12 +4,21 @@
 no Updater (no polling, no second web server), no job queue, the API base URL from
 the settings (PTB appends the token: `<base>/bot<token>/<method>`).
 
-`TelegramSender` is the outbox's sender: sendMessage, with the bot prompt's keyboard
-attached, long texts in parts of 4096 characters. Telegram's answers map to the
-outbox's retry rule: 400 (chat not found, bad request) and 403 (the resident blocked
-the bot, deactivated account) are permanent; 429 is honoured (its retry_after waited
-inside the send when short, otherwise the failure is transient and later sends to
-that chat wait until the window has passed); 5xx, time-outs and network errors are transient.
+`TelegramSender` is the outbox's sender: sendMessage as plain text (no parse_mode, so
+an agent's `<`, `*` or `_` cannot make Telegram refuse the message), with the bot
+prompt's keyboard attached, long texts in parts of at most 4096 characters. The Bot
+API server counts that limit in Unicode code points (tdlib's utf8_length, after
+entity parsing, which only shortens a text), i.e. Python's len(); UTF-16 units only
+matter for entity offsets. Parts are cut at a paragraph, line, sentence or space,
+never inside a character a reader sees as one (emoji sequences, combining marks),
+and never left blank (Telegram trims a text and refuses an empty one).
+
+Telegram's answers map to the outbox's retry rule: 400 (chat not found, bad request)
+and 403 (the resident blocked the bot, deactivated account) are permanent; a group
+upgraded to a supergroup (400 with migrate_to_chat_id) is followed to its new id; 429
+is honoured (its retry_after waited inside the send when short, otherwise the failure
+is transient and later sends to that chat wait until the window has passed); 5xx,
+time-outs and network errors are transient.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import regex
 from telegram import Bot
 from telegram.error import (
     BadRequest,
@@ -86,16 +96,48 @@ def delivery_error(exc: TelegramError) -> DeliveryError:
     return DeliveryError(f"Telegram unreachable: {type(exc).__name__}: {exc.message}")
 
 
+# where a part may end, best first, looked for in the last half of the allowed length
+_SENTENCE_ENDS = frozenset("。！？；…!?;.")
+# how far past the limit to read so that the character spanning it is seen whole
+_MAX_CLUSTER = 64
+_GRAPHEME = regex.compile(r"\X")  # Unicode's extended grapheme cluster (UAX #29)
+_SURROGATE_PAIR = regex.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _cut(text: str, limit: int) -> int:
+    """Where the first part of `text` (longer than `limit`) ends: at a paragraph, line,
+    sentence end or space in the second half, and never inside what a reader sees as
+    one character (emoji sequences, flags, combining marks, CR LF: the `regex`
+    module's grapheme clusters, kept up to date with Unicode)."""
+    bounds = {
+        m.end()
+        for m in _GRAPHEME.finditer(text, 0, limit + _MAX_CLUSTER)
+        if not _SURROGATE_PAIR.match(text, m.end() - 1)  # a pair left split in a str
+    }
+    low = limit // 2
+    for sep in ("\n\n", "\n"):
+        at = text.rfind(sep, low, limit)
+        if at >= 0 and at + len(sep) in bounds:
+            return at + len(sep)
+    for fits in (_SENTENCE_ENDS.__contains__, str.isspace):
+        for i in range(limit, low, -1):
+            if fits(text[i - 1]) and i in bounds:
+                return i
+    inside = [b for b in bounds if b <= limit]
+    return max(inside) if inside else limit  # one "character" longer than a part: cut it
+
+
 def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
-    """Parts of at most `limit` characters, cut at a line break when there is one."""
+    """Parts of at most `limit` characters that Telegram accepts one by one; blank
+    stretches between them are dropped (Telegram would trim them to an empty text)."""
     parts: list[str] = []
     rest = text
     while len(rest) > limit:
-        cut = rest.rfind("\n", limit // 2, limit)
-        cut = cut + 1 if cut > 0 else limit
-        parts.append(rest[:cut])
+        cut = _cut(rest, limit)
+        if rest[:cut].strip():
+            parts.append(rest[:cut])
         rest = rest[cut:]
-    if rest or not parts:
+    if rest.strip() or not parts:
         parts.append(rest)
     return parts
 
@@ -139,25 +181,37 @@ class TelegramSender:
         users[0] += 1
         try:
             async with lock:
+                target = chat_id
                 for i, part in enumerate(parts):
-                    await self._send_one(chat_id, part, markup if i == len(parts) - 1 else None)
+                    last = i == len(parts) - 1
+                    target = await self._send_one(target, part, markup if last else None)
         finally:
             users[0] -= 1
             if users[0] == 0:
                 del self._chats[chat_id]
 
-    async def _send_one(self, chat_id: int, text: str, markup: Any) -> None:
-        for attempt in (1, 2):
+    async def _send_one(self, chat_id: int, text: str, markup: Any) -> int:
+        """Sends one part; returns the chat id that took it (a migrated group's new one,
+        which the following parts go to)."""
+        migrated = flooded = False
+        while True:  # at most a migration and one wait for flood control
             await self._respect_flood_window(chat_id)
             try:
                 await self.bot.send_message(chat_id=chat_id, text=text, reply_markup=markup)
-                return
+                return chat_id
+            except ChatMigrated as exc:
+                if migrated:
+                    raise delivery_error(exc) from None
+                migrated = True
+                log.info("Telegram chat %s is now %s: sending there", chat_id, exc.new_chat_id)
+                chat_id = int(exc.new_chat_id)
             except RetryAfter as exc:
                 wait = retry_after_s(exc)
                 self._hold(chat_id, wait)
                 log.warning("Telegram flood control: waiting %g s before sending again", wait)
-                if attempt == 2 or wait > self.max_wait_s:
+                if flooded or wait > self.max_wait_s:
                     raise delivery_error(exc) from None
+                flooded = True
             except TelegramError as exc:
                 raise delivery_error(exc) from None
 

@@ -3,7 +3,9 @@
 Pure: no I/O, no state. What maps to what:
 
 - `message` in a private chat: text (commands normalized: `/start` and `/help` are
-  the welcome event, `/status@OurBot N` is `/status N`), photo (the largest size's
+  the welcome event, a deep link's `/start PAYLOAD` keeps its payload as
+  `data["scene"]` like WeChat's parametric QR codes, `/status@OurBot N` is
+  `/status N`), photo (the largest size's
   file_id), location and venue, voice / audio, video / video note, documents (by
   MIME type), stickers (their emoji); anything else is stored as an unsupported
   message for the agent to see;
@@ -21,6 +23,7 @@ start after a week without updates).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,12 +36,20 @@ from channels.telegram.const import CB_CONFIRM, CB_KIND, CB_MENU, CHANNEL
 
 WELCOME_COMMANDS = frozenset({"start", "help"})
 MAX_NAME = 128
+# t.me/<bot>?start=PAYLOAD arrives as "/start PAYLOAD"; Telegram only makes such links
+# with 1-64 of these characters, anything else was typed by hand
+DEEP_LINK_PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Telegram's ids fit in 52 bits (their documented bound for user and chat ids)
+MAX_ID = 2**53
 
 
 def lang_of(user: User | None) -> str:
     """Our two reply languages: Chinese for zh-* and for users whose client does not
     say (the hotline is a Chinese city's), English for every other language."""
-    code = (user.language_code or "") if user else ""
+    return _lang((user.language_code or "") if user else "")
+
+
+def _lang(code: str) -> str:
     return "en" if code and not code.lower().startswith("zh") else "zh"
 
 
@@ -82,6 +93,8 @@ def _content(
     if msg.text is not None:
         command = None if edited else _command(msg, bot_username)
         if command is not None and command[0] in WELCOME_COMMANDS:
+            if command[0] == "start" and DEEP_LINK_PAYLOAD.fullmatch(command[1]):
+                data["scene"] = command[1]
             return {"kind": Kind.EVENT, "event": "subscribe", "data": data}
         text = msg.text if command is None else " ".join(f"/{command[0]} {command[1]}".split())
         return {"kind": Kind.TEXT, "text": text, "data": data}
@@ -138,7 +151,9 @@ def _command(msg: Message, bot_username: str | None) -> tuple[str, str] | None:
         name, _, target = word[1:].partition("@")
         if target and bot_username and target.lower() != bot_username.lower():
             return None  # another bot's command
-        rest = (msg.text or "")[entity.length :].strip()
+        # entity.length counts UTF-16 code units, not Python characters: parse_entities
+        # already cut `word` by them, so the rest starts after it
+        rest = (msg.text or "")[len(word) :].strip()
         return name.lower(), rest
     return None
 
@@ -222,4 +237,44 @@ def unreadable(update: Update) -> InboundMessage | None:
         sender_name=_name(user),
         lang=lang_of(user),
         data={"raw": raw, "unreadable": True},
+    )
+
+
+def unparsed(data: dict[str, Any]) -> InboundMessage | None:
+    """What to store when python-telegram-bot could not read an update at all (a shape
+    newer than it, a field of another type): the webhook acknowledges it either way,
+    so a resident's message would otherwise be lost without a trace. Read from the raw
+    JSON, trusting only what identifies a private, human sender; None otherwise."""
+    node: Any = None
+    for key in ("message", "edited_message", "callback_query"):
+        node = data.get(key)
+        if isinstance(node, dict):
+            break
+    else:
+        return None
+    sender = node.get("from")
+    if not isinstance(sender, dict) or sender.get("is_bot") is not False:
+        return None
+    uid = sender.get("id")
+    if not isinstance(uid, int) or isinstance(uid, bool) or not 0 < uid < MAX_ID:
+        return None
+    holder = node.get("message") if key == "callback_query" else node
+    chat = holder.get("chat") if isinstance(holder, dict) else None
+    if key != "callback_query" and not isinstance(chat, dict):
+        return None
+    if isinstance(chat, dict) and chat.get("type") != ChatType.PRIVATE:
+        return None
+    names = [sender.get(k) for k in ("first_name", "last_name")]
+    name = " ".join(n.strip() for n in names if isinstance(n, str) and n.strip())
+    code = sender.get("language_code")
+    return InboundMessage(
+        channel=CHANNEL,
+        sender_id=str(uid),
+        external_id=dedupe_key(data["update_id"], uid),
+        kind=Kind.TEXT,
+        sent_at=datetime.now(UTC),
+        text="[unreadable Telegram message: see data.raw]",
+        sender_name=name[:MAX_NAME] or None,
+        lang=_lang(code if isinstance(code, str) else ""),
+        data={"raw": data, "unreadable": True},
     )

@@ -8,10 +8,16 @@ the outbox, never in this response, so Telegram gets its 200 as soon as the mess
 is on disk.
 
 Answers: 403 for a missing or wrong secret (not Telegram; nothing is read or stored);
-413 for a body Telegram would never send; 400 for a body that is not an update; 503
-while the bot is starting or the store is down (Telegram retries, nothing is lost);
-200 for everything accepted, including updates that are not for the hotline (group
-chats, inline queries, ...) and updates we could not make sense of (logged).
+413 for a body Telegram would never send; 400 for a body that is not an update at all
+(not JSON, no update_id: Telegram never sends one); 503 while the bot is starting or
+the store is down (Telegram retries, nothing is lost); 200 for everything else,
+including updates that are not for the hotline (group chats, my_chat_member, ...) and
+updates python-telegram-bot cannot read (logged, and kept raw when a private sender is
+known): Telegram repeats any non-2xx answer, so refusing an update it did send only
+has it come back again and again, never in a shape we can read.
+
+Every callback query is answered (answerCallbackQuery), also a press we do not store:
+until it is, the resident's client shows a spinner on the button.
 """
 
 from __future__ import annotations
@@ -146,9 +152,14 @@ class TelegramWebhook:
             return _plain("starting", 503, **{"Retry-After": "5"})
         try:
             update = Update.de_json(data, self.application.bot)
-        except Exception as exc:  # PTB could not read it: not a well-formed update
-            log.warning("telegram update %s not understood: %s", update_id, exc)
-            return _plain("not a Telegram update", 400)
+        except Exception as exc:  # a shape this PTB cannot read: acknowledged, not refused
+            log.warning(
+                "telegram update %s not understood (%s: %s); acknowledged",
+                update_id,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            return await self._keep_unparsed(data, update_id)
         outcome = _Outcome()
         self._outcomes[id(update)] = outcome
         try:
@@ -165,6 +176,28 @@ class TelegramWebhook:
             return _plain("unavailable", 503, **{"Retry-After": "5"})
         return _plain("ok")
 
+    async def _keep_unparsed(self, data: dict[str, Any], update_id: int) -> web.Response:
+        """A resident's message that PTB could not read still reaches an agent (raw);
+        only a failing store makes Telegram retry it."""
+        try:
+            msg = inbound.unparsed(data)
+        except Exception:
+            log.exception("telegram update %s: no sender found in it", update_id)
+            msg = None
+        if msg is None:
+            return _plain("ok")
+        try:
+            await asyncio.shield(self.hub.receive(msg, inline=False))
+        except Exception as exc:
+            log.error(
+                "telegram update %s not stored (%s: %s); Telegram will retry",
+                update_id,
+                type(exc).__name__,
+                exc,
+            )
+            return _plain("unavailable", 503, **{"Retry-After": "5"})
+        return _plain("ok")
+
     # ------------------------------------------------------------------ PTB handlers
 
     async def on_message(self, update: Update, context: Context) -> None:
@@ -175,9 +208,14 @@ class TelegramWebhook:
     async def on_button(self, update: Update, context: Context) -> None:
         query = update.callback_query
         msg = self._map(update, context)
-        if msg is not None and await self._store(update, msg) and query is not None:
-            # the spinner on the button stops once answered; off the request path
-            context.application.create_task(self._acknowledge(query), update=update)
+        if msg is not None and not await self._store(update, msg):
+            return  # 503: Telegram sends the press again, and that one is answered
+        if query is not None:
+            # a press we do not store (another chat, a bot) is answered all the same:
+            # the spinner on the button stops only then; off the request path
+            context.application.create_task(
+                self._acknowledge(query, stored=msg is not None), update=update
+            )
 
     def _map(self, update: Update, context: Context) -> InboundMessage | None:
         try:
@@ -200,13 +238,14 @@ class TelegramWebhook:
             return False
         return True
 
-    async def _acknowledge(self, query: CallbackQuery) -> None:
-        """answerCallbackQuery; a one-shot choice (kind, confirm) also loses its buttons
-        so an old keyboard cannot be pressed again later in the flow."""
+    async def _acknowledge(self, query: CallbackQuery, *, stored: bool = True) -> None:
+        """answerCallbackQuery; a one-shot choice (kind, confirm) the bot acted on also
+        loses its buttons so an old keyboard cannot be pressed again later in the flow."""
         try:
             await query.answer()
             prefix = (query.data or "").partition(":")[0]
-            if prefix in (CB_KIND, CB_CONFIRM) and isinstance(query.message, Message):
+            one_shot = prefix in (CB_KIND, CB_CONFIRM)
+            if stored and one_shot and isinstance(query.message, Message):
                 await query.edit_message_reply_markup(reply_markup=None)
         except TelegramError as exc:  # too old, already answered, message gone: harmless
             log.info("telegram callback %s not acknowledged: %s", query.id, exc.message)

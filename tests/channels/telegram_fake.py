@@ -77,12 +77,25 @@ class FakeBotApi:
         answer = getattr(self, "m_" + method, None)
         if answer is None:
             return _error(404, "Not Found: method not found")
+        refusal = getattr(self, "check_" + method, lambda p: None)(params)
+        if refusal is not None:
+            return _error(400, refusal)
         return web.json_response({"ok": True, "result": answer(params)})
 
     # ------------------------------------------------------------------ methods
 
     def m_getMe(self, p: dict[str, Any]) -> Any:
         return BOT_USER
+
+    def check_sendMessage(self, p: dict[str, Any]) -> str | None:
+        """The Bot API server's own checks: it trims the text, then counts code points
+        (tdlib's utf8_length) against 4096."""
+        text = str(p.get("text", "")).strip()
+        if not text:
+            return "Bad Request: message text is empty"
+        if len(text) > 4096:
+            return "Bad Request: message is too long"
+        return None
 
     def m_sendMessage(self, p: dict[str, Any]) -> Any:
         chat_id = p["chat_id"]

@@ -13,7 +13,7 @@ import main
 from channels import DeliveryError, Kind, bot
 from channels.telegram import keyboards, register_webhook
 from channels.telegram.client import TelegramSender, split_text
-from channels.telegram.inbound import lang_of, to_message
+from channels.telegram.inbound import lang_of, to_message, unparsed
 from tests.channels import telegram_fake as tg
 from tests.conftest import make_settings
 
@@ -56,6 +56,25 @@ def test_a_mention_inside_the_text_is_not_a_command() -> None:
     u = tg.text("看看 /status 这个命令")
     u["message"]["entities"] = [{"offset": 3, "length": 7, "type": "bot_command"}]
     assert _msg(u).text == "看看 /status 这个命令"
+
+
+def test_a_deep_link_start_keeps_its_payload_as_the_scene() -> None:
+    """t.me/Hotline12345Bot?start=PAYLOAD: Telegram sends "/start PAYLOAD", the
+    payload 1-64 of A-Z a-z 0-9 _ -; kept like a WeChat QR code's scene."""
+    m = _msg(tg.text("/start ticket_2026112200123-x"))
+    assert (m.kind, m.event, m.data["scene"]) == (Kind.EVENT, "subscribe", "ticket_2026112200123-x")
+    assert _msg(tg.text("/start " + "a" * 64)).data["scene"] == "a" * 64
+    for typed in ("/start", "/start " + "a" * 65, "/start 你好", "/start a b", "/help x"):
+        m = _msg(tg.text(typed))
+        assert (m.event, "scene" in m.data) == ("subscribe", False), typed
+
+
+def test_command_arguments_are_found_by_utf16_entity_lengths() -> None:
+    """Entity offsets and lengths count UTF-16 code units: a character outside the BMP
+    is two of them but one Python character."""
+    u = tg.text("/st😀😀tus@Hotline12345Bot ab")
+    u["message"]["entities"] = [{"offset": 0, "length": 26, "type": "bot_command"}]
+    assert _msg(u).text == "/st😀😀tus ab"
 
 
 @pytest.mark.parametrize(
@@ -196,6 +215,35 @@ def test_lang_of_no_user() -> None:
     assert lang_of(None) == "zh"
 
 
+def test_an_update_ptb_cannot_read_is_kept_for_a_private_human_sender_only() -> None:
+    raw = tg.text("路灯坏了", update_id=4242)
+    raw["message"]["date"] = "yesterday"  # a shape PTB cannot read
+    m = unparsed(raw)
+    assert m is not None
+    assert (m.sender_id, m.external_id, m.sender_name, m.lang) == (
+        str(tg.USER_ID),
+        f"4242:{tg.USER_ID}",
+        "Li Wei",
+        "zh",
+    )
+    assert m.data["unreadable"] is True and m.data["raw"]["message"]["text"] == "路灯坏了"
+    press = tg.callback("k:report", update_id=4243)
+    press["callback_query"]["from"]["language_code"] = "en"
+    m = unparsed(press)
+    assert m is not None and (m.external_id, m.lang) == (f"4243:{tg.USER_ID}", "en")
+    group = tg.text("大家好")
+    group["message"]["chat"] = {"id": -100, "title": "业主群", "type": "supergroup"}
+    from_bot = tg.text("hi")
+    from_bot["message"]["from"]["is_bot"] = True
+    no_chat = tg.text("hi")
+    del no_chat["message"]["chat"]
+    odd_ids = [tg.text("hi") for _ in range(3)]
+    for u, uid in zip(odd_ids, ("7", True, 2**60), strict=True):
+        u["message"]["from"]["id"] = uid
+    for u in (group, from_bot, no_chat, *odd_ids, {"update_id": 1, "message": "x"}):
+        assert unparsed(u) is None
+
+
 # ---------------------------------------------------------------------- keyboards
 
 
@@ -239,6 +287,43 @@ def test_split_text_keeps_parts_within_4096_and_prefers_line_breaks() -> None:
     assert all(p.endswith("\n") for p in parts[:-1])
     flat = "字" * 9000
     assert [len(p) for p in split_text(flat)] == [4096, 4096, 808]
+
+
+def test_split_text_never_leaves_a_blank_part() -> None:
+    """Telegram trims a text and refuses an empty one ("message text is empty")."""
+    assert split_text("x" * 4096 + "\n") == ["x" * 4096]
+    assert split_text("x" * 4096 + " \n\n \t") == ["x" * 4096]
+    parts = split_text("a" * 4000 + "\n" * 5000 + "b")
+    assert [p.strip() for p in parts] == ["a" * 4000, "b"]
+
+
+def test_split_text_prefers_sentences_then_spaces() -> None:
+    prose = "这条路的路灯已经坏了很久。" * 400  # no line breaks
+    parts = split_text(prose)
+    assert all(p.endswith("。") for p in parts) and "".join(parts) == prose
+    words = "streetlight " * 500
+    assert all(p.endswith(" ") for p in split_text(words)[:-1])
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "👩\u200d👩\u200d👧\u200d👦",  # a family: ZWJ sequence
+        "👍🏽",  # a skin tone modifier
+        "🇨🇳",  # a flag: two regional indicators
+        "e\u0301",  # a combining accent
+        "❤\ufe0f",  # a variation selector
+        "\ud83d\ude00",  # a surrogate pair, as a str built with surrogatepass holds it
+    ],
+)
+def test_split_text_never_cuts_inside_what_reads_as_one_character(unit: str) -> None:
+    text = "x" * 4095 + unit * 3000
+    parts = split_text(text)
+    assert all(0 < len(p) <= 4096 for p in parts) and "".join(parts) == text
+    for p in parts[1:]:
+        assert p.startswith(unit), repr(p[:8])
+    crlf = "x" * 4095 + "\r\n" + "y" * 10
+    assert split_text(crlf) == ["x" * 4095, "\r\n" + "y" * 10]
 
 
 # ---------------------------------------------------------------------- sender vs the fake
@@ -318,6 +403,28 @@ async def test_a_long_flood_wait_is_left_to_the_outbox_and_blocks_later_sends(
     now[0] += 121
     await sender.send("1111111", {"type": "text", "text": "again"})
     assert fake.sent_texts() == ["hi", "again"]
+
+
+async def test_a_text_ending_in_a_line_break_at_the_limit_is_one_message(live_bot, fake) -> None:
+    """The blank tail after 4096 characters used to go out as a part of its own, which
+    Telegram refuses with 400 (permanent: the message was marked failed)."""
+    await TelegramSender(live_bot).send("1111111", {"type": "text", "text": "x" * 4096 + "\n"})
+    assert fake.sent_texts() == ["x" * 4096]
+
+
+async def test_a_group_upgraded_to_a_supergroup_is_followed(live_bot, fake) -> None:
+    """400 with parameters.migrate_to_chat_id: the chat lives on under the new id."""
+    fake.fail["sendMessage"] = [
+        (400, {"migrate_to_chat_id": -1001234567890}),
+    ]
+    text = "甲" * 4096 + "乙" * 10
+    await TelegramSender(live_bot).send("-4567", {"type": "text", "text": text})
+    assert [p["chat_id"] for p in fake.called("sendMessage")] == [
+        -4567,
+        -1001234567890,
+        -1001234567890,
+    ]
+    assert fake.sent_texts(-1001234567890) == ["甲" * 4096, "乙" * 10]
 
 
 async def test_a_long_text_goes_in_parts_with_the_keyboard_on_the_last(live_bot, fake) -> None:
