@@ -57,9 +57,17 @@ class Frame:
 
     @property
     def reply_text(self) -> str:
-        """Reply-Text of a command/reply (decoded: the connect reply sends `%2BOK%0A`)."""
+        """Reply-Text of a command/reply, percent-decoded only where FreeSWITCH encoded it.
+
+        Only the outbound `connect` reply is a serialized event (`Reply-Text: %2BOK%0A`
+        amid the channel data); every other reply is raw text that may hold a literal
+        `%` (`+OK filter added. [X]=[50%25]` echoes the value as sent), so decoding
+        those would alter them.
+        """
         text = self.headers.get("Reply-Text", "")
-        return unquote(text) if "%" in text else text
+        if "%" in text and "Event-Name" in self.headers:
+            return unquote(text)
+        return text
 
     @property
     def text(self) -> str:
@@ -84,33 +92,61 @@ class FrameParser:
 
     Bounds on header block and body size turn a garbled or hostile stream into an
     ESLProtocolError naming what was wrong, instead of unbounded buffering.
+
+    A body arriving over many reads is collected as a list of chunks and joined once,
+    when complete: re-concatenating the held bytes on every read made a 16 MB body
+    (a `show channels` on a busy switch) cost seconds of copying on the event loop
+    every call shares. The search for a header block's end likewise resumes where the
+    previous read left it.
     """
 
-    __slots__ = ("_buf", "_headers", "_need", "_pos", "max_body", "max_header")
+    __slots__ = (
+        "_buf",
+        "_chunks",
+        "_have",
+        "_headers",
+        "_need",
+        "_scanned",
+        "max_body",
+        "max_header",
+    )
 
     def __init__(self, max_header: int = MAX_HEADER_BYTES, max_body: int = MAX_BODY_BYTES) -> None:
         self.max_header = max_header
         self.max_body = max_body
-        self._buf = b""
-        self._pos = 0
+        self._buf = b""  # an incomplete header block (only while _headers is None)
+        self._scanned = 0  # bytes of _buf already searched for the blank line
         self._headers: dict[str, str] | None = None
         self._need = 0
+        self._chunks: list[bytes] = []  # the body read so far (only while _headers is set)
+        self._have = 0
 
     @property
     def pending(self) -> int:
         """Bytes held for an incomplete frame."""
-        return len(self._buf) - self._pos
+        return len(self._buf) + self._have
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else bytes(data)
+        frames: list[Frame] = []
+        if self._headers is not None:
+            self._chunks.append(bytes(data))
+            self._have += len(data)
+            if self._have < self._need:
+                return frames
+            buf = b"".join(self._chunks)
+            self._chunks, self._have = [], 0
+            scan_from = 0
+        else:
+            buf = self._buf + data if self._buf else bytes(data)
+            # the blank line may straddle the previous read's end: back up one byte
+            scan_from = max(0, self._scanned - 1)
         pos = 0
         end_of_data = len(buf)
-        frames: list[Frame] = []
         headers = self._headers
         need = self._need
         while True:
             if headers is None:
-                end = buf.find(b"\n\n", pos)
+                end = buf.find(b"\n\n", max(pos, scan_from))
                 if end < 0:
                     if end_of_data - pos > self.max_header:
                         raise ESLProtocolError(
@@ -128,10 +164,15 @@ class FrameParser:
             pos += need
             headers = None
             need = 0
-        if pos < end_of_data:
-            self._buf, self._pos = buf, pos
-        else:  # all consumed: an idle call's socket keeps no copy of its last read
-            self._buf, self._pos = b"", 0
+        rest = buf[pos:] if pos else buf
+        if headers is None:
+            # an idle call's socket keeps no copy of its last read
+            self._buf = rest if pos < end_of_data else b""
+            self._scanned = len(self._buf)
+        else:
+            self._buf, self._scanned = b"", 0
+            if pos < end_of_data:
+                self._chunks, self._have = [rest], len(rest)
         self._headers = headers
         self._need = need
         return frames
@@ -139,9 +180,9 @@ class FrameParser:
     def eof_reason(self) -> str | None:
         """Why the stream ending now would truncate a frame, or None if it ends cleanly."""
         if self._headers is not None:
-            return f"connection closed inside a body ({self.pending} of {self._need} bytes read)"
-        if self.pending:
-            return f"connection closed inside a header block ({self.pending} bytes pending)"
+            return f"connection closed inside a body ({self._have} of {self._need} bytes read)"
+        if self._buf:
+            return f"connection closed inside a header block ({len(self._buf)} bytes pending)"
         return None
 
 
@@ -165,7 +206,10 @@ def _parse_header_block(block: bytes) -> dict[str, str]:
 def _content_length(raw: str | None, limit: int) -> int:
     if raw is None:
         return 0
-    if not raw.isdigit() or len(raw) > 12:
+    # isdigit() alone also admits "²" (int() then raises ValueError, which nothing
+    # catches) and other scripts' digits ("١٢" would be read as 12); FreeSWITCH only
+    # ever writes ASCII decimal
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         raise ESLProtocolError(f"Content-Length is not a number: {raw[:40]!r}")
     length = int(raw)
     if length > limit:
@@ -431,10 +475,14 @@ def encode_execute(
     """`sendmsg` execute, exactly as in transcripts 04 and 09.
 
     `event_uuid` comes back as Application-UUID in CHANNEL_EXECUTE(_COMPLETE), which is
-    how a completion is matched to the request that started it.
+    how a completion is matched to the request that started it. An argument that
+    starts with a space goes in the body too: mod_event_socket skips the spaces after
+    a header's colon, so the application would run without them.
     """
     headers = [("call-command", "execute"), ("execute-app-name", app)]
-    in_body = arg is not None and ("\n" in arg or "\r" in arg or len(arg) > MAX_HEADER_ARG)
+    in_body = arg is not None and (
+        "\n" in arg or "\r" in arg or arg.startswith(" ") or len(arg) > MAX_HEADER_ARG
+    )
     if arg is not None and not in_body:
         headers.append(("execute-app-arg", arg))
     if loops is not None:

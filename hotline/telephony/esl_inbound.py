@@ -221,7 +221,9 @@ class InboundESL:
     def on(self, event_name: str, handler: EventHandler) -> None:
         """Call `handler(event)` for each event of that name ("*" for all).
 
-        Sync handlers run inline (keep them short); async ones run as tasks.
+        A custom event is named as subscribed, "CUSTOM <subclass>" ("CUSTOM" alone
+        gets every subclass). Sync handlers run inline (keep them short); async ones
+        run as tasks.
         """
         self._handlers.setdefault(event_name, []).append(handler)
 
@@ -235,7 +237,15 @@ class InboundESL:
             fut = self._jobs.pop(event.job_uuid or "", None)
             if fut is not None and not fut.done():
                 fut.set_result(event)
-        for handler in (*self._handlers.get(name, ()), *self._handlers.get("*", ())):
+        handlers = self._handlers.get(name, ())
+        if name == "CUSTOM":
+            # subscribed as "CUSTOM <subclass>", but the event says Event-Name: CUSTOM
+            # and carries the subclass in its own header: a handler registered under
+            # the name it was subscribed by must see it
+            subclass = event.get("Event-Subclass")
+            if subclass:
+                handlers = (*handlers, *self._handlers.get(f"CUSTOM {subclass}", ()))
+        for handler in (*handlers, *self._handlers.get("*", ())):
             try:
                 result = handler(event)
             except Exception:
@@ -285,8 +295,23 @@ class InboundESL:
             await self._subscribe_on(conn, new)
 
     async def nixevent(self, *event_names: str) -> None:
-        self._events.difference_update(n for n in event_names if n not in BASE_EVENTS)
-        await self._command(f"nixevent {' '.join(event_names)}")
+        """Drop subscriptions, except the ones this client itself lives on.
+
+        FreeSWITCH sends BACKGROUND_JOB only to a subscribed socket (transcript 01b), so
+        passing it on would leave every later bgapi waiting for a result that never
+        comes; HEARTBEAT is the liveness signal. `nixevent ALL` clears every
+        subscription on the switch's side, so what we still want is subscribed again.
+        As with `event`, every word after CUSTOM is a subclass: custom names go alone.
+        """
+        names = [n for n in event_names if n not in BASE_EVENTS]
+        self._events.difference_update(names)
+        plain = [n for n in names if not n.startswith("CUSTOM")]
+        custom = [n for n in names if n.startswith("CUSTOM")]
+        for group in (plain, custom):
+            if group:
+                await self._command(f"nixevent {' '.join(group)}")
+        if "ALL" in plain:
+            await self._subscribe_on(self._live(), self._events)
 
     async def filter(self, header: str, value: str) -> None:
         """Pass only events matching any filter (FreeSWITCH ORs filters).

@@ -45,8 +45,10 @@ class BridgeResult:
 class CallLeg:
     """One call under our control through its outbound socket."""
 
-    def __init__(self, conn: ESLConnection, channel: Event) -> None:
+    def __init__(self, conn: ESLConnection, channel: Event, *, linger_grace: float = 5.0) -> None:
         self._conn = conn
+        self.linger_grace = linger_grace
+        self._linger_timer: asyncio.TimerHandle | None = None
         self.channel = channel
         self.uuid: str = channel.get("Unique-ID") or channel.get("Channel-Unique-ID") or ""
         self.caller_number: str = channel.get("Caller-Caller-ID-Number") or ""
@@ -128,22 +130,42 @@ class CallLeg:
                 handler(event)
             except Exception:
                 log.exception("call %s: handler failed on %s", self.uuid, name)
+        if name == "CHANNEL_HANGUP_COMPLETE" and self._linger_timer is not None:
+            self._end("linger")  # the channel's last word after a linger notice
 
     def _on_disconnect_notice(self, frame: Frame) -> None:
-        """Linger (the channel is gone, FreeSWITCH keeps the socket) or disconnect."""
+        """Linger (the channel is gone, FreeSWITCH keeps the socket) or disconnect.
+
+        FreeSWITCH sends the linger notice as soon as the channel goes down, and the
+        channel's remaining events (a running application's CHANNEL_EXECUTE_COMPLETE,
+        CHANNEL_HANGUP_COMPLETE with the CDR variables) may still follow it: lingering
+        exists so the application can read those. So unless CHANNEL_HANGUP_COMPLETE
+        has already come, the leg ends with it, or after `linger_grace` seconds
+        without it, rather than on the notice itself.
+        """
         disposition = frame.headers.get("Content-Disposition", "disconnect")
         if not self._hung_up.is_set():
             self.hangup_cause = self.hangup_cause or "NORMAL_CLEARING"
             self._hung_up.set()
-        self._fail_executing()
-        if not self._finished.done():
-            self._finished.set_result(disposition)
+        if disposition == "linger" and self.hangup_event is None and not self._finished.done():
+            if self._linger_timer is None:
+                self._linger_timer = asyncio.get_running_loop().call_later(
+                    self.linger_grace, self._end, "linger (no CHANNEL_HANGUP_COMPLETE)"
+                )
+            return
+        self._end(disposition)
 
     def _on_closed(self, reason: str) -> None:
         self._hung_up.set()
+        self._end(reason)
+
+    def _end(self, how: str) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._fail_executing()
         if not self._finished.done():
-            self._finished.set_result(reason)
+            self._finished.set_result(how)
 
     def _fail_executing(self) -> None:
         executing, self._executing = self._executing, {}
@@ -404,7 +426,7 @@ class OutboundServer:
             raise ESLCommandError("connect", reply.reply_text or "no channel data")
         data = reply.decoded_headers()
         channel = Event.from_headers([kv for kv in data.items() if kv[0] not in _REPLY_ONLY])
-        leg = CallLeg(conn, channel)
+        leg = CallLeg(conn, channel, linger_grace=self.drain_timeout)
         conn.on_event = leg._on_event
         conn.on_disconnect_notice = leg._on_disconnect_notice
         conn.closed.add_done_callback(lambda f: leg._on_closed(f.result()))

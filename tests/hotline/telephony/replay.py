@@ -31,6 +31,7 @@ class Replay:
     received: list[bytes] = field(default_factory=list)
     mismatches: list[tuple[bytes, bytes]] = field(default_factory=list)
     closed_by_peer: asyncio.Event = field(default_factory=asyncio.Event)
+    delay_s: float = 0.0  # between answer chunks: time for the peer to act on each
 
     def __post_init__(self) -> None:
         self.greeting: list[bytes] = []
@@ -85,7 +86,7 @@ class Replay:
                 for data in step.answer:
                     writer.write(_apply(data, swaps))
                     await writer.drain()
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(self.delay_s)
         except ConnectionError:
             self.closed_by_peer.set()
 
