@@ -999,8 +999,16 @@ class AcdService:
         """Back into line ahead of new callers (failed transfer, failed hand-off)."""
         call.state, call.agent, call.agent_leg, call.priority = "queued", None, None, priority
         self.acd.enqueue(call.uuid, call.caller, priority)
+        now = self.deps.clock()
+        due = now + timedelta(seconds=self.config.rules.service_level_s)
+        # its item left the agents' queue when it was answered: back in line, back in view
         await store.update_call(
-            self.deps, call.uuid, self.deps.clock(), event="requeued", state="queued"
+            self.deps,
+            call.uuid,
+            now,
+            event="requeued",
+            state="queued",
+            item=store.queue_item(call.uuid, int(priority), due, now),
         )
         await self._pump()
         if call.state == "queued":

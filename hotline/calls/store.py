@@ -337,14 +337,17 @@ async def update_call(
     actor: str | None = None,
     data: dict[str, Any] | None = None,
     leave_queue: bool = False,
+    item: dict[str, Any] | None = None,
     **values: Any,
 ) -> None:
-    """One step of a call: its row's columns, a trail entry, its queue item gone."""
+    """One step of a call: its row's columns, a trail entry, its queue item gone, or
+    back (`item`, from `queue_item`: a caller put back in line)."""
     step = _Step(
         uuid,
         values=values or None,
         event=_event(uuid, now, event, actor, data) if event else None,
         leave_queue=leave_queue,
+        item=item,
     )
     await _write(deps, step)
 

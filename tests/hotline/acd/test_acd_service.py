@@ -264,6 +264,34 @@ async def test_blind_transfer_nobody_answers_requeues_the_caller(sqlite_rig) -> 
     assert await task == "completed"
 
 
+async def test_a_caller_back_in_line_is_back_in_the_agents_queue(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+    """A failed transfer puts the caller back in line: the console's queue must show
+    the call again (its item went when it was answered), and drop it when answered."""
+    slow_wrap_up = Rules(ring_timeout_s=0.2, wrap_up_s=30, service_level_s=15)
+    async with make_rig(tmp_path, db_url, slow_wrap_up) as rig:
+        rig.switch.phone("user/1001")
+        rig.switch.phone("user/2000", "no_answer")
+        await rig.acd.login("a", "1001")
+        uuid, task = rig.call()
+        await eventually(lambda: rig.acd.acd.agents["a"].state is AgentState.ON_CALL)
+        assert await _call_items(rig) == []  # answered: out of the agents' queue
+        await rig.acd.transfer_blind(uuid, "a", "2000")
+        await eventually(lambda: rig.named("call.transferred")[-1].step == "failed")
+        assert rig.acd.calls[uuid].state == "queued"  # agent a is in wrap-up: nobody free
+        [item] = await _call_items(rig)
+        assert (item["ref"], item["priority"]) == (uuid, int(Priority.RETURNING))
+        await rig.switch.hangup(uuid)
+        assert await task == "abandoned"
+        await eventually(lambda: True)
+        assert await _call_items(rig) == []
+
+
+async def _call_items(rig) -> list:  # type: ignore[no-untyped-def]
+    async with rig.deps.db.read() as conn:
+        items = await workqueue.list_items(conn, [workqueue.AGENTS])
+    return [i for i in items if i["kind"] == workqueue.CALL]
+
+
 async def test_attended_transfer_consult_then_complete(sqlite_rig) -> None:  # type: ignore[no-untyped-def]
     rig = sqlite_rig
     rig.switch.phone("user/1001")
