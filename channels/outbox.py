@@ -26,6 +26,7 @@ from ticketing.store import Database
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
+MAX_RETRY_AFTER_S = 3600.0  # a flood wait beyond this is taken as this (then asked again)
 BACKOFF_START_S = 2.0
 BACKOFF_CAP_S = 600.0
 LEASE_S = 60.0
@@ -35,11 +36,17 @@ BATCH = 50
 
 class DeliveryError(Exception):
     """A send failed. `permanent`: retrying cannot help (blocked the account, bad
-    recipient); otherwise the outbox retries with backoff."""
+    recipient); otherwise the outbox retries with backoff. `retry_after`: the channel
+    said when to try again (flood control): the outbox waits that long and the try
+    does not count against `MAX_ATTEMPTS`, so a long flood wait delays a reply rather
+    than failing it."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_after = retry_after
 
 
 @runtime_checkable
@@ -153,6 +160,16 @@ class OutboxWorker:
             async with self._sem:
                 await sender.send(row["recipient"], row["payload"])
         except DeliveryError as exc:
+            if exc.retry_after is not None and not exc.permanent:
+                wait = min(max(exc.retry_after, 1.0), MAX_RETRY_AFTER_S)
+                log.info(
+                    "outbox %s to %s: the channel asks to wait %.0f s (not counted as a try)",
+                    row["id"],
+                    row["channel"],
+                    wait,
+                )
+                await self._update(row, pending=True, delay=wait, error=str(exc))
+                return
             final = exc.permanent or attempts >= self.max_attempts
             log.warning(
                 "outbox %s to %s failed (attempt %d%s): %s",

@@ -92,7 +92,8 @@ def delivery_error(exc: TelegramError) -> DeliveryError:
     if isinstance(exc, InvalidToken):  # PTB's message quotes the token: never log it
         return DeliveryError("Telegram rejected the bot token (HOTLINE_TELEGRAM_TOKEN)")
     if isinstance(exc, RetryAfter):
-        return DeliveryError(f"Telegram flood control: retry in {retry_after_s(exc):g} s")
+        wait = retry_after_s(exc)
+        return DeliveryError(f"Telegram flood control: retry in {wait:g} s", retry_after=wait)
     return DeliveryError(f"Telegram unreachable: {type(exc).__name__}: {exc.message}")
 
 
@@ -230,7 +231,7 @@ class TelegramSender:
             del self._not_before[chat_id]
             return
         if wait > self.max_wait_s:
-            raise DeliveryError(f"Telegram flood control: {wait:.0f} s left")
+            raise DeliveryError(f"Telegram flood control: {wait:.0f} s left", retry_after=wait)
         await asyncio.sleep(wait)
 
 

@@ -67,11 +67,12 @@ class RecordingSender:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.fail_next = 0
         self.permanent = False
+        self.retry_after: float | None = None
 
     async def send(self, recipient: str, payload: dict[str, Any]) -> None:
         if self.fail_next:
             self.fail_next -= 1
-            raise DeliveryError("boom", permanent=self.permanent)
+            raise DeliveryError("boom", permanent=self.permanent, retry_after=self.retry_after)
         self.sent.append((recipient, payload))
 
 

@@ -4,6 +4,7 @@ the queue, emergencies, the bot, agent replies through the outbox, notifications
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import sqlalchemy as sa
 
@@ -176,6 +177,28 @@ async def test_outbox_retries_with_backoff_then_gives_up(api) -> None:
     conv = await (await api.get(f"/api/v1/conversations/{r.conversation_id}")).json()
     last = conv["messages"][-1]["delivery"]
     assert (last["state"], last["last_error"]) == ("failed", "boom")
+
+
+async def test_a_flood_wait_delays_a_reply_but_never_uses_up_its_tries(api) -> None:
+    """Telegram's 429 says when to come back: more flood waits than MAX_ATTEMPTS (a
+    busy evening) must still end in the reply being sent, each waited as asked."""
+    hub = await manual(api)
+    sender = RecordingSender()
+    hub.register_sender(sender)
+    sender.fail_next, sender.retry_after = hub.outbox.max_attempts + 2, 300.0
+    r = await hub.receive(text("你好", sender="o-flood"))
+    await api.post(f"/api/v1/conversations/{r.conversation_id}/messages", {"text": "您好"})
+    for _ in range(hub.outbox.max_attempts + 2):
+        await hub.outbox.run_once()
+        async with hub.deps.db.read() as conn:
+            row = (await conn.execute(sa.select(outbox_t))).one()
+        assert (row.state, row.attempts) == ("pending", 0)
+        waited = row.next_attempt_at - hub.outbox.clock()
+        assert timedelta(seconds=290) < waited <= timedelta(seconds=300)  # as asked
+        async with hub.deps.db.write() as conn:
+            await conn.execute(sa.update(outbox_t).values(next_attempt_at=row.created_at))
+    await hub.outbox.run_once()
+    assert sender.sent == [("o-flood", {"type": "text", "text": "您好"})]
 
 
 async def test_conversation_to_ticket_and_status_notifications(api) -> None:
