@@ -40,6 +40,7 @@ from hotline.migrate import upgrade_head_async
 from hotline.openapi import build_openapi
 from hotline.routes import service_routes
 from hotline.settings import Settings
+from hotline.staff import staff_routes
 from ticketing import deadline_watcher, workqueue
 from ticketing.events import CardCacheInvalidated, CatalogChanged, DomainEvent
 from ticketing.handlers import Deps
@@ -106,6 +107,7 @@ def create_app(
 
     specs: list[RouteSpec] = []
     specs += auth_routes(sessions, settings.cookie_secure)
+    specs += staff_routes(deps, sessions)
     specs += ticket_routes(
         deps,
         intake,

@@ -104,6 +104,24 @@ def _retry_after(until: datetime, now: datetime) -> int:
     return max(1, int((until - now).total_seconds() + 0.999))
 
 
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # argon2 reads every byte: a megabyte "password" is a DoS
+
+
+def password_problem(password: str, username: str) -> str | None:
+    """Why `password` may not be a staff password, or None. Length over composition
+    rules (NIST SP 800-63B): long enough, not the username, not one repeated key."""
+    if len(password) < MIN_PASSWORD:
+        return f"passwords need at least {MIN_PASSWORD} characters"
+    if len(password) > MAX_PASSWORD:
+        return f"passwords have at most {MAX_PASSWORD} characters"
+    if username and username.casefold() in password.casefold():
+        return "the password may not contain the username"
+    if len(set(password)) == 1:
+        return "the password may not be one character repeated"
+    return None
+
+
 async def create_user(
     deps: Deps,
     username: str,
@@ -121,8 +139,8 @@ async def create_user(
         raise ValueError("only department users belong to a department")
     if department and deps.catalog.department(department) is None:
         raise ValueError(f"unknown department {department!r}")
-    if password_hash is None and len(password) < 8:
-        raise ValueError("passwords need at least 8 characters")
+    if password_hash is None and (weak := password_problem(password, username)):
+        raise ValueError(weak)
     pw = password_hash or await hash_password(password)
     async with deps.db.write() as conn:
         if (
@@ -291,6 +309,51 @@ class SessionStore:
                 self._cache.clear()
             self._cache[th] = _Cached(principal, row.expires_at.timestamp(), now + CACHE_TTL_S)
         return principal
+
+    async def change_password(
+        self, who: Principal, current: str, new: str, keep_token: str | None
+    ) -> bool:
+        """Set a new password when `current` is right; False when it is wrong. The
+        attempt counts against the account like a sign-in (a stolen session must not
+        become a way round the lockout), and every other session of the account ends:
+        whoever else holds one has to sign in with the new password."""
+        user, _ = await self._take_attempt(who.username)
+        ok = await verify_password(user.password_hash if user else _DUMMY_HASH, current)
+        if user is None or not ok or not user.active:
+            return False
+        await self.set_password(user.id, new, keep_token=keep_token)
+        return True
+
+    async def set_password(self, user_id: int, new: str, *, keep_token: str | None) -> None:
+        """New hash, lock cleared, and every session but `keep_token`'s ended."""
+        pw = await hash_password(new)
+        async with self.deps.db.write() as conn:
+            await conn.execute(
+                sa.update(user_t)
+                .where(user_t.c.id == user_id)
+                .values(password_hash=pw, failed_logins=0, locked_until=None)
+            )
+        await self.revoke_user(user_id, keep=token_hash(keep_token) if keep_token else None)
+
+    async def revoke_user(self, user_id: int, keep: str | None = None) -> int:
+        """End the account's sessions (all, or all but the one hashed `keep`), here and,
+        through the bus, on every instance. Returns how many ended."""
+        cond = [session_t.c.user_id == user_id]
+        if keep is not None:
+            cond.append(session_t.c.token_hash != keep)
+        async with self.deps.db.write() as conn:
+            gone = list(
+                (
+                    await conn.execute(
+                        sa.delete(session_t).where(*cond).returning(session_t.c.token_hash)
+                    )
+                ).scalars()
+            )
+        for th in gone:
+            self._revoked(th)
+        if gone:
+            await announce(self.deps, [SessionRevoked(th) for th in gone])
+        return len(gone)
 
     async def logout(self, token: str) -> None:
         th = token_hash(token)

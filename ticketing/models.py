@@ -101,6 +101,19 @@ class StaffUser(SQLModel, table=True):
     )
 
 
+class StaffEvent(SQLModel, table=True):
+    """Who changed which staff account how (created, role, deactivated, unlocked,
+    password set or changed): append-only, for the security audit (hotline.staff)."""
+
+    __tablename__ = "staff_event"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    actor: str = Field(max_length=64)
+    username: str = Field(max_length=64, index=True)
+    action: str = Field(max_length=32)
+    data: dict[str, Any] = _json(dict)
+
+
 class StaffSession(SQLModel, table=True):
     """A login; only the SHA-256 of the bearer token is stored."""
 
