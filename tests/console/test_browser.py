@@ -202,3 +202,24 @@ async def test_director_reads_the_performance_report_and_exports_it(browser, ser
     assert csv_text.splitlines()[-1].startswith("total,合计,2,")
     await page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert page.errors == []
+
+
+async def test_changing_my_password_from_the_console(browser, service, tmp_path):
+    page = await login(browser, service, "agent")
+    await page.click("#password-button")
+    await page.wait_for_selector("#password:not([hidden])")
+    await page.fill("#pw-current", "test-password-1")
+    await page.fill("#pw-new", "night shift 2026")
+    await page.fill("#pw-again", "night shift 2025")
+    await page.click("#password-form button[type='submit']")
+    assert await page.inner_text("#pw-error") == "两次输入的新密码不一致"
+    await page.fill("#pw-again", "night shift 2026")
+    await page.screenshot(path=str(tmp_path / "password.png"), full_page=True)
+    await page.click("#password-form button[type='submit']")
+    await page.wait_for_selector("#password", state="hidden")
+    await page.wait_for_selector(".toast:text('密码已修改')")
+    r = await service.client.post(
+        "/api/v1/auth/login", json={"username": "agent", "password": "night shift 2026"}
+    )
+    assert r.status == 200
+    assert page.errors == []

@@ -1161,6 +1161,22 @@ async function reportLoad() {
   $("#report-body").replaceChildren(doc.total.received ? table : el("p", { class: "muted", text: t("report.empty") }));
 }
 
+// ---------------------------------------------------------------- my password
+
+async function changePassword(e) {
+  e.preventDefault();
+  const error = $("#pw-error");
+  error.textContent = "";
+  if ($("#pw-new").value !== $("#pw-again").value) { error.textContent = t("password.mismatch"); return; }
+  try {
+    await api("POST", "/api/v1/auth/password",
+      { current_password: $("#pw-current").value, new_password: $("#pw-new").value });
+  } catch (err) { error.textContent = err.message; return; }
+  $("#password-form").reset();
+  closeOverlay($("#password"));
+  toast(t("password.done"));
+}
+
 // ---------------------------------------------------------------- views, state, shortcuts
 
 function showView(name) {
@@ -1391,6 +1407,8 @@ function wire() {
   for (const b of $$("#call-panel [data-line]")) b.addEventListener("click", () => emergency(b.dataset.line));
   $("#drill-close").addEventListener("click", () => { $("#drill").hidden = true; });
   $("#report-form").addEventListener("submit", (e) => { e.preventDefault(); reportLoad(); });
+  $("#password-button").addEventListener("click", () => openOverlay("#password"));
+  $("#password-form").addEventListener("submit", changePassword);
   document.addEventListener("focusin", (e) => {
     if (e.target.classList && e.target.classList.contains("answer-target")) lastAnswerTarget = e.target;
   });
