@@ -66,6 +66,11 @@ class AcdMetrics:
             "Answered / (answered + abandoned) over the last 24 h",
             registry=r,
         )
+        self.deferred_steps = Gauge(
+            "hotline_call_steps_deferred",
+            "Call steps kept in memory, to be written when the database is back (0 while it is up)",
+            registry=r,
+        )
         # read at scrape time, so they are right even when nothing happens
         self.waiting.set_function(lambda: len(acd.queue))
         self.longest.set_function(acd.longest_wait_s)

@@ -3,7 +3,9 @@
 One task per waiting caller (`handle_call`) and one per ringing offer; the domain
 (`hotline.acd.domain.Acd`) decides, this module acts, records and tells the bus.
 Every step is written to the call's row before it is announced, so a restart
-loses at most the step in flight.
+loses at most the step in flight. While the database is out of reach the calls go
+on all the same: their steps are kept in order and written when it is back
+(hotline.calls.store), and only a stop before then loses them (counted in an ERROR).
 
 Calls live on the instance whose socket holds them: the in-memory queue is this
 instance's, the database and the bus tell everybody else. Each call's row names its
@@ -41,6 +43,7 @@ from hotline.acd.switch import Ring, RingResult, Switch, SwitchError
 from hotline.calls import instances, store
 from ticketing.events import DomainEvent
 from ticketing.handlers import Deps, announce
+from ticketing.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,8 @@ class AcdService:
         if metrics is None and registry is not None:
             metrics = AcdMetrics(registry, self.acd)
         self.metrics = metrics
+        if metrics is not None:
+            metrics.deferred_steps.set_function(lambda: store.deferred_call_steps(deps))
         self.calls: dict[str, LiveCall] = {}
         self.answer_clicks: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -202,9 +207,10 @@ class AcdService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._ticker = self._heartbeat = None
-        # steps of calls handed in before the stop are committed before the store closes
+        # steps of calls handed in before the stop are committed before the store
+        # closes; those the database still refuses are counted in an ERROR, and lost
         with contextlib.suppress(Exception):
-            await store.flush_call_writes(self.deps)
+            await store.close_call_writes(self.deps)
         # then stopped: what is still live is left over, for the next start (or another
         # instance's next heartbeat) to close at once rather than after the stale wait
         try:
@@ -219,9 +225,12 @@ class AcdService:
 
         A beat that gets through may follow a silence of this instance's own (the
         database was out of reach): the others may have closed calls it still holds,
-        so it takes those back first."""
+        so it takes those back first, once the steps kept while it was away are
+        written (what the ACD says now then lands on top of them)."""
         now = self._instance_now()
         await instances.beat(self.deps, self.instance, now)
+        if store.deferred_call_steps(self.deps):  # bounded: a late beat reads as silence
+            await store.flush_call_writes(self.deps, self.config.heartbeat_s)
         await self._reclaim()
         return await self._close_orphans(now, include_unowned=False)
 
@@ -335,10 +344,15 @@ class AcdService:
         if uuid in self.calls:
             return await asyncio.shield(self.calls[uuid].done)
         now = self.deps.clock()
-        # one read per call for both the queue priority and the agent's screen pop
-        returning, history = await store.caller_profile(
-            self.deps, caller, uuid, now, self.config.returning_within_h
-        )
+        # one read per call for both the queue priority and the agent's screen pop;
+        # without the database the caller is served all the same, as a first call
+        try:
+            returning, history = await store.caller_profile(
+                self.deps, caller, uuid, now, self.config.returning_within_h
+            )
+        except StoreUnavailable as exc:
+            log.warning("no caller history for %s (the database is out of reach): %s", uuid, exc)
+            returning, history = False, {}
         if priority is None:
             priority = Priority.RETURNING if returning else Priority.NORMAL
         call = LiveCall(uuid, caller, store.masked(caller), priority, now, history=history)

@@ -5,7 +5,9 @@ arrives (before anybody is told it is queued) and at each step after, so a
 crash loses at most the step in flight, never the fact that somebody called.
 A call's steps (`insert_call`, `update_call`, `record_survey`) are group-committed:
 each returns once its own step is committed, in one transaction with whatever other
-calls' steps were waiting for the writer at the time (`_CallWriter`).
+calls' steps were waiting for the writer at the time (`_CallWriter`). While the
+database is out of reach they return at once instead, their steps kept here, in
+order, and written when it is back: a caller on the line outlasts our store.
 
 The statements a call runs at every step (its row, its trail, its queue item, the
 caller's history) are built once, with bind parameters, and reused: building and
@@ -17,11 +19,15 @@ each call step uses as few statements as it can.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
+import logging
+import math
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,6 +46,8 @@ callback_t = CallbackRequest.__table__  # type: ignore[attr-defined]
 profile_t = AgentProfile.__table__  # type: ignore[attr-defined]
 ticket_t = Ticket.__table__  # type: ignore[attr-defined]
 work_item = workqueue.work_item
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 OPEN_TICKET_STATES = (
     "new",
@@ -95,6 +103,14 @@ def _upsert_item(db: Any) -> sa.Insert:
 
 # ---------------------------------------------------------------- a call's steps, group-committed
 
+# What became of a step: committed; a `once` entry that was there already; kept here to
+# be written when the database is back; dropped (the backlog was full).
+Outcome = Literal["written", "already", "deferred", "dropped"]
+MAX_DEFERRED = 5000  # steps kept while the database is away (~ an hour of a busy line)
+MAX_BATCH = 500  # steps per transaction when draining: a bounded transaction and IN (...)
+STALL_S = 5.0  # a step not committed by then is deferred: its call goes on meanwhile
+RETRY_S = (0.25, 5.0)  # first retry while the database is away, and the longest wait
+
 
 @dataclass(eq=False)
 class _Step:
@@ -109,9 +125,14 @@ class _Step:
     item: dict[str, Any] | None = None
     leave_queue: bool = False
     written: bool = True  # False: a `once` entry that was there already
-    done: asyncio.Future[bool] = field(
+    seq: int = 0  # order of hand-in (the writer's), for `flush`
+    done: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    def describe(self) -> str:
+        kind = self.event["kind"] if self.event else "columns"
+        return f"{kind} of call {self.uuid}"
 
 
 class _CallWriter:
@@ -125,106 +146,260 @@ class _CallWriter:
     twenty writers waiting for SQLite's one writer): a transaction and its statements
     per batch instead of per step. A batch that fails is retried step by step, so one
     bad step fails alone.
+
+    The database going away must not take the calls with it: callers are on the line
+    whatever our store does, and a call task that dies of a write leaves its caller
+    and agent stuck. So a step that cannot be written (the store unavailable, or no
+    answer within `STALL_S`) is deferred: its caller hears so at once and goes on, and
+    the step stays here, in hand-in order, with every step handed in after it (one
+    queue, so a call's steps never overtake its insert), until a retry (or `flush`)
+    gets through; then the backlog goes in batches through the same `_apply`, exactly
+    as live. Nobody waits on a write while a backlog is kept: a new step joins its end.
+    The backlog is bounded (`MAX_DEFERRED`): past it the oldest step is dropped, with an
+    ERROR naming it, rather than the process running out of memory in a long outage.
     """
 
     def __init__(self) -> None:
         # (no reference to the database: it is the key this writer is kept under)
-        self.pending: list[_Step] = []
+        self.pending: collections.deque[_Step] = collections.deque()
+        self.in_flight: list[_Step] = []  # taken from `pending`'s head by the writer
         self.task: asyncio.Task[None] | None = None
+        self.handed = 0  # steps handed in so far (their `seq`)
+        self.failures = 0  # attempts that found the database away, ever
+        self.tries = 0  # ... in this outage (the retry's back-off)
+        self.down_since: float | None = None  # loop time the backlog started
+        self.drained = 0  # backlog steps committed in this outage
+        self.max_deferred = MAX_DEFERRED
+        self.retry_s = RETRY_S
+        self.stall_s = STALL_S
+        self._wake = asyncio.Event()  # retry now (a flush), not at the back-off's end
+        self._progress = asyncio.Event()  # set (and replaced) after every attempt
 
-    async def write(self, db: Any, step: _Step) -> bool:
+    def waiting(self) -> int:
+        """Steps handed in and not committed (nor failed, nor dropped)."""
+        return len(self.pending) + len(self.in_flight)
+
+    async def write(self, db: Any, step: _Step) -> Outcome:
         # nobody may be left waiting for an error (a caller cancelled meanwhile)
         step.done.add_done_callback(_retrieve)
+        self.handed += 1
+        step.seq = self.handed
         self.pending.append(step)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run(db), name="call-writer")
+        if self.down_since is not None:  # behind the backlog: written in its turn
+            self._trim()
+            return "deferred"
         # a cancelled caller does not take its step back: it is committed in its turn
-        return await asyncio.shield(step.done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(step.done), self.stall_s)
+        except TimeoutError:
+            self._going_down(f"no commit within {self.stall_s:g} s")
+            return "deferred"
 
     async def _run(self, db: Any) -> None:
         try:
             while self.pending:
-                await self._commit_next(db)
+                if not await self._commit_next(db):
+                    await self._pause()
         finally:
             self.task = None
-            # left with steps waiting only when cancelled (the loop is closing)
+            # left with steps waiting only when cancelled (the loop is closing, or a stop
+            # that could not write them: it says how many)
+            self.pending.extendleft(reversed(self.in_flight))
+            self.in_flight = []
             for step in self.pending:
                 step.done.cancel()
-            self.pending = []
+            self.pending.clear()
+            self.down_since = None
+            self._tell()
 
-    async def _commit_next(self, db: Any) -> None:
-        batch: list[_Step] = []
+    async def _commit_next(self, db: Any) -> bool:
+        """The next batch, in one transaction; False when the database is away (the
+        batch is back at the head of the queue)."""
         try:
             try:
                 async with db.write() as conn:
                     # taken once the writer is ours: whatever queued meanwhile comes along
-                    batch, self.pending = self.pending, []
-                    await _apply(conn, db, batch)
+                    n = min(len(self.pending), MAX_BATCH)
+                    self.in_flight = [self.pending.popleft() for _ in range(n)]
+                    await _apply(conn, db, self.in_flight)
             except Exception as exc:
-                if not batch:  # no transaction to be had (store unavailable): tell who waits
-                    batch, self.pending = self.pending, []
-                if len(batch) <= 1 or isinstance(exc, StoreUnavailable):
-                    for step in batch:
-                        _settle(step, exc)
-                    return
-                for step in batch:  # find the one that fails; the others are written
-                    try:
-                        async with db.write() as conn:
-                            await _apply(conn, db, [step])
-                    except Exception as one:
-                        _settle(step, one)
-                    else:
-                        _settle(step)
-                return
+                batch, self.in_flight = self.in_flight, []
+                # no transaction to be had at all is the database's fault, not a step's
+                if not batch or isinstance(exc, StoreUnavailable):
+                    self.pending.extendleft(reversed(batch))
+                    self._going_down(str(exc) or type(exc).__name__)
+                    return False
+                if len(batch) == 1:
+                    self._failed(batch[0], exc)
+                    return True
+                return await self._one_by_one(db, batch)
+            batch, self.in_flight = self.in_flight, []
             for step in batch:
                 _settle(step)
+            self._committed(len(batch))
+            return True
         finally:
-            for step in batch:  # left by cancellation: say so rather than hang
-                if not step.done.done():
-                    step.done.cancel()
+            self._tell()
 
-    async def drain(self) -> None:
-        """Until every step queued so far is committed (or failed)."""
-        while self.task is not None:
-            await asyncio.shield(self.task)
+    async def _one_by_one(self, db: Any, batch: list[_Step]) -> bool:
+        """Find the step that fails; the others are written."""
+        for i, step in enumerate(batch):
+            try:
+                async with db.write() as conn:
+                    await _apply(conn, db, [step])
+            except StoreUnavailable as exc:  # gone meanwhile: the rest waits, in order
+                self.pending.extendleft(reversed(batch[i:]))
+                self._going_down(str(exc))
+                return False
+            except Exception as one:
+                self._failed(step, one)
+            else:
+                _settle(step)
+                self._committed(1)
+        return True
+
+    def _failed(self, step: _Step, exc: Exception) -> None:
+        if step.done.done():  # a deferred step: nobody waits to hear it
+            log.error("call step %s could not be written: %r", step.describe(), exc)
+        _settle(step, exc)
+
+    def _going_down(self, why: str) -> None:
+        self.failures += 1
+        self.tries += 1
+        if self.down_since is None:
+            self.down_since = asyncio.get_running_loop().time()
+            self.drained = 0
+            log.warning(
+                "call steps cannot be written (%s): calls go on, their steps are kept "
+                "here and written when the database is back",
+                why,
+            )
+        for step in self.pending:  # (the batch in flight is back at its head)
+            if not step.done.done():
+                step.done.set_result("deferred")
+        self._trim()
+
+    def _committed(self, n: int) -> None:
+        if self.down_since is None:
+            return
+        self.drained += n
+        if self.pending:
+            return
+        log.warning(
+            "the database is back: %d call steps kept over %.1f s are written",
+            self.drained,
+            asyncio.get_running_loop().time() - self.down_since,
+        )
+        self.down_since = None
+        self.tries = 0
+
+    def _trim(self) -> None:
+        while self.waiting() > self.max_deferred and self.pending:
+            step = self.pending.popleft()
+            log.error(
+                "call step %s dropped: more than %d steps wait for the database",
+                step.describe(),
+                self.max_deferred,
+            )
+            if not step.done.done():
+                step.done.set_result("dropped")
+
+    async def _pause(self) -> None:
+        first, longest = self.retry_s
+        self._wake.clear()
+        delay = min(longest, first * 2 ** min(self.tries - 1, 30))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    def _tell(self) -> None:
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+
+    def _oldest(self) -> float:
+        head = self.in_flight or self.pending
+        return head[0].seq if head else math.inf
+
+    async def flush(self, timeout_s: float | None = None) -> int:
+        """Until every step handed in so far is committed (or failed), trying a backlog
+        now rather than at the retry's next turn; stops early at an attempt that finds
+        the database away. Returns how many steps still wait."""
+        mark, failures = self.handed, self.failures
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self.task is not None and self._oldest() <= mark:
+                    if self.failures != failures:
+                        break
+                    progress = self._progress
+                    self._wake.set()
+                    await progress.wait()
+        return self.waiting()
+
+    async def close(self, timeout_s: float | None) -> int:
+        """A last flush, then whatever still cannot be written is given up; returns how
+        many steps that is."""
+        left = await self.flush(timeout_s)
+        task = self.task
+        if left and task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return left
 
 
 def _settle(step: _Step, exc: Exception | None = None) -> None:
-    if step.done.done():  # cancelled meanwhile (the loop is closing)
+    if step.done.done():  # deferred (nobody waits now), or cancelled (the loop closing)
         return
     if exc is None:
-        step.done.set_result(step.written)
+        step.done.set_result("written" if step.written else "already")
     else:
         step.done.set_exception(exc)
 
 
-def _retrieve(fut: asyncio.Future[bool]) -> None:
+def _retrieve(fut: asyncio.Future[Outcome]) -> None:
     if not fut.cancelled():
         fut.exception()
 
 
+def _rounds(entries: list[tuple[str, _T]]) -> list[list[_T]]:
+    """`entries` (call uuid, entry) split in order into lists that hold each call at
+    most once: a call's k-th entry is in the k-th list. One statement per list keeps a
+    call's entries in order and never meets a row twice in one multi-row statement."""
+    rounds: list[list[_T]] = []
+    seen: dict[str, int] = {}
+    for uuid, entry in entries:
+        k = seen[uuid] = seen.get(uuid, -1) + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(entry)
+    return rounds
+
+
 async def _apply(conn: Any, db: Any, batch: list[_Step]) -> None:
-    """The batch's writes, in one transaction, in the order a step-at-a-time writer
-    would leave them: rows, then columns (a call's steps in the order given), then
-    trail entries in the order given, then queue items added, then removed."""
+    """The batch's writes, in one transaction, leaving what a step-at-a-time writer
+    would leave: rows, then columns (a call's steps merged in order: they set plain
+    values), then trail entries in the order given, then queue items (a call's last
+    removal, then its items put back after it, in order).
+
+    A batch may hold many steps of one call (a backlog drained after an outage): still
+    one statement per kind of write and set of columns, plus one per extra step of the
+    call that had the most items or rows in the batch, never one per step."""
     for s in batch:
         s.written = True
-    rows = [s.row for s in batch if s.row is not None]
-    if rows:
+    for rows in _rounds([(s.uuid, s.row) for s in batch if s.row is not None]):
         await conn.execute(_insert_call_row(db.is_sqlite), rows)
-    updates = [s for s in batch if s.values]
-    if len({s.uuid for s in updates}) == len(updates):
-        # one statement per set of columns: every call's row appears once
-        by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
-        for s in updates:
-            assert s.values is not None
-            by_columns.setdefault(frozenset(s.values), []).append({"b_uuid": s.uuid, **s.values})
-        for params in by_columns.values():
-            await conn.execute(_UPDATE_CALL, params)
-    else:  # a call with two steps in the batch: its columns in order
-        for s in updates:
-            assert s.values is not None
-            await conn.execute(_UPDATE_CALL, {"b_uuid": s.uuid, **s.values})
+    merged: dict[str, dict[str, Any]] = {}
+    for s in batch:
+        if s.values:
+            merged.setdefault(s.uuid, {}).update(s.values)
+    # one statement per set of columns: every call's row appears once
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for uuid, values in merged.items():
+        by_columns.setdefault(frozenset(values), []).append({"b_uuid": uuid, **values})
+    for params in by_columns.values():
+        await conn.execute(_UPDATE_CALL, params)
     once = [s for s in batch if s.once and s.event is not None]
     if once:
         seen = {
@@ -243,12 +418,19 @@ async def _apply(conn: Any, db: Any, batch: list[_Step]) -> None:
     events = [s.event for s in batch if s.event is not None and s.written]
     if events:
         await conn.execute(_INSERT_EVENT, events)
-    items = [s.item for s in batch if s.item is not None]
-    if items:
-        await conn.execute(_upsert_item(db), items)
-    gone = [{"b_ref": s.uuid} for s in batch if s.leave_queue]
+    # a removal undoes the items before it: the last one, then the items after it
+    items: dict[str, list[dict[str, Any]]] = {}
+    gone: dict[str, None] = {}
+    for s in batch:
+        if s.item is not None:
+            items.setdefault(s.uuid, []).append(s.item)
+        if s.leave_queue:
+            gone[s.uuid] = None
+            items.pop(s.uuid, None)
     if gone:
-        await conn.execute(_DELETE_CALL_ITEM, gone)
+        await conn.execute(_DELETE_CALL_ITEM, [{"b_ref": uuid} for uuid in gone])
+    for round_ in _rounds([(u, item) for u, its in items.items() for item in its]):
+        await conn.execute(_upsert_item(db), round_)
 
 
 _EVENTS_OF_KINDS = sa.select(call_event_t.c.call_uuid, call_event_t.c.kind).where(
@@ -258,19 +440,43 @@ _EVENTS_OF_KINDS = sa.select(call_event_t.c.call_uuid, call_event_t.c.kind).wher
 _WRITERS: weakref.WeakKeyDictionary[Any, _CallWriter] = weakref.WeakKeyDictionary()
 
 
-async def _write(deps: Deps, step: _Step) -> bool:
+def _writer(deps: Deps) -> _CallWriter:
     w = _WRITERS.get(deps.db)
     if w is None:
         w = _WRITERS[deps.db] = _CallWriter()
-    return await w.write(deps.db, step)
+    return w
 
 
-async def flush_call_writes(deps: Deps) -> None:
-    """Wait for the call steps already handed in (the ACD calls it when it stops, so
-    nothing is still being written while the store shuts down)."""
+async def _write(deps: Deps, step: _Step) -> Outcome:
+    return await _writer(deps).write(deps.db, step)
+
+
+async def flush_call_writes(deps: Deps, timeout_s: float | None = None) -> int:
+    """Wait for the call steps already handed in, trying a backlog now (a heartbeat got
+    through: the database is back). Returns how many steps still wait for it."""
     w = _WRITERS.get(deps.db)
-    if w is not None:
-        await w.drain()
+    return 0 if w is None else await w.flush(timeout_s)
+
+
+async def close_call_writes(deps: Deps, timeout_s: float | None = 10.0) -> int:
+    """The last flush (the ACD stops: nothing may still be written while the store
+    shuts down); steps that still cannot be written are given up, with an ERROR that
+    counts them. Returns that count."""
+    w = _WRITERS.get(deps.db)
+    left = 0 if w is None else await w.close(timeout_s)
+    if left:
+        log.error(
+            "%d call steps could not be written before the stop (the database is out of "
+            "reach) and are lost; the calls' rows miss those steps",
+            left,
+        )
+    return left
+
+
+def deferred_call_steps(deps: Deps) -> int:
+    """Call steps kept here for the database to come back (0 when it is up)."""
+    w = _WRITERS.get(deps.db)
+    return 0 if w is None or w.down_since is None else w.waiting()
 
 
 def _event(uuid: str, now: datetime, kind: str, actor: str | None, data: Any) -> dict[str, Any]:
@@ -355,9 +561,11 @@ async def update_call(
 async def record_survey(deps: Deps, uuid: str, now: datetime, data: dict[str, Any]) -> bool:
     """The post-call survey's answer on the call's trail, once per call (a retried
     socket session may ask twice); False when the call had its answer already.
-    The check and the write are one transaction."""
+    The check and the write are one transaction (a deferred answer is checked when it
+    is written, and counts as new till then)."""
     step = _Step(uuid, event=_event(uuid, now, "survey", None, data), once=True)
-    return await _write(deps, step)
+    # deferred: kept to be written once, checked then against what the trail holds
+    return await _write(deps, step) != "already"
 
 
 _CALL_TICKET = sa.select(call_t.c.ticket_number).where(call_t.c.uuid == sa.bindparam("b_uuid"))

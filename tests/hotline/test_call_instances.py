@@ -10,9 +10,10 @@ services on the in-memory switch) where the service's behaviour is the point.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -507,3 +508,43 @@ async def test_the_running_heartbeat_takes_the_call_back_by_itself(
         await _until(back)
         assert await _queued_refs(rig.deps) == {uuid}
         await _hang_up(task)
+
+
+async def test_steps_kept_through_the_outage_land_before_the_call_is_taken_back(
+    tmp_path: Path, db_url: str, deps: Any
+) -> None:
+    """Cut off from the database, this instance answers a waiting caller (its steps
+    kept in memory) while another instance closes the call as lost. The beat that gets
+    through writes the kept steps first, then takes the call back on top of them."""
+    async with make_rig(tmp_path, db_url) as rig:
+        rig.switch.phone("user/1001")
+        await rig.acd.login("li", "1001")
+        await rig.acd.set_state("li", "break", None)
+        uuid, task = await _queued_call(rig)
+
+        @contextlib.asynccontextmanager
+        async def refused(*_a: Any, **_kw: Any) -> AsyncIterator[Any]:
+            raise StoreUnavailable("connection refused")
+            yield  # pragma: no cover
+
+        rig.deps.db.write = rig.deps.db.read = refused  # this process only
+        await rig.acd.set_state("li", "available", None)
+        await eventually(lambda: rig.acd.calls[uuid].state == "talking", what="answered")
+        assert store.deferred_call_steps(rig.deps) == 2  # offered, answered
+        later = deps.clock() + timedelta(minutes=5)  # the other instance's sweep
+        assert await instances.close_orphaned_calls(
+            deps, "other", later, 30, include_unowned=False
+        ) == [uuid]
+
+        del rig.deps.db.write, rig.deps.db.read
+        assert await rig.acd.heartbeat() == 0
+        assert store.deferred_call_steps(rig.deps) == 0
+        row = await _call(rig.deps, uuid)
+        assert (row["state"], row["agent"], row["ended_at"], row["hangup_cause"]) == (
+            "talking", "li", None, None,
+        )  # fmt: skip
+        assert await _kinds(rig.deps, uuid) == ["queued", "offered", "answered", "reclaimed"]
+        assert await _queued_refs(rig.deps) == set()
+        await rig.switch.hangup(uuid)
+        assert await asyncio.wait_for(task, 2) == "completed"
+        assert (await _call(rig.deps, uuid))["state"] == "ended"
