@@ -18,32 +18,12 @@ from channels.wechat.inbound import parse_xml
 from tests.channels import wechat_rig as rig
 from tests.conftest import Api, _seed, make_settings
 
-
-async def _service(tmp_path, db_url, api_base, **overrides):  # type: ignore[no-untyped-def]
-    from hotline.app import create_app
-    from hotline.bootstrap import build_deps
-
-    settings = make_settings(
-        tmp_path,
-        db_url,
-        wechat_token=overrides.pop("token", rig.TOKEN),
-        wechat_aes_key=overrides.pop("aes_key", rig.AES_KEY),
-        wechat_app_id=overrides.pop("app_id", rig.APP_ID),
-        wechat_app_secret="s3cret",
-        wechat_api_base=api_base,
-        **overrides,
-    )
-    deps = build_deps(settings)
-    await deps.db.create_all()
-    return create_app(settings, deps=deps, migrate=False, watch_deadlines=False)
+_service = rig.service
 
 
 @pytest.fixture
 async def fake(aiohttp_server):  # type: ignore[no-untyped-def]
-    f = rig.FakeWeChat()
-    server = await aiohttp_server(f.app())
-    f.base = str(server.make_url("")).rstrip("/")
-    return f
+    return await rig.serve_fake(aiohttp_server)
 
 
 @pytest.fixture

@@ -150,3 +150,33 @@ def encrypted(
 
 def sha1(*parts: str) -> str:
     return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+
+
+async def service(tmp_path: Any, db_url: str, api_base: str, **overrides: Any) -> Any:
+    """The whole service with WeChat configured against `api_base` (the fake), tables
+    made from the models; `token`, `aes_key`, `app_id`, `app_secret` may be overridden."""
+    from hotline.app import create_app
+    from hotline.bootstrap import build_deps
+    from tests.conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        db_url,
+        wechat_token=overrides.pop("token", TOKEN),
+        wechat_aes_key=overrides.pop("aes_key", AES_KEY),
+        wechat_app_id=overrides.pop("app_id", APP_ID),
+        wechat_app_secret=overrides.pop("app_secret", "s3cret"),
+        wechat_api_base=api_base,
+        **overrides,
+    )
+    deps = build_deps(settings)
+    await deps.db.create_all()
+    return create_app(settings, deps=deps, migrate=False, watch_deadlines=False)
+
+
+async def serve_fake(aiohttp_server: Any) -> FakeWeChat:
+    """A FakeWeChat on a local port; `.base` is its URL."""
+    f = FakeWeChat()
+    server = await aiohttp_server(f.app())
+    f.base = str(server.make_url("")).rstrip("/")  # type: ignore[attr-defined]
+    return f
