@@ -49,7 +49,7 @@ from ticketing.ports import Principal
 
 MAX_DAYS = 366
 EARLIEST, LATEST = date(1970, 1, 1), date(9000, 12, 31)
-DIMENSIONS = ("department", "category", "channel", "kind", "district")
+DIMENSIONS = ("department", "category", "channel", "kind", "district", "day")
 NONE_KEY = "-"  # a ticket without a department (answered at the centre) or district
 
 _COMPLETED = (Status.ANSWERED.value, Status.REPLIED.value, Status.CLOSED.value)
@@ -245,6 +245,8 @@ def report_query(
     on_time = sa.or_(t.feedback_due_at.is_(None), finished_at <= t.feedback_due_at)
     if by is None:
         key: Any = sa.literal(NONE_KEY)
+    elif by == "day":
+        key = local_day(t.created_at, period, sqlite)
     else:
         col = {
             "department": t.lead_department,
@@ -296,6 +298,25 @@ def report_query(
     )
 
 
+def local_day(column: Any, period: Period, sqlite: bool) -> Any:
+    """The local calendar day (YYYY-MM-DD) of a UTC timestamp column, in SQL.
+
+    PostgreSQL converts with the zone's rules. SQLite knows no zones: with one UTC
+    offset over the whole period (Asia/Shanghai has had one since 1991) the day is the
+    shifted timestamp's date; across a DST change, the period's own day boundaries,
+    computed here, decide (a CASE with a branch per day)."""
+    if not sqlite:
+        return sa.func.to_char(sa.func.timezone(period.tz.key, column), "YYYY-MM-DD")
+    days = [period.first + timedelta(days=i) for i in range((period.last - period.first).days + 1)]
+    offsets = {datetime.combine(d, time(12), period.tz).utcoffset() for d in days}
+    starts = {datetime.combine(d, time(), period.tz).utcoffset() for d in days}
+    if len(offsets | starts) == 1:
+        minutes = int(next(iter(offsets)).total_seconds() // 60)  # type: ignore[union-attr]
+        return sa.func.date(column, f"{minutes:+d} minutes")
+    ends = [datetime.combine(d + timedelta(days=1), time(), period.tz).astimezone(UTC) for d in days]
+    return sa.case(*((column < end, d.isoformat()) for d, end in zip(days, ends, strict=True)))
+
+
 def scope_of(principal: Principal) -> str | None:
     """A department user sees the figures of the tickets it leads, nothing else."""
     if principal.role is Role.DEPARTMENT:
@@ -322,5 +343,14 @@ async def performance(deps: Deps, period: Period, by: str | None, principal: Pri
         )
         total.add(f)
         out.append((str(m["key"]), label_of(deps.catalog, by, str(m["key"])), f))
-    out.sort(key=lambda row: (-row[2].received, row[0]))
+    if by == "day":  # a trend: every day of the period, in order, quiet days as zeros
+        have = {key for key, _, _ in out}
+        day = period.first
+        while day <= period.last:
+            if day.isoformat() not in have:
+                out.append((day.isoformat(), day.isoformat(), Figures()))
+            day += timedelta(days=1)
+        out.sort(key=lambda row: row[0])
+    else:
+        out.sort(key=lambda row: (-row[2].received, row[0]))
     return Report(period, by, now, out if by is not None else [], total)

@@ -133,6 +133,36 @@ async def test_the_figures_follow_what_happened_to_each_ticket(api, clock):
     assert kinds["consultation"]["label"] == "咨询" and kinds["consultation"]["received"] == 1
 
 
+async def test_the_daily_trend_has_every_day_in_order(api, clock):
+    """by=day: local days (Asia/Shanghai), every day of the period even without a
+    ticket, in order, adding up to the total."""
+    m = await _month(api, clock)
+    r = await api.get(
+        REPORT, as_="supervisor", params={"from": m["from"], "to": m["to"], "by": "day"}
+    )
+    assert r.status == 200, await r.text()
+    doc = await r.json()
+    days = [row["key"] for row in doc["rows"]]
+    first, last = datetime.fromisoformat(m["from"]), datetime.fromisoformat(m["to"])
+    assert days == [
+        (first + timedelta(days=i)).date().isoformat() for i in range((last - first).days + 1)
+    ]
+    assert sum(row["received"] for row in doc["rows"]) == doc["total"]["received"] == 6
+    busy = {row["key"]: row["received"] for row in doc["rows"] if row["received"]}
+    # two tickets before the clock jumped past the late one's deadline, four after
+    assert busy == {m["from"]: 2, m["to"]: 4}
+
+
+async def test_a_ticket_just_after_local_midnight_counts_on_that_local_day(api, clock):
+    """16:30 UTC is 00:30 the next day in Shanghai: the ticket is that day's."""
+    utc_evening = clock.at.replace(hour=16, minute=30, second=0, microsecond=0)
+    clock.at = utc_evening
+    await api.new_ticket(title="午夜后的来电")
+    local = utc_evening.astimezone(SHANGHAI).date().isoformat()
+    r = await api.get(REPORT, as_="supervisor", params={"from": local, "to": local, "by": "day"})
+    assert [(row["key"], row["received"]) for row in (await r.json())["rows"]] == [(local, 1)]
+
+
 async def test_a_department_sees_only_the_tickets_it_leads(api, clock):
     m = await _month(api, clock)
     r = await api.get(REPORT, as_="urban", params={"from": m["from"], "to": m["to"], "by": "kind"})

@@ -1105,7 +1105,7 @@ function wallSoon() {
 
 // ---------------------------------------------------------------- performance report
 
-const REPORT_GROUPS = ["", "department", "category", "channel", "kind", "district"];
+const REPORT_GROUPS = ["", "department", "category", "channel", "kind", "district", "day"];
 const REPORT_COLUMNS = [
   "received", "answered_directly", "dispatched", "dispatch_on_time_rate", "completed",
   "on_time_completion_rate", "follow_ups", "satisfaction_rate", "returns", "extensions_granted",
