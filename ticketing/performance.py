@@ -313,7 +313,9 @@ def local_day(column: Any, period: Period, sqlite: bool) -> Any:
     if len(offsets | starts) == 1:
         minutes = int(next(iter(offsets)).total_seconds() // 60)  # type: ignore[union-attr]
         return sa.func.date(column, f"{minutes:+d} minutes")
-    ends = [datetime.combine(d + timedelta(days=1), time(), period.tz).astimezone(UTC) for d in days]
+    ends = [
+        datetime.combine(d + timedelta(days=1), time(), period.tz).astimezone(UTC) for d in days
+    ]
     return sa.case(*((column < end, d.isoformat()) for d, end in zip(days, ends, strict=True)))
 
 
