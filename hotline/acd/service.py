@@ -696,19 +696,38 @@ class AcdService:
     # ------------------------------------------------------------ callbacks and leaving
 
     async def _callback(self, call: LiveCall, reason: str) -> None:
-        """Promise a callback (a work item), tell the caller, let them go."""
+        """Promise a callback (a work item), tell the caller, let them go.
+
+        A promise we cannot write down (the store is away) is not made: a caller who
+        chose a callback stays in line, where an agent still answers; one the full
+        queue turned away hears goodbye rather than a promise nobody would keep."""
         now = self.deps.clock()
+        try:
+            cb_id = await store.create_callback(
+                self.deps,
+                call.caller,
+                reason,
+                now,
+                call_uuid=call.uuid,
+                due_in_s=self.config.callback_due_s,
+            )
+        except StoreUnavailable:
+            log.error(
+                "call %s: the callback (%s) could not be recorded, the store is away; %s",
+                call.uuid,
+                reason,
+                "the caller stays in line" if call.uuid in self.acd.queue else "goodbye",
+            )
+            if call.uuid not in self.acd.queue:
+                with contextlib.suppress(SwitchError):
+                    await self.switch.stop_media(call.uuid)
+                    await self.switch.play(call.uuid, self.prompt("goodbye"))
+                if not call.done.done():
+                    call.done.set_result("overflow")
+            return
         self.acd.leave_queue(call.uuid)
         if call.ring_task:
             call.ring_task.cancel()
-        cb_id = await store.create_callback(
-            self.deps,
-            call.caller,
-            reason,
-            now,
-            call_uuid=call.uuid,
-            due_in_s=self.config.callback_due_s,
-        )
         call.state = "callback"
         await store.update_call(
             self.deps,
@@ -748,6 +767,9 @@ class AcdService:
         if digit == "1":
             await self._callback(call, "max_wait")
             await self._pump()
+            if call.state == "queued":  # no callback could be promised: still in line
+                with contextlib.suppress(SwitchError):
+                    await self.switch.music_on_hold(call.uuid)
         else:
             with contextlib.suppress(SwitchError):
                 await self.switch.music_on_hold(call.uuid)

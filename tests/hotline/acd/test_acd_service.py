@@ -12,6 +12,7 @@ from hotline.acd.service import BadTarget, NotYourCall, dial_string_for
 from hotline.calls import store
 from tests.hotline.acd.acd_rig import FAST, eventually, make_rig
 from ticketing import workqueue
+from ticketing.store import StoreUnavailable
 
 CALLER = "+8613800138000"
 
@@ -162,6 +163,44 @@ async def test_max_wait_offers_a_callback_and_key_1_takes_it(tmp_path, sqlite_ur
         assert cb["reason"] == "max_wait"
         row = await store.get_call(rig.deps, uuid)
         assert row["state"] == "callback"
+
+
+async def test_a_callback_that_cannot_be_recorded_is_not_promised(
+    tmp_path, db_url, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The store away when the caller presses 1: no promise nobody would keep; the
+    caller stays in line (music again) and the call task lives on."""
+
+    async def away(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("connection refused")
+
+    async with make_rig(tmp_path, db_url, Rules(max_wait_s=0.1)) as rig:
+        monkeypatch.setattr(store, "create_callback", away)
+        uuid, task = rig.call(digits=["1", None, None, None])
+        await eventually(lambda: "callback_offer" in rig.switch.channels[uuid].heard)
+        await eventually(lambda: rig.switch.channels[uuid].media == "moh")
+        assert uuid in rig.acd.acd.queue and not task.done()
+        assert "callback_confirmed" not in rig.switch.channels[uuid].heard
+        await rig.switch.hangup(uuid)
+        assert await asyncio.wait_for(task, 3) == "abandoned"
+
+
+async def test_a_full_queue_with_the_store_away_says_goodbye(
+    tmp_path, sqlite_url, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    async def away(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("connection refused")
+
+    async with make_rig(tmp_path, sqlite_url, Rules(queue_capacity=1, ring_timeout_s=0.2)) as rig:
+        first, t1 = rig.call("+8613800000001")
+        await eventually(lambda: first in rig.acd.acd.queue)
+        monkeypatch.setattr(store, "create_callback", away)
+        second, t2 = rig.call("+8613800000002")
+        assert await asyncio.wait_for(t2, 3) == "overflow"
+        assert "goodbye" in rig.switch.channels[second].heard
+        assert "callback_confirmed" not in rig.switch.channels[second].heard
+        await rig.switch.hangup(first)
+        await t1
 
 
 async def test_max_wait_declined_keeps_the_caller_in_line(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
