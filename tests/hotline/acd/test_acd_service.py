@@ -317,8 +317,9 @@ async def test_a_caller_back_in_line_is_back_in_the_agents_queue(tmp_path, db_ur
         assert await _call_items(rig) == []  # answered: out of the agents' queue
         await rig.acd.transfer_blind(uuid, "a", "2000")
         await eventually(lambda: rig.named("call.transferred")[-1].step == "failed")
-        assert rig.acd.calls[uuid].state == "queued"  # agent a is in wrap-up: nobody free
-        for _ in range(500):  # (the failure is announced before the caller is put back)
+        # agent a is in wrap-up: nobody free (the failure is announced before the requeue)
+        await eventually(lambda: rig.acd.calls[uuid].state == "queued", what="requeued")
+        for _ in range(500):
             if items := await _call_items(rig):
                 break
             await asyncio.sleep(0.01)
@@ -326,7 +327,10 @@ async def test_a_caller_back_in_line_is_back_in_the_agents_queue(tmp_path, db_ur
         assert (item["ref"], item["priority"]) == (uuid, int(Priority.RETURNING))
         await rig.switch.hangup(uuid)
         assert await task == "abandoned"
-        await eventually(lambda: True)
+        for _ in range(500):  # the abandon step takes the item away
+            if not await _call_items(rig):
+                break
+            await asyncio.sleep(0.01)
         assert await _call_items(rig) == []
 
 
