@@ -24,6 +24,7 @@ time-outs and network errors are transient.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import warnings
@@ -101,6 +102,7 @@ def delivery_error(exc: TelegramError) -> DeliveryError:
 _SENTENCE_ENDS = frozenset("。！？；…!?;.")
 # how far past the limit to read so that the character spanning it is seen whole
 _MAX_CLUSTER = 64
+PARTIAL_KEEP_S = 3600.0  # how long a half-sent text's progress is remembered
 _GRAPHEME = regex.compile(r"\X")  # Unicode's extended grapheme cluster (UAX #29)
 _SURROGATE_PAIR = regex.compile("[\ud800-\udbff][\udc00-\udfff]")
 
@@ -163,6 +165,10 @@ class TelegramSender:
         # the outbox delivers a batch concurrently; one chat's messages go one at a time,
         # in the order they were handed over (the bot's prompts must not overtake)
         self._chats: dict[int, tuple[asyncio.Lock, list[int]]] = {}
+        # a long text whose send failed after some of its parts went out: (chat, digest)
+        # -> (parts delivered, clock time); the outbox's retry resumes after them
+        # rather than sending the resident the first parts again
+        self._partial: dict[tuple[int, str], tuple[int, float]] = {}
 
     async def send(self, recipient: str, payload: dict[str, Any]) -> None:
         text = payload.get("text")
@@ -180,16 +186,35 @@ class TelegramSender:
         markup = keyboards.markup_for(text) if payload.get("type") == "text" else None
         lock, users = self._chats.setdefault(chat_id, (asyncio.Lock(), [0]))
         users[0] += 1
+        key = (chat_id, hashlib.sha256(f"{payload.get('type')}\0{text}".encode()).hexdigest())
         try:
             async with lock:
                 target = chat_id
+                done = self._resume_at(key) if len(parts) > 1 else 0
                 for i, part in enumerate(parts):
+                    if i < done:
+                        continue
                     last = i == len(parts) - 1
-                    target = await self._send_one(target, part, markup if last else None)
+                    try:
+                        target = await self._send_one(target, part, markup if last else None)
+                    except DeliveryError:
+                        if i:
+                            self._partial[key] = (i, self.clock())
+                        raise
+                self._partial.pop(key, None)
         finally:
             users[0] -= 1
             if users[0] == 0:
                 del self._chats[chat_id]
+
+    def _resume_at(self, key: tuple[int, str]) -> int:
+        """Parts of this text already delivered by an earlier, failed send (0 if none,
+        or if that was more than `PARTIAL_KEEP_S` ago)."""
+        now = self.clock()
+        if len(self._partial) > 1000:
+            self._partial = {k: v for k, v in self._partial.items() if now - v[1] < PARTIAL_KEEP_S}
+        done, at = self._partial.get(key, (0, now))
+        return done if now - at < PARTIAL_KEEP_S else 0
 
     async def _send_one(self, chat_id: int, text: str, markup: Any) -> int:
         """Sends one part; returns the chat id that took it (a migrated group's new one,

@@ -38,7 +38,8 @@ _INT_FIELDS = {"chat_id", "message_id"}
 
 class FakeBotApi:
     """Records every call as (method, params). `fail` scripts the next answers of a
-    method: `fake.fail["sendMessage"] = [(429, {"retry_after": 1})]`."""
+    method: `fake.fail["sendMessage"] = [(429, {"retry_after": 1})]` (None: that call
+    is answered normally)."""
 
     def __init__(self, token: str = TOKEN) -> None:
         self.token = token
@@ -68,8 +69,9 @@ class FakeBotApi:
         if self.down:
             return _error(502, "Bad Gateway")
         scripted = self.fail.get(method)
-        if scripted:
-            status, extra = scripted.pop(0)
+        entry = scripted.pop(0) if scripted else None  # None in the script: answer normally
+        if entry is not None:
+            status, extra = entry
             if isinstance(extra, str):
                 return _error(status, extra)
             desc = "Too Many Requests: retry after" if status == 429 else "error"

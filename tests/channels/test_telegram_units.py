@@ -440,6 +440,22 @@ async def test_a_long_text_goes_in_parts_with_the_keyboard_on_the_last(live_bot,
     assert fake.called("sendMessage")[-1]["reply_markup"]["inline_keyboard"]
 
 
+async def test_a_retry_after_a_part_failed_sends_only_the_parts_not_yet_delivered(
+    live_bot, fake
+) -> None:
+    """The outbox retries the whole message; the resident must not get part 1 twice."""
+    sender = TelegramSender(live_bot)
+    text = "甲" * 4096 + "乙" * 4096 + "丙" * 10
+    fake.fail["sendMessage"] = [None, (502, "Bad Gateway")]  # part 2 fails once
+    with pytest.raises(DeliveryError):
+        await sender.send("1111111", {"type": "text", "text": text})
+    assert fake.sent_texts() == ["甲" * 4096, "乙" * 4096]  # (asked for both, 1 taken)
+    await sender.send("1111111", {"type": "text", "text": text})  # the outbox's retry
+    assert fake.sent_texts()[2:] == ["乙" * 4096, "丙" * 10]  # not 甲 again
+    await sender.send("1111111", {"type": "text", "text": text})  # sent again on purpose
+    assert fake.sent_texts()[4:] == ["甲" * 4096, "乙" * 4096, "丙" * 10]
+
+
 async def test_one_chats_messages_keep_their_order_when_sent_concurrently(live_bot, fake) -> None:
     fake.delays["sendMessage"] = [0.3]  # the first send is slow to answer
     sender = TelegramSender(live_bot)
