@@ -223,3 +223,39 @@ async def test_changing_my_password_from_the_console(browser, service, tmp_path)
     )
     assert r.status == 200
     assert page.errors == []
+
+
+async def test_admin_manages_staff_accounts_from_the_console(browser, service, tmp_path):
+    for _ in range(6):  # transport locks itself out
+        await service.client.post(
+            "/api/v1/auth/login", json={"username": "transport", "password": "wrong"}
+        )
+    page = await login(browser, service, "admin")
+    await page.click("#tabs button[data-view='staff']")
+    await page.wait_for_selector("[data-testid='staff-table'] tbody tr")
+    locked = "[data-testid='staff-table'] tr[data-username='transport']"
+    assert "已锁定" in await page.inner_text(f"{locked} .state")
+    await page.click(f"{locked} button:text('解锁')")
+    await page.wait_for_selector(f"{locked} .state:text('在用')")
+    r = await service.client.post(
+        "/api/v1/auth/login", json={"username": "transport", "password": "test-password-1"}
+    )
+    assert r.status == 200
+
+    await page.fill("#s-username", "night1")
+    await page.fill("#s-name", "夜班一号")
+    await page.select_option("#s-role", "agent")
+    await page.fill("#s-password", "night shift 2026")
+    await page.click("#staff-form button[type='submit']")
+    await page.wait_for_selector("[data-testid='staff-table'] tr[data-username='night1']")
+
+    water = "[data-testid='staff-table'] tr[data-username='water']"
+    await page.click(f"{water} button:text('停用')")
+    await page.click("#confirm-yes")
+    await page.wait_for_selector(f"{water} .state:text('已停用')")
+    r = await service.client.post(
+        "/api/v1/auth/login", json={"username": "water", "password": "test-password-1"}
+    )
+    assert r.status == 401
+    await page.screenshot(path=str(tmp_path / "staff.png"), full_page=True)
+    assert page.errors == []

@@ -13,7 +13,7 @@ const VIEWS_BY_ROLE = {
   agent: ["workspace", "kb"],
   supervisor: ["workspace", "kb", "wall", "report"],
   department: ["inbox", "kb", "report"],
-  admin: ["kb", "wall", "report"],
+  admin: ["kb", "wall", "report", "staff"],
 };
 // The phone line's HTTP API (hotline/acd, see /work notes acd_api); absent until routed.
 const ACD = {
@@ -1161,6 +1161,68 @@ async function reportLoad() {
   $("#report-body").replaceChildren(doc.total.received ? table : el("p", { class: "muted", text: t("report.empty") }));
 }
 
+// ---------------------------------------------------------------- staff accounts (admin)
+
+const ROLES = ["agent", "supervisor", "department", "admin"];
+
+async function staffAction(method, path, body, confirmText) {
+  if (confirmText && !(await confirmAction(confirmText))) return;
+  try { await api(method, path, body); } catch (e) { toast(e.message, true); return; }
+  toast(t("staff.done"));
+  staffLoad();
+}
+
+async function staffLoad() {
+  let r;
+  try { r = await api("GET", "/api/v1/staff"); } catch (e) { toast(e.message, true); return; }
+  const path = (u, tail = "") => `/api/v1/staff/${encodeURIComponent(u.username)}${tail}`;
+  const rows = r.items.map((u) => {
+    const state = !u.active ? t("staff.inactive")
+      : u.locked_until ? t("staff.locked", { until: fmtTime(u.locked_until) }) : t("staff.active");
+    const actions = el("td", { class: "actions" },
+      u.locked_until ? el("button", { type: "button", class: "link", text: t("staff.unlock"),
+        onclick: () => staffAction("POST", path(u, "/unlock"), {}) }) : null,
+      el("button", { type: "button", class: "link", text: u.active ? t("staff.deactivate") : t("staff.activate"),
+        onclick: () => staffAction("PATCH", path(u), { active: !u.active },
+          u.active ? t("staff.confirm_deactivate", { user: u.username }) : null) }),
+      el("button", { type: "button", class: "link", text: t("staff.reset"), onclick: () => {
+        const pw = prompt(t("staff.reset_prompt", { user: u.username }));
+        if (pw) staffAction("POST", path(u, "/password"), { new_password: pw });
+      } }));
+    return el("tr", { "data-username": u.username, class: u.active ? null : "muted" },
+      el("th", { scope: "row", text: u.username }),
+      el("td", { text: u.display_name || "" }),
+      el("td", { text: label("role", u.role) }),
+      el("td", { text: u.department ? deptName(u.department) : t("staff.none") }),
+      el("td", { class: "state", text: state }),
+      el("td", { class: "num", text: String(u.sessions) }),
+      actions);
+  });
+  const head = el("tr", {}, ...["staff.username", "staff.display_name", "staff.role", "staff.department",
+    "staff.state", "staff.sessions", "staff.actions"].map((k) => el("th", { scope: "col", text: t(k) })));
+  $("#staff-body").replaceChildren(el("table", { class: "table report-table", "data-testid": "staff-table" },
+    el("thead", {}, head), el("tbody", {}, ...rows)));
+  const role = $("#s-role").value;
+  fillSelect($("#s-role"), ROLES, "role");
+  $("#s-role").value = role || "agent";
+  const dept = $("#s-department").value;
+  $("#s-department").replaceChildren(el("option", { value: "", text: t("staff.none") }),
+    ...CATALOG.departments.filter((d) => d.active).map((d) => el("option", { value: d.code, text: d.name })));
+  $("#s-department").value = dept;
+}
+
+async function staffCreate(e) {
+  e.preventDefault();
+  $("#staff-error").textContent = "";
+  const body = { username: $("#s-username").value.trim(), password: $("#s-password").value,
+    role: $("#s-role").value, display_name: $("#s-name").value.trim() };
+  if ($("#s-department").value) body.department = $("#s-department").value;
+  try { await api("POST", "/api/v1/staff", body); } catch (err) { $("#staff-error").textContent = err.message; return; }
+  $("#staff-form").reset();
+  toast(t("staff.done"));
+  staffLoad();
+}
+
 // ---------------------------------------------------------------- my password
 
 async function changePassword(e) {
@@ -1193,6 +1255,7 @@ function showView(name) {
   if (name === "inbox") inboxLoad().catch((e) => toast(e.message, true));
   if (name === "kb") kbList().catch((e) => toast(e.message, true));
   if (name === "report") reportLoad();
+  if (name === "staff") staffLoad();
 }
 
 function showAgentState(state) {
@@ -1409,6 +1472,7 @@ function wire() {
   $("#report-form").addEventListener("submit", (e) => { e.preventDefault(); reportLoad(); });
   $("#password-button").addEventListener("click", () => openOverlay("#password"));
   $("#password-form").addEventListener("submit", changePassword);
+  $("#staff-form").addEventListener("submit", staffCreate);
   document.addEventListener("focusin", (e) => {
     if (e.target.classList && e.target.classList.contains("answer-target")) lastAnswerTarget = e.target;
   });
