@@ -81,6 +81,12 @@ class LoginLocked(Exception):
         self.retry_after = retry_after
         self.detail = detail
 
+    def response(self) -> web.Response:
+        """429 with Retry-After, as every route that checks a password answers it."""
+        resp = problem_response("too-many-requests", self.detail)
+        resp.headers["Retry-After"] = str(self.retry_after)
+        return resp
+
 
 @dataclass(frozen=True)
 class LoginPolicy:
@@ -122,6 +128,18 @@ def password_problem(password: str, username: str) -> str | None:
     return None
 
 
+def department_problem(deps: Deps, role: Role, department: str | None) -> str | None:
+    """Why `department` cannot go with `role`, or None: department users belong to one
+    active department, nobody else belongs to any."""
+    if role is Role.DEPARTMENT and not department:
+        return "a department user needs a department"
+    if role is not Role.DEPARTMENT and department:
+        return "only department users belong to a department"
+    if department and deps.catalog.department(department) is None:
+        return f"unknown department {department!r}"
+    return None
+
+
 async def create_user(
     deps: Deps,
     username: str,
@@ -133,12 +151,8 @@ async def create_user(
     password_hash: str | None = None,
 ) -> dict[str, Any]:
     """Create a staff account; `password_hash` lets an import keep existing argon2 hashes."""
-    if role is Role.DEPARTMENT and not department:
-        raise ValueError("a department user needs --department")
-    if role is not Role.DEPARTMENT and department:
-        raise ValueError("only department users belong to a department")
-    if department and deps.catalog.department(department) is None:
-        raise ValueError(f"unknown department {department!r}")
+    if wrong := department_problem(deps, role, department):
+        raise ValueError(wrong)
     if password_hash is None and (weak := password_problem(password, username)):
         raise ValueError(weak)
     pw = password_hash or await hash_password(password)
@@ -428,9 +442,7 @@ def auth_routes(sessions: SessionStore, cookie_secure: bool) -> list[RouteSpec]:
         try:
             result = await sessions.login(body.username, body.password, request.remote)
         except LoginLocked as exc:
-            resp = problem_response("too-many-requests", exc.detail)
-            resp.headers["Retry-After"] = str(exc.retry_after)
-            return resp
+            return exc.response()
         if result is None:
             raise problem("unauthorized", "wrong username or password")
         token, who = result

@@ -23,6 +23,7 @@ from hotline.auth import (
     SessionStore,
     UserExists,
     create_user,
+    department_problem,
     password_problem,
     request_token,
     session_t,
@@ -39,7 +40,6 @@ from ticketing.webkit import (
     json_response,
     principal_of,
     problem,
-    problem_response,
     read_body,
 )
 
@@ -125,9 +125,7 @@ def staff_routes(deps: Deps, sessions: SessionStore) -> list[RouteSpec]:
                 who, body.current_password, body.new_password, keep_token=token
             )
         except LoginLocked as exc:
-            resp = problem_response("too-many-requests", exc.detail)
-            resp.headers["Retry-After"] = str(exc.retry_after)
-            return resp
+            return exc.response()
         if not changed:
             raise problem("forbidden", "the current password is wrong")
         async with deps.db.write() as conn:
@@ -175,6 +173,10 @@ def staff_routes(deps: Deps, sessions: SessionStore) -> list[RouteSpec]:
     async def create_staff(request: web.Request) -> web.StreamResponse:
         who = principal_of(request, *ADMIN)
         body = await read_body(request, StaffIn)
+        if wrong := department_problem(deps, body.role, body.department):
+            raise field_problem(wrong, "department")
+        if weak := password_problem(body.password, body.username):
+            raise field_problem(weak, "password")
         try:
             await create_user(
                 deps,
@@ -186,9 +188,6 @@ def staff_routes(deps: Deps, sessions: SessionStore) -> list[RouteSpec]:
             )
         except UserExists:
             raise problem("conflict", f"a staff account {body.username!r} exists") from None
-        except ValueError as exc:
-            field = "password" if "password" in str(exc) else "department"
-            raise field_problem(str(exc), field) from None
         async with deps.db.write() as conn:
             await _record(
                 conn, deps, who, body.username, "created", role=body.role.value,
@@ -218,12 +217,8 @@ def staff_routes(deps: Deps, sessions: SessionStore) -> list[RouteSpec]:
                 department = patch["department"]
             else:  # kept while still a department user, dropped when the role moves on
                 department = row.department_code if role is Role.DEPARTMENT else None
-            if role is Role.DEPARTMENT and not department:
-                raise field_problem("a department user needs a department", "department")
-            if role is not Role.DEPARTMENT and department:
-                raise field_problem("only department users belong to a department", "department")
-            if department and deps.catalog.department(department) is None:
-                raise field_problem(f"unknown department {department!r}", "department")
+            if wrong := department_problem(deps, role, department):
+                raise field_problem(wrong, "department")
             active = patch["active"] if patch.get("active") is not None else row.active
             leaves_admins = role is not Role.ADMIN or not active
             if row.role == Role.ADMIN.value and row.active and leaves_admins:

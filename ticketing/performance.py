@@ -258,6 +258,10 @@ def report_query(
         key = sa.func.coalesce(col, NONE_KEY)
     timed = done & finished_at.is_not(None)
     n = sa.func.coalesce
+
+    def live_sum(value: Any) -> Any:  # a trail count, over the tickets not merged away
+        return n(sa.func.sum(sa.case((live, value), else_=0)), 0)
+
     return (
         sa.select(
             key.label("key"),
@@ -274,16 +278,14 @@ def report_query(
             _count(done & on_time).label("completed_on_time"),
             _count(t.status.in_([s.value for s in OPEN_STATES])).label("open"),
             _count(overdue_clause(now)).label("overdue_open"),
-            n(sa.func.sum(sa.case((live, ev.c.returns), else_=0)), 0).label("returns"),
-            n(sa.func.sum(sa.case((live, ev.c.extensions), else_=0)), 0).label(
-                "extensions_granted"
-            ),
+            live_sum(ev.c.returns).label("returns"),
+            live_sum(ev.c.extensions).label("extensions_granted"),
             _count(live & (t.supervision_count > 0)).label("supervised"),
             _count(live & (t.reopen_count > 0)).label("reopened"),
-            n(sa.func.sum(sa.case((live, ev.c.follow_ups), else_=0)), 0).label("follow_ups"),
-            n(sa.func.sum(sa.case((live, ev.c.sat), else_=0)), 0).label("satisfied"),
-            n(sa.func.sum(sa.case((live, ev.c.basic), else_=0)), 0).label("basically_satisfied"),
-            n(sa.func.sum(sa.case((live, ev.c.unsat), else_=0)), 0).label("unsatisfied"),
+            live_sum(ev.c.follow_ups).label("follow_ups"),
+            live_sum(ev.c.sat).label("satisfied"),
+            live_sum(ev.c.basic).label("basically_satisfied"),
+            live_sum(ev.c.unsat).label("unsatisfied"),
             n(
                 sa.func.sum(
                     sa.case((timed, _seconds_between(sqlite, finished_at, t.created_at)), else_=0)
