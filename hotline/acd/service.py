@@ -41,7 +41,8 @@ from hotline.acd.domain import (
 from hotline.acd.metrics import AcdMetrics
 from hotline.acd.switch import Ring, RingResult, Switch, SwitchError
 from hotline.calls import instances, store
-from ticketing.events import DomainEvent
+from ticketing import workqueue
+from ticketing.events import DomainEvent, WorkItemChanged
 from ticketing.handlers import Deps, announce
 from ticketing.store import StoreUnavailable
 
@@ -245,7 +246,15 @@ class AcdService:
                 len(back),
                 ", ".join(f"{uuid} ({state})" for uuid, state in sorted(back.items())),
             )
+            await self._items_changed(back)
         return len(back)
+
+    async def _items_changed(self, uuids: Sequence[str] | dict[str, str]) -> None:
+        """Consoles on every instance re-read these calls' queue items now: a sweep or a
+        reclaim adds or removes items outside the ACD's own steps, and without this a
+        ghost call stayed on the agents' screens (or a caller off them) until the
+        feed's next full re-read."""
+        await self._publish([WorkItemChanged(workqueue.CALL, uuid) for uuid in uuids])
 
     def _held(self, uuids: Sequence[str]) -> dict[str, instances.Held]:
         """What this instance knows now of those calls (hotline.calls.instances asks with
@@ -283,6 +292,7 @@ class AcdService:
                 "%d calls were live on instances that stopped or went silent; marked lost",
                 len(lost),
             )
+            await self._items_changed(lost)
         return len(lost)
 
     async def _beat_forever(self) -> None:

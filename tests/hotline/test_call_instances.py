@@ -446,6 +446,35 @@ async def test_calls_lost_while_this_instance_was_cut_off_are_taken_back_at_its_
         assert await _queued_refs(rig.deps) == set()
 
 
+async def test_consoles_hear_of_calls_swept_and_taken_back(tmp_path: Path, db_url: str) -> None:
+    """A sweep removes queue items and a reclaim puts them back outside the ACD's own
+    steps: each announces the items, so consoles drop a ghost call (or show a caller
+    again) at once instead of at their next full re-read."""
+    async with make_rig(tmp_path, db_url) as rig:
+        crashed = instances.Instance()
+        await instances.register(rig.deps, crashed, rig.deps.clock() - timedelta(minutes=5))
+        await _owned_call(rig.deps, "ghost", crashed, rig.deps.clock() - timedelta(minutes=5))
+
+        def changed() -> set[str]:
+            return {
+                e.ref  # type: ignore[attr-defined]
+                for e in rig.named("work_item.changed")
+                if e.kind == workqueue.CALL  # type: ignore[attr-defined]
+            }
+
+        assert await rig.acd.heartbeat() == 1
+        await eventually(lambda: "ghost" in changed(), what="the swept call announced")
+
+        waiting, task = await _queued_call(rig)
+        rig.events.clear()
+        assert waiting in await _sweep_as_if_silent(rig)
+        assert changed() == set()  # the sweeping instance is another one
+        assert await rig.acd.heartbeat() == 0
+        await eventually(lambda: waiting in changed(), what="the reclaimed call announced")
+        assert await _queued_refs(rig.deps) == {waiting}
+        await _hang_up(task)
+
+
 async def test_a_step_written_after_the_sweep_does_not_leave_the_call_half_ended(
     tmp_path: Path, db_url: str
 ) -> None:
