@@ -553,3 +553,44 @@ def test_settings_require_the_secret_with_the_token(tmp_path) -> None:
         make_settings(
             tmp_path, "sqlite+aiosqlite:///x.db", telegram_token=tg.TOKEN, telegram_secret="a b"
         )
+
+
+@pytest.fixture
+async def paced_bot(fake):  # type: ignore[no-untyped-def]
+    """The bot as the service builds it (build_application), pacing included."""
+    from channels.telegram.client import build_application
+
+    application = build_application(tg.TOKEN, fake.base)
+    await application.bot.initialize()
+    yield application.bot
+    await application.bot.shutdown()
+
+
+async def test_a_burst_to_many_chats_is_paced_below_telegrams_overall_limit(
+    paced_bot, fake
+) -> None:
+    """~30 messages a second in all (Telegram's bot FAQ): a burst of 45 notifications
+    goes out as 30 at once and the rest over the next half second, not as 45 at once
+    into flood control."""
+    from channels.telegram.client import OVERALL_PER_S
+
+    sender = TelegramSender(paced_bot)
+    chats = [str(1_000_000 + i) for i in range(OVERALL_PER_S + 15)]
+    await asyncio.gather(*(sender.send(c, {"type": "text", "text": "好"}) for c in chats))
+    assert sorted(str(p["chat_id"]) for p in fake.called("sendMessage")) == sorted(chats)
+    spread = max(fake.times) - min(fake.times)
+    assert spread >= 0.35, f"45 sends in {spread:.3f} s: not paced"
+
+
+async def test_a_429_through_the_pacer_holds_that_chat_only(paced_bot, fake) -> None:
+    """PTB's limiter would halt every chat for a 429 if it retried; it does not retry
+    here, so the 429 reaches our sender, which holds only the chat it was for."""
+    now = [1000.0]
+    sender = TelegramSender(paced_bot, clock=lambda: now[0], max_wait_s=30)
+    fake.fail["sendMessage"] = [(429, {"retry_after": 120})]
+    err = await _refusal(sender, "1111111")
+    assert err.permanent is False and err.retry_after == 120
+    await sender.send("2222222", {"type": "text", "text": "other chat"})
+    assert fake.sent_texts(2222222) == ["other chat"]
+    err = await _refusal(sender, "1111111")  # still inside that chat's window
+    assert len(fake.called("sendMessage")) == 2
