@@ -31,7 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hotline.acd.switch import Ring, RingResult, SwitchError, ring_result
-from hotline.telephony.errors import CallHungUp, ESLCommandError, ESLDisconnected, ESLError
+from hotline.telephony.errors import (
+    CallHungUp,
+    ESLCommandError,
+    ESLDisconnected,
+    ESLError,
+    ESLJobTimeout,
+)
 from hotline.telephony.esl_frames import Event
 from hotline.telephony.esl_inbound import InboundESL
 from hotline.telephony.esl_outbound import CallLeg
@@ -43,6 +49,11 @@ CONFERENCE_PROFILE = "default"
 # the cause we give a leg whose end we did not see (the inbound link was down)
 MISSED_HANGUP = "NORMAL_UNSPECIFIED"
 LOST_ORIGINATE = "SWITCH_DISCONNECTED"
+# An originate's job result comes when the leg answers or fails, which FreeSWITCH
+# bounds by originate_timeout (our ring timeout); on top of that: call set-up (DNS,
+# SIP retransmits before the phone rings) and a busy switch. Past it, the result is
+# taken as lost: the leg is killed and the ring reported failed.
+ORIGINATE_MARGIN_S = 30.0
 
 # Anything that reaches an ESL command line must not be able to end it (a newline
 # starts a header), split it (spaces separate arguments) or open a variable block.
@@ -190,7 +201,7 @@ class EslSwitch:
         for u in uuids:
             self._followed[u] = _Followed(u)
         tasks = [
-            asyncio.ensure_future(self._originate(u, d, block))
+            asyncio.ensure_future(self._originate(u, d, block, timeout_s + ORIGINATE_MARGIN_S))
             for u, d in zip(uuids, dial_strings, strict=True)
         ]
         winner: int | None = None
@@ -227,18 +238,30 @@ class EslSwitch:
             values[name] = value
         return ",".join(f"{k}={v}" for k, v in values.items())
 
-    async def _originate(self, uuid: str, dial: str, block: str) -> Ring:
+    async def _originate(self, uuid: str, dial: str, block: str, job_timeout: float) -> Ring:
         command = f"originate {{origination_uuid={uuid},{block}}}{dial} &park()"
         if not self.esl.connected:  # refused at once: nothing reached the switch
             self._ended_with(uuid, LOST_ORIGINATE)
             return Ring(RingResult.FAILED, cause=LOST_ORIGINATE)
         try:
-            text = (await self.esl.bgapi(command, check=False)).strip()
+            text = (await self.esl.bgapi(command, check=False, job_timeout=job_timeout)).strip()
         except ESLDisconnected as exc:
             # the job may still be running on the switch: kill the leg once we are back
             self._orphans.add(uuid)
             self._ended_with(uuid, LOST_ORIGINATE)
             log.warning("originate of %s lost with the link: %s", uuid, exc)
+            return Ring(RingResult.FAILED, cause=LOST_ORIGINATE)
+        except ESLJobTimeout as exc:
+            # the link is up but the result never came (a lost BACKGROUND_JOB, a hung
+            # job): the leg may exist and even be answered, by a phone nobody will
+            # bridge. Kill it now; if that fails too, the next resync retries.
+            self._ended_with(uuid, LOST_ORIGINATE)
+            log.warning("originate of %s gave no result: %s; killing the leg", uuid, exc)
+            try:
+                await self._kill(uuid, "ORIGINATOR_CANCEL")
+            except SwitchError as kill_exc:
+                log.warning("could not kill leg %s yet: %s", uuid, kill_exc)
+                self._orphans.add(uuid)
             return Ring(RingResult.FAILED, cause=LOST_ORIGINATE)
         except ESLError as exc:
             self._ended_with(uuid, "SWITCH_ERROR")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 import ivr
 from citizen_card.ledger import Ed25519Signer
@@ -166,7 +168,31 @@ def build_phone_line(
                 settings, deps, card_deps, service, desk, esl, registry=metrics.registry
             )
         )
+        metrics.registry.register(LinkStateCollector(esl))
     return PhoneLine(service, desk, switch, acd_routes(service), settings, demo, esl)
+
+
+LINK_STATES = ("connected", "connecting", "access_denied", "auth_failed")
+
+
+class LinkStateCollector(Collector):
+    """`hotline_esl_link_state{state}`: 1 for the event socket link's state now, read at
+    scrape time. Alert on `access_denied` or `auth_failed`: FreeSWITCH refuses us (its
+    ACL, our password) and only an operator can fix it; the line retries meanwhile."""
+
+    def __init__(self, esl: EslLine) -> None:
+        self.esl = esl
+
+    def collect(self) -> Any:
+        state = self.esl.inbound.state
+        family = GaugeMetricFamily(
+            "hotline_esl_link_state",
+            "FreeSWITCH event socket link: 1 for its current state",
+            labels=["state"],
+        )
+        for name in LINK_STATES:
+            family.add_metric([name], 1.0 if state == name else 0.0)
+        yield family
 
 
 class UnreachableSwitch:

@@ -82,7 +82,9 @@ class EslLine:
 
     def status(self) -> dict[str, Any]:
         return {
-            "inbound": "connected" if self.inbound.connected else "connecting",
+            # connected | connecting | access_denied | auth_failed (the last two need
+            # an operator: FreeSWITCH's ACL or our password; inbound_error says which)
+            "inbound": self.inbound.state,
             "inbound_error": self.inbound.last_error,
             "outbound": f"{self.server.host}:{self.server.port}" if self.listening else None,
             "calls": self.server.active_calls,

@@ -5,10 +5,12 @@ The simulator (hotline.telephony.simulator) is imported explicitly by tests and 
 
 from hotline.telephony.errors import (
     CallHungUp,
+    ESLAccessDenied,
     ESLAuthError,
     ESLCommandError,
     ESLDisconnected,
     ESLError,
+    ESLJobTimeout,
     ESLProtocolError,
 )
 from hotline.telephony.esl_frames import Event, Frame, FrameParser
@@ -20,10 +22,12 @@ __all__ = [
     "BridgeResult",
     "CallHungUp",
     "CallLeg",
+    "ESLAccessDenied",
     "ESLAuthError",
     "ESLCommandError",
     "ESLDisconnected",
     "ESLError",
+    "ESLJobTimeout",
     "ESLProtocolError",
     "Event",
     "Frame",

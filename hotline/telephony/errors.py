@@ -21,7 +21,33 @@ class ESLDisconnected(ESLError):
 
 
 class ESLAuthError(ESLError):
-    """FreeSWITCH refused our password (or its ACL rejected us)."""
+    """FreeSWITCH refused to let us in: a wrong password (`-ERR invalid`), or its ACL.
+
+    Retrying at full speed cannot help: an operator has to change a configuration,
+    so the inbound client logs it as an error and retries slowly.
+    """
+
+
+class ESLAccessDenied(ESLAuthError):
+    """FreeSWITCH's ACL (`apply-inbound-acl` in event_socket.conf.xml) refused our address.
+
+    It answers such a connection with `text/rude-rejection` before any auth/request
+    and closes it, so no password was even tried.
+    """
+
+
+class ESLJobTimeout(ESLError):
+    """A bgapi job's result (its BACKGROUND_JOB event) did not come in time.
+
+    The job may still be running on the switch (an originate may still ring): the
+    caller decides what to clean up.
+    """
+
+    def __init__(self, command: str, job_uuid: str, timeout: float) -> None:
+        super().__init__(f"bgapi {command!r}: no result for job {job_uuid} within {timeout:g} s")
+        self.command = command
+        self.job_uuid = job_uuid
+        self.timeout = timeout
 
 
 class ESLCommandError(ESLError):

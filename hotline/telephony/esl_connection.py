@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from hotline.telephony.errors import ESLDisconnected, ESLProtocolError
+from hotline.telephony.errors import ESLAccessDenied, ESLDisconnected, ESLProtocolError
 from hotline.telephony.esl_frames import (
     API_RESPONSE,
     AUTH_REQUEST,
@@ -88,12 +88,18 @@ class ESLConnection(asyncio.BufferedProtocol):
         self.auth_requested: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[str] = loop.create_future()
         self._close_reason: str | None = None
+        # set when FreeSWITCH's ACL turned us away (text/rude-rejection): its text
+        self.rejected: str | None = None
+        self.local_address: str | None = None  # ours, for telling the operator what to allow
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple) and sockname:
+            self.local_address = str(sockname[0])
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             _enable_keepalive(sock)
@@ -140,7 +146,9 @@ class ESLConnection(asyncio.BufferedProtocol):
             if not fut.done():
                 fut.set_exception(ESLDisconnected(f"{what!r} not answered: {reason}"))
         if not self.auth_requested.done():
-            self.auth_requested.set_exception(ESLDisconnected(reason))
+            self.auth_requested.set_exception(
+                ESLAccessDenied(reason) if self.rejected is not None else ESLDisconnected(reason)
+            )
             self.auth_requested.exception()  # retrieved: nobody may be waiting
         if not self.closed.done():
             self.closed.set_result(reason)
@@ -167,7 +175,14 @@ class ESLConnection(asyncio.BufferedProtocol):
             if self.on_disconnect_notice is not None:
                 self.on_disconnect_notice(frame)
         elif ct == RUDE_REJECTION:
-            self.abort(f"rejected by FreeSWITCH: {frame.text.strip()}")
+            # the ACL refused our address: FreeSWITCH sends this instead of auth/request,
+            # then a disconnect-notice, and closes. The owner says what to fix (it knows
+            # the mode and the settings), so no warning of our own here.
+            self.rejected = frame.text.strip() or "access denied"
+            if self._close_reason is None:
+                self._close_reason = f"refused by FreeSWITCH's ACL: {self.rejected}"
+            if self.transport is not None:
+                self.transport.abort()
         elif ct == LOG_DATA:
             if self.on_log is not None:
                 self.on_log(frame)

@@ -565,3 +565,17 @@ def encode_disconnect_notice(
     lines = [f"Content-Type: {DISCONNECT_NOTICE}", *(f"{k}: {v}" for k, v in extra)]
     lines.append(f"Content-Length: {len(data)}")
     return ("\n".join(lines) + "\n\n").encode() + data
+
+
+REJECTION_TEXT = "Access Denied, go away.\n"
+
+
+def encode_rude_rejection() -> bytes:
+    """What mod_event_socket sends a client its `apply-inbound-acl` refuses, then closes.
+
+    Byte for byte as `listener_run` writes it (FreeSWITCH 1.10): no auth/request first;
+    the rejection, then the usual goodbye disconnect-notice.
+    """
+    data = REJECTION_TEXT.encode()
+    head = f"Content-Type: {RUDE_REJECTION}\nContent-Length: {len(data)}\n\n".encode()
+    return head + data + encode_disconnect_notice()

@@ -4,7 +4,9 @@ The client owns what it wants (event subscriptions, filters, handlers) rather th
 what the current socket happens to have, so after a reconnect it re-authenticates
 and re-subscribes on its own. While FreeSWITCH is unreachable it retries with
 jittered exponential backoff, one log line per attempt; commands issued meanwhile
-fail at once with ESLDisconnected instead of piling up.
+fail at once with ESLDisconnected instead of piling up. When FreeSWITCH answers but
+refuses us (its ACL, or our password) only an operator can help: that is logged as
+an error naming the fix, shown in `state`, and retried slowly, not hammered.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import random
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Iterable
 
-from hotline.telephony.errors import ESLAuthError, ESLCommandError, ESLDisconnected
+from hotline.telephony.errors import (
+    ESLAccessDenied,
+    ESLAuthError,
+    ESLCommandError,
+    ESLDisconnected,
+    ESLJobTimeout,
+)
 from hotline.telephony.esl_connection import ESLConnection
 from hotline.telephony.esl_frames import (
     Event,
@@ -36,6 +45,14 @@ ConnectHook = Callable[[], Awaitable[None] | None]
 # Always subscribed: bgapi results and the switch's 20 s heartbeat (a liveness signal).
 BASE_EVENTS = ("BACKGROUND_JOB", "HEARTBEAT")
 _JOB_FILTER = ("Event-Name", "BACKGROUND_JOB")
+# How long a bgapi waits for its BACKGROUND_JOB when the caller does not say: longer
+# than FreeSWITCH's default originate_timeout (60 s) plus call setup, so a plain
+# `bgapi originate` is not cut short; callers that know better pass `job_timeout`.
+DEFAULT_JOB_TIMEOUT_S = 120.0
+# Commands that change what this socket receives: sent raw through `command()` they
+# would leave the client believing in subscriptions (BACKGROUND_JOB above all) that
+# the switch no longer has, and nothing would restore them until the next reconnect.
+_SUBSCRIPTION_VERBS = frozenset({"event", "nixevent", "noevents", "filter", "myevents"})
 
 
 class Backoff:
@@ -73,6 +90,8 @@ class InboundESL:
         connect_timeout: float = 5.0,
         keepalive_s: float = 20.0,
         backoff: Backoff | None = None,
+        refused_backoff: Backoff | None = None,
+        job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
     ) -> None:
         if event_format not in ("json", "plain"):
             raise ValueError("event_format must be 'json' or 'plain'")
@@ -83,6 +102,10 @@ class InboundESL:
         self.connect_timeout = connect_timeout
         self.keepalive_s = keepalive_s
         self.backoff = backoff or Backoff()
+        # refused by the ACL or the password: the first retry soon (FreeSWITCH may have
+        # been mid-reload), then every one to two minutes until an operator fixes it
+        self.refused_backoff = refused_backoff or Backoff(10.0, 120.0)
+        self.job_timeout_s = job_timeout_s
         self._events: set[str] = set(BASE_EVENTS) | set(events)
         self._filters: list[tuple[str, str]] = []
         self._handlers: dict[str, list[EventHandler]] = {}
@@ -92,9 +115,12 @@ class InboundESL:
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._last_local_address: str | None = None
         self._tasks: set[asyncio.Task[object]] = set()
         self.connects = 0
         self.last_error: str | None = None
+        self.refused: str | None = None  # "access_denied" | "auth_failed" | None
+        self.jobs_timed_out = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,6 +156,14 @@ class InboundESL:
     def connected(self) -> bool:
         return self._conn is not None and self._conn.is_open and self._connected.is_set()
 
+    @property
+    def state(self) -> str:
+        """Connected, connecting, or why FreeSWITCH refuses us: "access_denied" (its ACL)
+        or "auth_failed" (our password), the two only an operator can fix."""
+        if self.connected:
+            return "connected"
+        return self.refused or "connecting"
+
     async def wait_connected(self) -> None:
         """Until connected and subscribed (wrap in `asyncio.timeout` to bound it)."""
         await self._connected.wait()
@@ -142,7 +176,24 @@ class InboundESL:
         while not self._stopping.is_set():
             try:
                 conn = await asyncio.wait_for(self._open(), self.connect_timeout)
-            except (OSError, TimeoutError, ESLDisconnected, ESLAuthError, ESLCommandError) as exc:
+            except ESLAuthError as exc:
+                self.backoff.reset()  # once it is fixed, a later outage starts afresh
+                delay = self.refused_backoff.next()
+                self.last_error = str(exc)
+                self.refused = (
+                    "access_denied" if isinstance(exc, ESLAccessDenied) else "auth_failed"
+                )
+                log.error(
+                    "%s; retry %d in %.0f s",
+                    self._fix_for(exc),
+                    self.refused_backoff.attempt,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            except (OSError, TimeoutError, ESLDisconnected, ESLCommandError) as exc:
+                self.refused = None
                 delay = self.backoff.next()
                 self.last_error = _describe(exc)
                 log.warning(
@@ -157,8 +208,10 @@ class InboundESL:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
             self.backoff.reset()
+            self.refused_backoff.reset()
             self.connects += 1
             self.last_error = None
+            self.refused = None
             self._conn = conn
             self._connected.set()
             log.info("connected to FreeSWITCH ESL %s:%s", self.host, self.port)
@@ -175,6 +228,22 @@ class InboundESL:
             if not self._stopping.is_set():
                 log.warning("FreeSWITCH ESL connection lost (%s); reconnecting", reason)
 
+    def _fix_for(self, exc: ESLAuthError) -> str:
+        """The error line an operator reads: what FreeSWITCH said and what to change."""
+        where = f"FreeSWITCH ESL {self.host}:{self.port}"
+        if isinstance(exc, ESLAccessDenied):
+            ours = self._last_local_address or "this host's address"
+            return (
+                f"{where}: {exc}; to fix, allow {ours} (as FreeSWITCH sees it: a NAT in "
+                "between changes it) in the ACL list named by apply-inbound-acl in "
+                "event_socket.conf.xml (unset, it is loopback.auto: local clients only), "
+                "then `reloadacl` (list changed) or `reload mod_event_socket` (param changed)"
+            )
+        return (
+            f"{where}: {exc}; to fix, set HOTLINE_ESL_PASSWORD to the password param "
+            "of event_socket.conf.xml"
+        )
+
     async def _open(self) -> ESLConnection:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
@@ -186,6 +255,7 @@ class InboundESL:
             self.host,
             self.port,
         )
+        self._last_local_address = conn.local_address
         try:
             await conn.auth_requested
             reply = await conn.send(encode_command(f"auth {self._password}"), "auth")
@@ -340,6 +410,11 @@ class InboundESL:
         await self._command(f"filter delete {header}" + (f" {value}" if value else ""))
         if not self._filters:
             await self._command("filter delete {} {}".format(*_JOB_FILTER))
+        elif header == _JOB_FILTER[0] and value in (None, _JOB_FILTER[1]):
+            # `filter delete Event-Name` drops every Event-Name filter on the switch,
+            # the BACKGROUND_JOB helper too; with other filters left, job results
+            # would no longer pass and every bgapi would wait for nothing
+            await self._command("filter {} {}".format(*_JOB_FILTER))
 
     def _effective_filters(self) -> list[tuple[str, str]]:
         if not self._filters or _JOB_FILTER in self._filters:
@@ -373,7 +448,15 @@ class InboundESL:
         return await self._checked(self._live(), encode_command(line, list(headers)), line)
 
     async def command(self, line: str) -> str:
-        """Any ESL command; returns Reply-Text, raises ESLCommandError on -ERR."""
+        """Any ESL command; returns Reply-Text, raises ESLCommandError on -ERR.
+
+        Not for subscriptions or filters (ValueError): use subscribe / nixevent /
+        filter / filter_delete, which the client remembers and restores after a
+        reconnect and which keep BACKGROUND_JOB flowing for bgapi.
+        """
+        verb = line.split(" ", 1)[0].strip().lower()
+        if verb in _SUBSCRIPTION_VERBS:
+            raise ValueError(f"{verb!r} changes what this socket receives: use the client's method")
         reply = await self._command(line)
         return reply.reply_text
 
@@ -385,22 +468,32 @@ class InboundESL:
             raise ESLCommandError(f"api {command}", text.strip())
         return text
 
-    async def bgapi(self, command: str, *, check: bool = True) -> str:
+    async def bgapi(
+        self, command: str, *, check: bool = True, job_timeout: float | None = None
+    ) -> str:
         """`bgapi` with our own Job-UUID, resolved by its BACKGROUND_JOB; returns the job body.
 
         The future is registered before sending, since the job event can arrive in the
-        same read as the +OK reply (transcript 01b).
+        same read as the +OK reply (transcript 01b). Nothing in ESL guarantees that the
+        event comes (a lost subscription, a module reload, a job that hangs), so the
+        wait is bounded: `job_timeout` seconds (default `job_timeout_s`; math.inf waits
+        forever), then ESLJobTimeout. The job may still run on the switch then.
         """
+        limit = self.job_timeout_s if job_timeout is None else job_timeout
         job_uuid = str(uuidlib.uuid4())
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._jobs[job_uuid] = fut
         try:
-            await self._checked(
-                self._live(),
-                encode_command(f"bgapi {command}", [("Job-UUID", job_uuid)]),
-                f"bgapi {command}",
-            )
-            event = await fut
+            async with asyncio.timeout(None if math.isinf(limit) else limit):
+                await self._checked(
+                    self._live(),
+                    encode_command(f"bgapi {command}", [("Job-UUID", job_uuid)]),
+                    f"bgapi {command}",
+                )
+                event = await fut
+        except TimeoutError:
+            self.jobs_timed_out += 1
+            raise ESLJobTimeout(command, job_uuid, limit) from None
         finally:
             self._jobs.pop(job_uuid, None)
         text = event.body or ""

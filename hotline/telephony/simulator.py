@@ -4,7 +4,8 @@ It speaks the real wire protocol, in both directions, with the frames, header na
 URL encoding and event order of the transcripts captured from FreeSWITCH 1.10.12:
 
 - an inbound ESL server (auth, event plain|json, filter, nixevent, api, bgapi, sendmsg,
-  exit) broadcasting every channel's events to its subscribers;
+  exit) broadcasting every channel's events to its subscribers, or, with
+  `deny_inbound`, refusing each client as a non-matching apply-inbound-acl does;
 - simulated callers, each connecting to the service's outbound socket server as
   `socket host:port async full` does (connect -> CHANNEL_DATA, myevents, linger, sendmsg
   execute with Application-UUID completions, disconnect notice after hangup), following
@@ -38,6 +39,7 @@ from hotline.telephony.esl_frames import (
     encode_event_plain,
     encode_event_plain_text,
     encode_reply,
+    encode_rude_rejection,
     plain_line,
     url_encode,
 )
@@ -233,8 +235,12 @@ class FreeSwitchSimulator:
         agents: Iterable[AgentPhone] = (),
         jitter: float = 0.0,
         seed: int | None = None,
+        deny_inbound: bool = False,
     ) -> None:
         self.socket_target = socket_target
+        # as if event_socket.conf.xml's apply-inbound-acl did not list the client:
+        # each inbound connection gets a rude rejection (flip it to "fix the ACL")
+        self.deny_inbound = deny_inbound
         self.jitter = jitter  # +- this fraction on media, ringing and talk durations
         self._random = random.Random(seed)
         self.password = password
@@ -1108,6 +1114,10 @@ class _InboundSession(_Writer):
         self.filters: list[tuple[str, str]] = []
 
     async def run(self) -> None:
+        if self.sim.deny_inbound:
+            self.send(encode_rude_rejection())
+            await self.drain()
+            return
         self.send(b"Content-Type: auth/request\n\n")
         cmd = await _read_command(self.reader)
         if cmd is None:

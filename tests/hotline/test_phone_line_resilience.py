@@ -126,3 +126,31 @@ async def test_with_no_freeswitch_reachable_the_service_runs_and_keeps_trying(
     assert line.listening  # FreeSWITCH can already send us calls when it comes up
     r = await client.get("/healthz")
     assert r.status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'hotline_esl_link_state{state="connecting"} 1.0' in text
+
+
+async def test_a_switch_whose_acl_refuses_us_shows_in_the_line_status_as_access_denied(
+    aiohttp_client, tmp_path, sqlite_url
+) -> None:  # type: ignore[no-untyped-def]
+    from hotline.app import create_app
+    from hotline.appkeys import PHONE_LINE
+    from hotline.telephony.simulator import FreeSwitchSimulator
+    from tests.conftest import make_settings
+
+    async with FreeSwitchSimulator(deny_inbound=True) as sim:
+        settings = make_settings(
+            tmp_path, sqlite_url, esl_host=sim.host, esl_port=sim.port, esl_listen="127.0.0.1:0"
+        )
+        client = await aiohttp_client(create_app(settings, watch_deadlines=False))
+        line = client.app[PHONE_LINE].esl
+        assert line is not None
+        await eventually(lambda: line.inbound.refused is not None, what="refused")
+        status = line.status()
+        assert status["inbound"] == "access_denied"
+        assert "ACL" in status["inbound_error"]
+        assert (await client.get("/healthz")).status == 200  # the service itself runs on
+        # and the operator's alerting sees it on /metrics
+        text = await (await client.get("/metrics")).text()
+        assert 'hotline_esl_link_state{state="access_denied"} 1.0' in text
+        assert 'hotline_esl_link_state{state="connected"} 0.0' in text

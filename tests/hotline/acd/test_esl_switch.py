@@ -94,6 +94,24 @@ async def test_the_end_of_an_originated_leg_reaches_the_acd_with_its_cause(rig) 
     assert await switch.wait_hangup(ring.leg) == "USER_BUSY"  # asked again: at once
 
 
+async def test_an_originate_whose_result_never_comes_fails_and_its_leg_is_killed(  # type: ignore[no-untyped-def]
+    rig, monkeypatch
+) -> None:
+    """Before: with its BACKGROUND_JOB lost (here: the switch stopped sending it to
+    us, as after a module reload), the ring waited forever and the answered phone
+    stayed off the hook in a parked call nobody owned."""
+    sim, switch = rig
+    monkeypatch.setattr("hotline.acd.esl_switch.ORIGINATE_MARGIN_S", 0.3)
+    for listener in sim.listeners:
+        listener.events.discard("BACKGROUND_JOB")
+    sim.add_agent(AgentPhone("1001", answer_after=0.5))  # x SCALE: answers at once
+    ring = await asyncio.wait_for(switch.ring(["user/1001"], 0.1), 3)
+    assert (ring.result, ring.cause, ring.leg) == (RingResult.FAILED, "SWITCH_DISCONNECTED", None)
+    (leg,) = sim.finished
+    assert leg.answered_us and leg.hangup_cause == "ORIGINATOR_CANCEL"
+    assert not sim.channels and not switch._orphans and switch.esl._jobs == {}
+
+
 @pytest.mark.parametrize(
     "dial", ["user/1001\n\napi hupall", "user/1001 &park()", "{origination_uuid=x}user/1001"]
 )
