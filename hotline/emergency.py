@@ -20,6 +20,27 @@ signature reproducible; it travels in headers so the body stays the plain notice
 Notices go through a durable outbox (table `emergency_notice`, the number
 encrypted at rest) and are retried with exponential backoff until the centre
 answers 2xx; each carries an `id` so a centre drops duplicates.
+
+The caller is put through whatever our database does: the switch part of a hand-off
+(notice to the caller, primary then alternate route, conference or back to the agent)
+never fails for want of it, and the ringing does not wait for the records. Those are
+call steps (`store.records_with_call`) and so ride the call writer that already
+keeps a call's steps through an outage (`hotline.calls.store._CallWriter`: kept in
+order, bounded by `MAX_DEFERRED`, counted by `hotline_call_steps_deferred`, written
+when the database is back). Two steps:
+
+- opening, handed in as the ringing starts (not awaited before it): the
+  `emergency_handoff` row, the notice's outbox row and the call's `emergency` step;
+- closing, after the switch part: the row's outcome and the ticket's trail entry.
+
+The notice's id stays `<city>-emergency-<handoff id>`, the row's id, given when the
+opening step is written: while the database is away the notice waits in memory with
+the step and reaches the outbox (and from there the centre) once it is back. So there
+is one path that sends a notice and one id per notice, never a second copy under
+another id; the phone call itself does not wait for it. The hand-off's answer says
+`recorded` (written now) or `deferred` (kept here, written later; `id` null until the
+row is in); a WARNING says a hand-off ran with the store away, an INFO when its
+records are in.
 """
 
 from __future__ import annotations
@@ -29,9 +50,9 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import aiohttp
@@ -109,6 +130,21 @@ def backoff_s(attempts: int, cap_s: float = 300.0) -> float:
     return min(cap_s, 2.0 ** max(0, attempts - 1))
 
 
+@dataclass
+class _Records:
+    """One hand-off's records on their way to the database, maybe after an outage:
+    the closing step needs the row's id, which the opening step learns when written."""
+
+    call_uuid: str
+    line: str
+    handoff_id: int | None = None
+    outcomes: list[store.Outcome | str] = field(default_factory=list)
+
+    @property
+    def deferred(self) -> bool:
+        return "deferred" in self.outcomes
+
+
 class EmergencyDesk:
     def __init__(
         self,
@@ -169,63 +205,58 @@ class EmergencyDesk:
                 await self.acd.take_out_of_queue(call_uuid, "emergency")  # type: ignore[union-attr]
             live.emergency = True
         now = self.deps.clock()
-        async with self.deps.db.write() as conn:
-            res = await conn.execute(
-                sa.insert(handoff_t).returning(handoff_t.c.id),
-                [
-                    {
-                        "call_uuid": call_uuid,
-                        "line": line.code,
-                        "agent": agent,
-                        "ticket_number": ticket,
-                        "requested_at": now,
-                        "outcome": "pending",
-                        "attempts": [],
-                    }
-                ],
-            )
-            handoff_id = int(res.scalar_one())
-            if line.endpoint:
-                notice = {
-                    "id": f"{self.city_code.lower()}-emergency-{handoff_id}",
-                    "type": "hotline.emergency.notice",
-                    "version": 1,
-                    "line": line.code,
-                    "service": LINE_NAMES[line.code],
-                    "call": call_uuid,
-                    "caller": caller or None,
-                    "location": location,
-                    "ticket": ticket,
-                    "summary": summary[:2000],
-                    "agent": agent,
-                    "sent_by": self.city_code,
-                    "requested_at": now.isoformat().replace("+00:00", "Z"),
-                }
-                await conn.execute(
-                    sa.insert(notice_t),
-                    [
-                        {
-                            "handoff_id": handoff_id,
-                            "line": line.code,
-                            "endpoint": line.endpoint,
-                            "body": self.deps.cipher.encrypt(canonical(notice).decode()),
-                            "attempts": 0,
-                            "next_attempt_at": now,
-                            "created_at": now,
-                        }
-                    ],
-                )
-        self._wake.set()  # the data reaches the centre while its phone rings
+        rec = _Records(call_uuid, line.code)
+        notice: dict[str, Any] | None = None
+        if line.endpoint:
+            notice = {
+                "type": "hotline.emergency.notice",
+                "version": 1,
+                "line": line.code,
+                "service": LINE_NAMES[line.code],
+                "call": call_uuid,
+                "caller": caller or None,
+                "location": location,
+                "ticket": ticket,
+                "summary": summary[:2000],
+                "agent": agent,
+                "sent_by": self.city_code,
+                "requested_at": now.isoformat().replace("+00:00", "Z"),
+            }
+        row = {
+            "call_uuid": call_uuid,
+            "line": line.code,
+            "agent": agent,
+            "ticket_number": ticket,
+            "requested_at": now,
+            "outcome": "pending",
+            "attempts": [],
+        }
+        step_data: dict[str, Any] = {"line": line.code, "handoff": None}
+        call_step: dict[str, Any] = {}
         if live is not None:
-            await store.update_call(
+            call_step = {
+                "event": "emergency",
+                "actor": agent,
+                "data": step_data,
+                "state": "emergency" if live.agent_leg is None else live.state,
+            }
+
+        async def opening_records(conn: Any) -> None:
+            await self._insert_records(conn, rec, row, notice, step_data, now, line)
+
+        # handed in now, awaited after the switch part: a slow or absent database (a
+        # write defers after at most the writer's STALL_S) never delays the ringing
+        opening = asyncio.ensure_future(
+            store.records_with_call(
                 self.deps,
                 call_uuid,
                 now,
-                event="emergency",
-                actor=agent,
-                data={"line": line.code, "handoff": handoff_id},
-                state="emergency" if live.agent_leg is None else live.state,
+                opening_records,
+                on_written=lambda deferred: self._opened(rec, deferred),
+                **call_step,
             )
+        )
+        await asyncio.sleep(0)  # handed in before the steps the switch part hands in
         notice_task = asyncio.ensure_future(self._notify_caller(call_uuid))
         attempts: list[dict[str, Any]] = []
         connected: Ring | None = None
@@ -270,19 +301,7 @@ class EmergencyDesk:
             )
             await self._give_back(call_uuid, live)
         done = self.deps.clock()
-        async with self.deps.db.write() as conn:
-            await conn.execute(
-                sa.update(handoff_t)
-                .where(handoff_t.c.id == handoff_id)
-                .values(
-                    route=route_used,
-                    dial_string=attempts[-1]["dial"] if attempts else None,
-                    answered_at=done if connected else None,
-                    ended_at=None if connected else done,
-                    outcome=outcome,
-                    attempts=attempts,
-                )
-            )
+        rec.outcomes.append(await self._settled(opening, rec, "opening"))
         trail = {
             "call": call_uuid,
             "line": line.code,
@@ -293,14 +312,151 @@ class EmergencyDesk:
             "attempts": [(a["route"], a["result"]) for a in attempts],
             "agent": agent,
         }
-        if ticket:
-            await store.ticket_trail(self.deps, ticket, "emergency_handoff", trail)
+        final = {
+            "route": route_used,
+            "dial_string": attempts[-1]["dial"] if attempts else None,
+            "answered_at": done if connected else None,
+            "ended_at": None if connected else done,
+            "outcome": outcome,
+            "attempts": attempts,
+        }
+
+        async def closing_records(conn: Any) -> None:
+            await self._close_records(conn, rec, final, ticket, trail)
+
+        closing = store.records_with_call(
+            self.deps,
+            call_uuid,
+            done,
+            closing_records,
+            on_written=lambda deferred: self._closed(rec, deferred),
+        )
+        rec.outcomes.append(await self._settled(closing, rec, "closing"))
+        if rec.deferred:
+            log.warning(
+                "emergency hand-off of call %s to %s (%s) ran with the database out of "
+                "reach: its records and data notice are kept here and written when it "
+                "is back",
+                call_uuid,
+                line.code,
+                outcome,
+            )
         if self.metrics:
             self.metrics.emergencies.labels(line.code, outcome).inc()
         await self._publish(
             [ev.EmergencyHandedOff(call_uuid, line.code, route_used, outcome, ticket, agent)]
         )
-        return {"id": handoff_id, **trail, "ticket": ticket}
+        recorded = all(o in ("written", "already") for o in rec.outcomes)
+        return {
+            "id": rec.handoff_id,
+            **trail,
+            "ticket": ticket,
+            "recorded": recorded,
+            "deferred": not recorded and rec.deferred,
+        }
+
+    async def _settled(
+        self, write: Awaitable[store.Outcome], rec: _Records, which: str
+    ) -> store.Outcome | str:
+        """What became of a records step; a write that failed outright (not the store
+        away: that defers) is logged, not raised: the hand-off has happened already."""
+        try:
+            outcome: store.Outcome = await write
+        except Exception:
+            log.exception(
+                "emergency hand-off of call %s to %s: its %s records could not be written",
+                rec.call_uuid,
+                rec.line,
+                which,
+            )
+            return "failed"
+        if outcome == "dropped":
+            log.error(
+                "emergency hand-off of call %s to %s: its %s records were dropped (too many "
+                "steps waited for the database)",
+                rec.call_uuid,
+                rec.line,
+                which,
+            )
+        return outcome
+
+    async def _insert_records(
+        self,
+        conn: Any,
+        rec: _Records,
+        row: dict[str, Any],
+        notice: dict[str, Any] | None,
+        step_data: dict[str, Any],
+        now: datetime,
+        line: Line,
+    ) -> None:
+        """The hand-off's row and its notice in the outbox; the id fills in the call's
+        `emergency` step (same transaction) and the notice's id. Run again from the
+        start if the transaction is retried, so the id is always the committed one."""
+        res = await conn.execute(sa.insert(handoff_t).returning(handoff_t.c.id), [row])
+        rec.handoff_id = handoff_id = int(res.scalar_one())
+        step_data["handoff"] = handoff_id
+        if notice is None:
+            return
+        body = {"id": f"{self.city_code.lower()}-emergency-{handoff_id}", **notice}
+        await conn.execute(
+            sa.insert(notice_t),
+            [
+                {
+                    "handoff_id": handoff_id,
+                    "line": line.code,
+                    "endpoint": line.endpoint,
+                    "body": self.deps.cipher.encrypt(canonical(body).decode()),
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+            ],
+        )
+
+    async def _close_records(
+        self,
+        conn: Any,
+        rec: _Records,
+        final: dict[str, Any],
+        ticket: str | None,
+        trail: dict[str, Any],
+    ) -> None:
+        if rec.handoff_id is None:  # the opening step failed or was dropped
+            log.error(
+                "emergency hand-off of call %s to %s: no row to record its outcome %s in",
+                rec.call_uuid,
+                rec.line,
+                final["outcome"],
+            )
+        else:
+            await conn.execute(
+                sa.update(handoff_t).where(handoff_t.c.id == rec.handoff_id).values(**final)
+            )
+        if ticket:
+            await store.trail_in(self.deps, conn, ticket, "emergency_handoff", trail)
+
+    def _opened(self, rec: _Records, deferred: bool) -> None:
+        """The row and the notice are in: the data reaches the centre while its phone
+        rings (or, after an outage, as soon as the database is back)."""
+        self._wake.set()
+        if deferred:
+            log.info(
+                "emergency hand-off %s of call %s to %s: its row and data notice are "
+                "written (the database is back)",
+                rec.handoff_id,
+                rec.call_uuid,
+                rec.line,
+            )
+
+    def _closed(self, rec: _Records, deferred: bool) -> None:
+        if deferred or rec.deferred:
+            log.info(
+                "emergency hand-off %s of call %s to %s: its deferred records are written",
+                rec.handoff_id,
+                rec.call_uuid,
+                rec.line,
+            )
 
     async def _notify_caller(self, uuid: str) -> None:
         """The caller hears that help is being called, then hold music, while it rings."""

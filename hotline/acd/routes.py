@@ -303,7 +303,13 @@ def acd_routes(service: AcdService) -> list[RouteSpec]:
             emergency,
             "Hand the call to 110/119/120/122 (attended, three-way)",
             EmergencyBody,
-            responses={200: "connected", 404: "no live call", 502: "no emergency route answered"},
+            responses={
+                200: "connected; `recorded` false and `deferred` true when the database was "
+                "out of reach: the caller is put through all the same, the records (and the "
+                "data notice to the centre) are written when it is back, `id` null till then",
+                404: "no live call",
+                502: "no emergency route answered (same body: `outcome` failed)",
+            },
         ),
         spec(
             "POST",

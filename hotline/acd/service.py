@@ -792,9 +792,16 @@ class AcdService:
         if call.ring_task:
             call.ring_task.cancel()
         await self._changed(self.acd.leave_queue(uuid))
-        await store.update_call(
-            self.deps, uuid, self.deps.clock(), event=why, leave_queue=True, state=why
+        # handed in, not awaited: a database that hangs (rather than refusing) would
+        # otherwise hold the ring of 110/119/120/122 for the writer's stall time; the
+        # step is written in its turn, or kept through an outage (hotline.calls.store)
+        self._spawn(
+            store.update_call(
+                self.deps, uuid, self.deps.clock(), event=why, leave_queue=True, state=why
+            ),
+            f"leave-queue-{uuid}",
         )
+        await asyncio.sleep(0)  # handed in before the hand-off's own steps
         call.state = why
         return call
 

@@ -25,6 +25,7 @@ import functools
 import logging
 import math
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -124,6 +125,11 @@ class _Step:
     once: bool = False
     item: dict[str, Any] | None = None
     leave_queue: bool = False
+    # other tables' writes that go with the step (an emergency hand-off's records): in
+    # the step's transaction, so they are kept and written with it through an outage
+    also: Callable[[Any], Awaitable[None]] | None = None
+    # told once the step is committed, and whether it had been deferred first
+    on_written: Callable[[bool], None] | None = None
     written: bool = True  # False: a `once` entry that was there already
     seq: int = 0  # order of hand-in (the writer's), for `flush`
     done: asyncio.Future[Outcome] = field(
@@ -131,7 +137,7 @@ class _Step:
     )
 
     def describe(self) -> str:
-        kind = self.event["kind"] if self.event else "columns"
+        kind = self.event["kind"] if self.event else "columns" if self.values else "records"
         return f"{kind} of call {self.uuid}"
 
 
@@ -350,6 +356,11 @@ class _CallWriter:
 
 
 def _settle(step: _Step, exc: Exception | None = None) -> None:
+    if exc is None and step.on_written is not None:
+        try:
+            step.on_written(step.done.done())  # done already: it had been deferred
+        except Exception:
+            log.exception("after call step %s was written", step.describe())
     if step.done.done():  # deferred (nobody waits now), or cancelled (the loop closing)
         return
     if exc is None:
@@ -385,9 +396,15 @@ async def _apply(conn: Any, db: Any, batch: list[_Step]) -> None:
 
     A batch may hold many steps of one call (a backlog drained after an outage): still
     one statement per kind of write and set of columns, plus one per extra step of the
-    call that had the most items or rows in the batch, never one per step."""
+    call that had the most items or rows in the batch, never one per step.
+
+    The steps' other writes (`also`) come first, in hand-in order: they may fill in
+    their step's trail entry (an emergency hand-off's id, known once its row is in)."""
     for s in batch:
         s.written = True
+    for s in batch:
+        if s.also is not None:
+            await s.also(conn)
     for rows in _rounds([(s.uuid, s.row) for s in batch if s.row is not None]):
         await conn.execute(_insert_call_row(db.is_sqlite), rows)
     merged: dict[str, dict[str, Any]] = {}
@@ -556,6 +573,35 @@ async def update_call(
         item=item,
     )
     await _write(deps, step)
+
+
+async def records_with_call(
+    deps: Deps,
+    uuid: str,
+    now: datetime,
+    also: Callable[[Any], Awaitable[None]],
+    *,
+    on_written: Callable[[bool], None] | None = None,
+    event: str | None = None,
+    actor: str | None = None,
+    data: dict[str, Any] | None = None,
+    **values: Any,
+) -> Outcome:
+    """Other writes that belong to a call's step (an emergency hand-off's rows, a
+    ticket's trail entry), with the step if one is given, as one call step: in one
+    transaction, in the call's order, and deferred with its steps while the database
+    is away (written when it is back) rather than failing. `also(conn)` runs in the
+    transaction before the step's own trail entry, which it may fill in (`data`);
+    if the transaction is retried it runs again. `on_written(was_deferred)` is told
+    once it is committed. Returns what became of it (`Outcome`)."""
+    step = _Step(
+        uuid,
+        values=values or None,
+        event=_event(uuid, now, event, actor, data) if event else None,
+        also=also,
+        on_written=on_written,
+    )
+    return await _write(deps, step)
 
 
 async def record_survey(deps: Deps, uuid: str, now: datetime, data: dict[str, Any]) -> bool:
@@ -753,12 +799,24 @@ async def attach_ticket(deps: Deps, uuid: str, number: str, who: Principal) -> d
     return {"uuid": uuid, "ticket": number}
 
 
+_SYSTEM = Principal("acd", Role.AGENT)  # who writes the system's trail entries
+
+
 async def ticket_trail(deps: Deps, number: str, action: str, data: dict[str, Any]) -> bool:
-    """A trail entry by the system (emergency hand-off); False when there is no ticket."""
-    who = Principal("acd", Role.AGENT)
+    """A trail entry by the system (the post-call survey); False when there is no ticket."""
     try:
         async with deps.db.write() as conn:
-            await append_trail_event(deps, conn, number, who, action, data)
+            await append_trail_event(deps, conn, number, _SYSTEM, action, data)
+    except TicketNotFound:
+        return False
+    return True
+
+
+async def trail_in(deps: Deps, conn: Any, number: str, action: str, data: dict[str, Any]) -> bool:
+    """`ticket_trail` inside the caller's transaction (a call step's `also`, which may be
+    written after an outage); False when there is no ticket (nothing written)."""
+    try:
+        await append_trail_event(deps, conn, number, _SYSTEM, action, data)
     except TicketNotFound:
         return False
     return True

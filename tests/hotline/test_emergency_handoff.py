@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
@@ -19,6 +25,7 @@ from hotline.emergency import (
     UnknownLine,
     backoff_s,
     build_lines,
+    handoff_t,
     notice_t,
     notice_verifier,
     parse_routes,
@@ -28,6 +35,7 @@ from ticketing.handlers import ticket_events
 from ticketing.intake import Intake, NewTicket
 from ticketing.lifecycle import Role
 from ticketing.ports import Principal
+from ticketing.store import StoreUnavailable
 
 CALLER = "+8613912345678"
 KEY = Ed25519PrivateKey.generate()
@@ -209,8 +217,6 @@ async def test_signed_notice_is_pushed_and_retried_until_delivered(
         async with rig.deps.db.read() as conn:
             [row] = (await conn.execute(sa.select(notice_t))).all()
         assert CALLER not in row.body and "老人" not in row.body  # encrypted at rest
-        import aiohttp
-
         async with aiohttp.ClientSession() as session:
             assert await desk.send_due(session) == 0  # 503: kept, retried later
             async with rig.deps.db.read() as conn:
@@ -252,3 +258,204 @@ def test_routes_parse_and_reject_unknown_lines() -> None:
 def test_backoff_grows_and_is_capped() -> None:
     assert [backoff_s(n) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
     assert backoff_s(30) == 300
+
+
+# ---------------------------------------------------------------- with the database away
+# The caller is put through whatever our store does; the records follow when it is back.
+
+
+@contextlib.asynccontextmanager
+async def _refused(*_a: Any, **_kw: Any) -> AsyncIterator[Any]:
+    raise StoreUnavailable("connection refused")
+    yield  # pragma: no cover
+
+
+def _down(deps: Any) -> None:
+    """The database out of reach for this process: every transaction refused."""
+    deps.db.write = deps.db.read = _refused
+
+
+def _up(deps: Any) -> None:
+    del deps.db.write, deps.db.read
+
+
+class Centre:
+    """A fake emergency centre: counts the notices it is sent, by their id."""
+
+    def __init__(self) -> None:
+        self.by_id: collections.Counter[str] = collections.Counter()
+        self.bodies: list[dict[str, Any]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        notice = json.loads(body)
+        self.by_id[notice["id"]] += 1
+        self.bodies.append(notice)
+        return web.Response(status=202)
+
+
+async def _centre(aiohttp_server: Any) -> tuple[Centre, str]:
+    centre = Centre()
+    app = web.Application()
+    app.router.add_post("/notice", centre.handle)
+    server = await aiohttp_server(app)
+    return centre, str(server.make_url("/notice"))
+
+
+async def _records(rig: Any, uuid: str, number: str) -> dict[str, Any]:
+    """What the database holds of the hand-off: rows, notices, call steps, trail."""
+    async with rig.deps.db.read() as conn:
+        handoffs = (await conn.execute(sa.select(handoff_t))).all()
+        notices = (await conn.execute(sa.select(notice_t))).all()
+    call = await store.get_call(rig.deps, uuid)
+    assert call is not None
+    trail = await ticket_events(rig.deps, number, Principal("sup", Role.SUPERVISOR))
+    return {
+        "handoffs": handoffs,
+        "notices": notices,
+        "steps": [e for e in call["events"] if e["kind"] == "emergency"],
+        "trail": [e for e in trail if e["action"] == "emergency_handoff"],
+    }
+
+
+async def test_with_the_store_down_the_caller_is_put_through_and_records_follow(
+    tmp_path, db_url, aiohttp_server, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="hotline.emergency")
+    centre, endpoint = await _centre(aiohttp_server)
+    async with make_rig(tmp_path, db_url) as rig:
+        await rig.deps.catalog.reload(rig.deps.db)
+        store._writer(rig.deps).retry_s = (0.01, 0.05)
+        desk = desk_for(rig, **{"120": Line("120", "sofia/gateway/pstn/120", None, endpoint)})
+        outbox = asyncio.create_task(desk.run_outbox(poll_s=0.05))
+        try:
+            uuid, task, agent_leg = await talking(rig)
+            number = await new_ticket(rig)
+            await store.attach_ticket(rig.deps, uuid, number, Principal("li", Role.AGENT))
+            rig.acd.calls[uuid].ticket = number
+            rig.switch.phone("sofia/gateway/pstn/120", answer_after_s=0.02)
+
+            _down(rig.deps)
+            result = await desk.hand_off(uuid, "120", agent="li", summary="老人摔倒")
+            # the line was rung and joined as ever
+            assert (result["outcome"], result["route"]) == ("connected", "primary")
+            em_leg = rig.switch.leg_of("sofia/gateway/pstn/120")
+            assert rig.switch.room_members(f"emergency-120-{uuid}") == {uuid, agent_leg, em_leg}
+            assert (result["recorded"], result["deferred"], result["id"]) == (False, True, None)
+            assert store.deferred_call_steps(rig.deps) > 0
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+            assert any("ran with the database out of reach" in r.getMessage() for r in warned)
+            await asyncio.sleep(0.2)  # the outbox keeps trying meanwhile
+            assert centre.by_id == {}  # the notice waits for its row (and its id)
+
+            _up(rig.deps)
+            await eventually(lambda: store.deferred_call_steps(rig.deps) == 0, what="drain")
+            got = await _records(rig, uuid, number)
+            [row] = got["handoffs"]
+            assert (row.outcome, row.route, row.agent) == ("connected", "primary", "li")
+            assert [a["result"] for a in row.attempts] == ["answered"]
+            [notice] = got["notices"]
+            assert notice.handoff_id == row.id
+            [step] = got["steps"]
+            assert step["data"] == {"line": "120", "handoff": row.id}
+            [entry] = got["trail"]
+            assert entry["data"]["outcome"] == "connected" and entry["data"]["line"] == "120"
+            landed = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+            assert any("deferred records are written" in m for m in landed)
+            # delivered once, under the row's id
+            notice_id = f"city-emergency-{row.id}"
+            await eventually(lambda: centre.by_id == {notice_id: 1}, what="the notice")
+            await asyncio.sleep(0.2)
+            assert centre.by_id == {notice_id: 1}
+            assert centre.bodies[0]["summary"] == "老人摔倒"
+            assert await desk.handoffs_for(uuid) == [
+                {
+                    "id": row.id,
+                    "line": "120",
+                    "route": "primary",
+                    "outcome": "connected",
+                    "agent": "li",
+                    "ticket": number,
+                    "attempts": row.attempts,
+                }
+            ]
+            await rig.switch.hangup(uuid)
+            assert await asyncio.wait_for(task, 2) == "completed"
+        finally:
+            outbox.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outbox
+
+
+async def test_the_store_dropping_mid_hand_off_defers_the_outcome_only(
+    tmp_path, db_url, aiohttp_server
+) -> None:  # type: ignore[no-untyped-def]
+    centre, endpoint = await _centre(aiohttp_server)
+    async with make_rig(tmp_path, db_url) as rig:
+        await rig.deps.catalog.reload(rig.deps.db)
+        store._writer(rig.deps).retry_s = (0.01, 0.05)
+        line = Line("119", "sofia/gateway/pstn/119", "sofia/gateway/backup/119", endpoint)
+        desk = desk_for(rig, **{"119": line})
+        uuid, task, agent_leg = await talking(rig)
+        number = await new_ticket(rig)
+        await store.attach_ticket(rig.deps, uuid, number, Principal("li", Role.AGENT))
+        rig.acd.calls[uuid].ticket = number
+        rig.switch.phone("sofia/gateway/pstn/119", "busy")
+        rig.switch.phone("sofia/gateway/backup/119")
+        ring = rig.switch.ring
+
+        async def ring_then_drop(*a: Any, **kw: Any) -> Any:
+            """The first insert is in; the database goes while the line rings."""
+            if ring_then_drop.first:  # type: ignore[attr-defined]
+                ring_then_drop.first = False  # type: ignore[attr-defined]
+                assert await store.flush_call_writes(rig.deps) == 0
+                _down(rig.deps)
+            return await ring(*a, **kw)
+
+        ring_then_drop.first = True  # type: ignore[attr-defined]
+        rig.switch.ring = ring_then_drop  # type: ignore[method-assign]
+        result = await desk.hand_off(uuid, "119", agent="li", summary="kitchen fire")
+        assert (result["outcome"], result["route"]) == ("connected", "alternate")
+        assert rig.switch.room_members(f"emergency-119-{uuid}") == {
+            uuid,
+            agent_leg,
+            rig.switch.leg_of("sofia/gateway/backup/119"),
+        }
+        assert result["recorded"] is False and result["deferred"] is True
+        handoff_id = result["id"]
+        assert isinstance(handoff_id, int)  # the row went in before the database left
+        # the notice was in the outbox before the drop: it goes out now, at most once
+        async with aiohttp.ClientSession() as session:
+            _up(rig.deps)
+            await eventually(lambda: store.deferred_call_steps(rig.deps) == 0, what="drain")
+            assert await desk.send_due(session) == 1
+            assert await desk.send_due(session) == 0
+        assert centre.by_id == {f"city-emergency-{handoff_id}": 1}
+        got = await _records(rig, uuid, number)
+        [row] = got["handoffs"]
+        assert (row.id, row.outcome, row.route) == (handoff_id, "connected", "alternate")
+        assert [a["result"] for a in row.attempts] == ["busy", "answered"]
+        assert len(got["notices"]) == 1
+        [step] = got["steps"]
+        assert step["data"]["handoff"] == handoff_id
+        [entry] = got["trail"]
+        assert entry["data"]["attempts"] == [["primary", "busy"], ["alternate", "answered"]]
+        await rig.switch.hangup(uuid)
+        await task
+
+
+async def test_the_store_up_the_answer_says_recorded(tmp_path, sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    async with make_rig(tmp_path, sqlite_url) as rig:
+        desk = desk_for(rig)
+        uuid, task, _ = await talking(rig)
+        rig.switch.phone("sofia/gateway/pstn/122")
+        result = await desk.hand_off(uuid, "122")
+        assert (result["recorded"], result["deferred"]) == (True, False)
+        [h] = await desk.handoffs_for(uuid)
+        assert (h["id"], h["outcome"]) == (result["id"], "connected")
+        row = await store.get_call(rig.deps, uuid)
+        assert [e["data"] for e in row["events"] if e["kind"] == "emergency"] == [
+            {"line": "122", "handoff": result["id"]}
+        ]
+        await rig.switch.hangup(uuid)
+        await task

@@ -161,6 +161,49 @@ async def test_emergency_button_hands_the_call_to_110(phone_api) -> None:  # typ
     assert await asyncio.wait_for(task, 2) == "completed"
 
 
+async def test_emergency_button_works_with_the_database_down(phone_api) -> None:  # type: ignore[no-untyped-def]
+    """The caller is put through and the API answers 200; the records follow."""
+    from hotline.calls import store
+    from tests.hotline.test_emergency_handoff import _down, _up
+
+    api, switch = phone_api, phone_api.switch
+    deps = api.app[DEPS]
+    store._writer(deps).retry_s = (0.01, 0.05)
+    await api.post("/api/v1/agents/me/login", {"extension": "1001"})
+    switch.phone("user/1001")
+    switch.phone("sofia/gateway/pstn/119")
+    service = api.app[PHONE_LINE].service
+    uuid = switch.new_call("+8613800138000")
+    task = asyncio.ensure_future(service.handle_call(uuid, "+8613800138000"))
+    await eventually(lambda: uuid in service.calls and service.calls[uuid].state == "talking")
+    ticket = await api.new_ticket(contact={"phone": "13800138000"})
+    r = await api.post(f"/api/v1/calls/{uuid}/ticket", {"ticket": ticket["number"]})
+    assert r.status == 200, await r.text()
+
+    _down(deps)
+    r = await api.post(f"/api/v1/calls/{uuid}/emergency", {"line": "119", "summary": "起火"})
+    assert r.status == 200, await r.text()
+    body = await r.json()
+    assert (body["line"], body["outcome"], body["route"]) == ("119", "connected", "primary")
+    assert (body["recorded"], body["deferred"], body["id"]) == (False, True, None)
+    room = f"emergency-119-{uuid}"  # caller, agent and fire brigade joined
+    assert switch.room_members(room) == {
+        uuid,
+        service.calls[uuid].agent_leg,
+        switch.leg_of("sofia/gateway/pstn/119"),
+    }
+
+    _up(deps)
+    await eventually(lambda: store.deferred_call_steps(deps) == 0, what="the drain")
+    [handoff] = await service.emergency.handoffs_for(uuid)
+    assert (handoff["outcome"], handoff["ticket"]) == ("connected", ticket["number"])
+    r = await api.get(f"/api/v1/tickets/{ticket['number']}/events")
+    actions = [e["action"] for e in (await r.json())["items"]]
+    assert actions.count("emergency_handoff") == 1
+    await switch.hangup(uuid)
+    assert await asyncio.wait_for(task, 2) == "completed"
+
+
 async def test_callbacks_listed_and_closed(phone_api) -> None:  # type: ignore[no-untyped-def]
     from hotline.calls import store
 
