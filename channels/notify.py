@@ -101,6 +101,7 @@ async def notify_transition(deps: Deps, ev: TicketTransitioned) -> int:
                 "reply": reply,
                 "text": text,
                 "lang": conv.lang,
+                "at": now.isoformat(),  # when it changed (a template's time field)
             }
             await _insert_outbound(
                 conn,

@@ -141,6 +141,7 @@ def create_app(
             base_url=settings.open311_base_url,
             contact=settings.open311_contact,
             key_service=settings.open311_key_service,
+            jurisdiction_id=settings.open311_jurisdiction,
         ),
     )
     channel_hub = channels.setup(app, deps, intake, settings)  # + the /wechat webhook

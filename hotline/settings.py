@@ -14,6 +14,10 @@ from typing import Annotated
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# a domain name's syntax (RFC 1123 labels), as GeoReport v2 suggests for jurisdiction_id
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_JURISDICTION = re.compile(rf"(?=.{{1,100}}\Z){_LABEL}(?:\.{_LABEL})*")
+
 
 class SettingsError(Exception):
     """Raised with a human sentence naming each bad setting."""
@@ -208,6 +212,12 @@ class Settings(BaseSettings):
     wechat_template_id: str | None = Field(
         None, description="WeChat template for ticket updates (else a customer-service text)"
     )
+    wechat_template_fields: str | None = Field(
+        None,
+        description="The template's fields: comma-separated field=source, source one of "
+        "number, status, at, reply, text:<words> (e.g. 'character_string1=number,"
+        "phrase2=status,time3=at,thing4=reply'); unset: first/keyword1/keyword2/remark",
+    )
     telegram_token: str | None = Field(
         None,
         description="Telegram bot token from @BotFather (enables /telegram/webhook)",
@@ -235,6 +245,13 @@ class Settings(BaseSettings):
     open311_key_service: str = Field(
         "Ask the 12345 centre's operators for an API key.",
         description="Open311 discovery: how a client gets an API key",
+    )
+    open311_jurisdiction: str = Field(
+        "",
+        description="Open311 jurisdiction_id this endpoint serves: the city's website domain "
+        "without www, e.g. hangzhou.gov.cn (empty: the city code in lower case + '.gov', "
+        "city.gov for the default code)",
+        validate_default=True,
     )
     # ---- city app API (channels/app): resident sign-in, reports, notification feed
     app_token_ttl_s: Annotated[int, Field(ge=300)] = Field(
@@ -322,6 +339,30 @@ class Settings(BaseSettings):
         host, _, port = self.esl_listen.rpartition(":")
         return host.strip("[]"), int(port)
 
+    @field_validator("open311_jurisdiction")
+    @classmethod
+    def _jurisdiction(cls, v: str, info: ValidationInfo) -> str:
+        """GeoReport v2 suggests "the jurisdiction's main website root url (without the
+        www)" (sfgov.org); clients echo it in every URL and form, so it must be one
+        domain-like token. Unset, it follows the city code (declared before it), so the
+        default is city.gov, the spec's own example. Stored in lower case: domain names
+        compare case-insensitively, and clients copy it from discovery."""
+        v = v.strip()
+        if v:
+            if not _JURISDICTION.fullmatch(v):
+                raise ValueError(
+                    "must be a domain-like id such as hangzhou.gov.cn: dot-separated labels "
+                    "of letters, digits and inner hyphens, at most 100 characters"
+                )
+            return v.lower()
+        derived = f"{str(info.data.get('city_code') or 'city').strip().lower()}.gov"
+        if not _JURISDICTION.fullmatch(derived):
+            raise ValueError(
+                f"unset, and {derived!r} made from HOTLINE_CITY_CODE is not a domain name; "
+                "set it, e.g. hangzhou.gov.cn"
+            )
+        return derived
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -345,6 +386,17 @@ class Settings(BaseSettings):
             key, _, level = part.partition(":")
             if not key or level not in ("primary", "secondary", "tertiary"):
                 raise ValueError(f"{part!r}: use partner-id:primary|secondary|tertiary")
+        return v
+
+    @field_validator("wechat_template_fields")
+    @classmethod
+    def _template_fields(cls, v: str | None) -> str | None:
+        from channels.wechat.template import TemplateLayout, TemplateLayoutError
+
+        try:
+            TemplateLayout.parse(v)
+        except TemplateLayoutError as exc:
+            raise ValueError(str(exc)) from None
         return v
 
     @field_validator("telegram_secret")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 SPECIFICATION = "http://wiki.open311.org/GeoReport_v2"
-PREFIX = "/open311/v2"
+ROOT = "/open311"
+PREFIX = f"{ROOT}/v2"
 CHANNEL = "open311"  # the ticket channel, so agents see where a case came from
 
 # "Appropriate HTTP headers must be set": the spec names text/xml for XML

@@ -43,6 +43,9 @@ _W3C = re.compile(
     r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
     r"(?:Z|[+-]\d{2}:?\d{2})?"
 )
+# the W3C note's reduced precisions, YYYY and YYYY-MM: its first formats, valid wherever
+# GeoReport v2 says "Must use w3 format"; read as their first day
+_W3C_REDUCED = re.compile(r"\d{4}(?:-\d{2})?")
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,253}\.[^@\s.]{1,63}")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _TICKET_NUMBER = re.compile(r"\d{1,20}")
@@ -65,8 +68,7 @@ _LEGACY_CHARSETS = {
 
 POST_FIELDS = frozenset(
     {
-        "api_key",
-        "jurisdiction_id",
+        "api_key",  # jurisdiction_id is the route's (check_jurisdiction), not the report's
         "service_code",
         "lat",
         "long",
@@ -196,6 +198,27 @@ def single_values(pairs: Iterable[tuple[str, str]], names: Iterable[str]) -> dic
     if twice:
         raise Open311Error(400, *(f"{k} was given more than once" for k in sorted(twice)))
     return out
+
+
+def check_jurisdiction(ours: str, *sources: Iterable[tuple[str, str]]) -> None:
+    """Accept no jurisdiction_id or ours; refuse any other with the spec's 404.
+
+    GeoReport v2: an implementation serving one jurisdiction "can ignore this parameter
+    and treat it as an Optional Argument", so absent (or empty) is fine. But a client
+    configured for another city must not have its report filed here as if it were
+    ours: every method lists "404 - jurisdiction_id provided was not found". The id is
+    a domain name, so it compares case-insensitively. `sources`: the query string and,
+    for POST, the form (clients put it in either); every value given must be ours."""
+    for pairs in sources:
+        for k, v in pairs:
+            if k != "jurisdiction_id":
+                continue
+            v = v.strip()
+            if v and v.casefold() != ours.casefold():
+                shown = v if len(v) <= const.MAX_SHORT else v[: const.MAX_SHORT] + "..."
+                raise Open311Error(
+                    404, f"jurisdiction_id {shown!r} was not found; this endpoint serves {ours}"
+                )
 
 
 # ---------------------------------------------------------------- POST requests
@@ -402,8 +425,12 @@ def attribute_lines(service: Service, attributes: dict[str, str | list[str]]) ->
 
 
 def parse_datetime(raw: str, tz: tzinfo) -> datetime:
-    """W3C-profile ISO 8601; a time without offset or a bare date is in the city's zone."""
+    """W3C-profile ISO 8601; a time without offset or a bare date is in the city's zone.
+
+    A bare year or year-month (W3C "Year" and "Year and month") is its first day."""
     raw = raw.strip()
+    if _W3C_REDUCED.fullmatch(raw):
+        raw += "-01-01" if len(raw) == 4 else "-01"
     if not _W3C.fullmatch(raw):
         raise ValueError(f"{raw!r} is not an ISO 8601 date-time such as 2010-01-01T00:00:00Z")
     try:

@@ -26,6 +26,7 @@ from channels.open311.forms import (
     Open311Error,
     Pairs,
     RequestQuery,
+    check_jurisdiction,
     legacy_charset,
     parse_multipart,
     parse_new_request,
@@ -54,6 +55,7 @@ class Open311Config:
     contact: str = "12345"
     key_service: str = "Ask the 12345 centre's operators for an API key."
     definitions_file: Path | None = None  # None: the packaged services.yaml
+    jurisdiction_id: str = "city.gov"  # HOTLINE_OPEN311_JURISDICTION; the spec's example
 
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
@@ -116,10 +118,15 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
                 changes["fingerprint"], changes["at"] = fingerprint, now
         return w3c(changes["at"], deps.tz) or ""
 
-    def query_pairs(request: web.Request) -> list[tuple[str, str]]:
-        return parse_pairs(request.rel_url.raw_query_string, "query string")
+    def query_pairs(request: web.Request, *form: Pairs) -> list[tuple[str, str]]:
+        """The query string, validated, once its jurisdiction_id (and the form's, for
+        POST) is known to be ours or absent: every method checks that first."""
+        query = parse_pairs(request.rel_url.raw_query_string, "query string")
+        check_jurisdiction(config.jurisdiction_id, query, *form)
+        return query
 
     async def open311_discovery(request: web.Request, fmt: str) -> web.StreamResponse:
+        query_pairs(request)  # asking another jurisdiction's discovery here is a 404 too
         base = config.base_url or f"{request.scheme}://{request.host}{const.PREFIX}"
         stamp = changeset(deps.clock())
         return respond(
@@ -138,11 +145,21 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
                         "formats": list(const.FORMATS.values()),
                     }
                 ],
+                # an extension, last so readers of the spec's four fields are undisturbed:
+                # the id clients must send (or may omit) as jurisdiction_id
+                "jurisdiction_id": config.jurisdiction_id,
             },
         )
 
+    async def open311_discovery_above_versions(
+        request: web.Request, fmt: str
+    ) -> web.StreamResponse:
+        """The same document at /open311/discovery.*, where the Service Discovery spec
+        puts it: it "is meant to supercede the base URL for the Open311 endpoint"."""
+        return await open311_discovery(request, fmt)
+
     async def open311_services(request: web.Request, fmt: str) -> web.StreamResponse:
-        query_pairs(request)  # validated, though nothing in it changes the list
+        query_pairs(request)  # validated and jurisdiction checked; nothing else in it counts
         svc = services()
         body = rendered.get(fmt)
         if body is None:
@@ -150,6 +167,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
         return web.Response(body=body, content_type=const.FORMATS[fmt], charset="utf-8")
 
     async def open311_service_definition(request: web.Request, fmt: str) -> web.StreamResponse:
+        query_pairs(request)
         code = request.match_info["service_code"]
         service = services().get(code)
         if service is None:
@@ -173,7 +191,9 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
 
     async def open311_create_request(request: web.Request, fmt: str) -> web.StreamResponse:
         pairs = await form_pairs(request)
-        query = query_pairs(request)
+        # jurisdiction_id may come in the form or the query string; before the api_key,
+        # so a client aimed at the wrong city learns that, not that its key is unknown
+        query = query_pairs(request, pairs)
         # some clients put api_key in the query string (as Swagger descriptions show)
         key = single_values(pairs, ["api_key"]).get("api_key") or single_values(
             query, ["api_key"]
@@ -227,6 +247,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
         return respond(fmt, "service_requests", views(rows))
 
     async def open311_get_request(request: web.Request, fmt: str) -> web.StreamResponse:
+        query_pairs(request)
         number = request.match_info["service_request_id"]
         rows = []
         if number.isascii() and number.isdigit() and len(number) <= 20:
@@ -236,6 +257,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
         return respond(fmt, "service_requests", views(rows))
 
     async def open311_token(request: web.Request, fmt: str) -> web.StreamResponse:
+        query_pairs(request)
         token = request.match_info["token"]
         if not (1 <= len(token) <= const.MAX_TOKEN and token.isprintable()):
             raise Open311Error(400, "token is not a token this service could have issued")
@@ -263,14 +285,27 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
     tag = "open311"
     xml_or_json = {200: "GeoReport v2 XML (text/xml) or JSON, as the extension says"}
     errors = {400: "invalid request (GeoReport v2 errors list)", 404: "not found"}
+    jur = ("jurisdiction_id", f"optional; if given, {config.jurisdiction_id} (any case)")
+    other = "another jurisdiction_id"
     return [
         RouteSpec(
             "GET",
             f"{p}/discovery.{fmt}",
             _guarded(open311_discovery),
-            "Open311 service discovery",
+            "Open311 service discovery (+ jurisdiction_id, an extension)",
             tag=tag,
-            responses=xml_or_json,
+            query=(jur,),
+            responses={**xml_or_json, 404: other},
+        ),
+        RouteSpec(  # Service Discovery "is meant to supercede the base URL for the Open311
+            # endpoint" and route to every version: the same document above /v2 too
+            "GET",
+            f"{const.ROOT}/discovery.{fmt}",
+            _guarded(open311_discovery_above_versions),
+            "Open311 service discovery at the versionless URL (the same document)",
+            tag=tag,
+            query=(jur,),
+            responses={**xml_or_json, 404: other},
         ),
         RouteSpec(
             "GET",
@@ -278,8 +313,8 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             _guarded(open311_services),
             "Open311 GET Service List (our leaf categories)",
             tag=tag,
-            query=(("jurisdiction_id", "ignored: one jurisdiction"),),
-            responses=xml_or_json,
+            query=(jur,),
+            responses={**xml_or_json, 404: other},
         ),
         RouteSpec(
             "GET",
@@ -287,7 +322,8 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             _guarded(open311_service_definition),
             "Open311 GET Service Definition (attributes)",
             tag=tag,
-            responses={**xml_or_json, 404: "unknown service_code"},
+            query=(jur,),
+            responses={**xml_or_json, 404: f"unknown service_code or {other}"},
         ),
         RouteSpec(
             "POST",
@@ -295,8 +331,14 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             _guarded(open311_create_request),
             "Open311 POST Service Request (form-encoded, api_key; Idempotency-Key honoured)",
             tag=tag,
+            query=((jur[0], f"{jur[1]}; may come in the form instead"),),
             raw_body="application/x-www-form-urlencoded",
-            responses={**xml_or_json, **errors, 403: "missing or invalid api_key"},
+            responses={
+                **xml_or_json,
+                **errors,
+                403: "missing or invalid api_key",
+                404: f"unknown service_code or {other}",
+            },
         ),
         RouteSpec(
             "GET",
@@ -305,6 +347,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             "Open311 GET Service Requests (90 days / 1000 records by default)",
             tag=tag,
             query=(
+                jur,
                 ("service_request_id", "comma-separated ids; overrides every other filter"),
                 ("service_code", "comma-separated service codes"),
                 ("start_date", "ISO 8601; window at most 90 days"),
@@ -313,7 +356,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
                 ("page", "extension: page number from 1"),
                 ("page_size", "extension: 1 to 1000"),
             ),
-            responses={**xml_or_json, 400: errors[400]},
+            responses={**xml_or_json, 400: errors[400], 404: other},
         ),
         RouteSpec(
             "GET",
@@ -321,7 +364,8 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             _guarded(open311_get_request),
             "Open311 GET Service Request (a list of one)",
             tag=tag,
-            responses={**xml_or_json, 404: "unknown service_request_id"},
+            query=(jur,),
+            responses={**xml_or_json, 404: f"unknown service_request_id or {other}"},
         ),
         RouteSpec(
             "GET",
@@ -329,7 +373,8 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             _guarded(open311_token),
             "Open311 GET service_request_id from a token (an Idempotency-Key sent with POST)",
             tag=tag,
-            responses={**xml_or_json, 404: "unknown token"},
+            query=(jur,),
+            responses={**xml_or_json, 404: f"unknown token or {other}"},
         ),
     ] + [  # last: only what no route above matched (one or two path segments)
         RouteSpec(

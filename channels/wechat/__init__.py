@@ -7,6 +7,7 @@ Shape shared by every channel: `const.py`, `client.py` (vendor calls only),
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from channels.hub import ChannelHub
 from channels.wechat.client import WeChatClient, WeChatSender
 from channels.wechat.const import MENU, PATH
 from channels.wechat.routes import WeChatConfig, WeChatWebhook
+from channels.wechat.template import TemplateLayout
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ def config_from(settings: Any) -> WeChatConfig | None:
         api_base=getattr(settings, "wechat_api_base", "https://api.weixin.qq.com"),
         max_age_s=int(getattr(settings, "wechat_max_age_s", 300)),
         template_id=getattr(settings, "wechat_template_id", None),
+        template_fields=getattr(settings, "wechat_template_fields", None),
     )
 
 
@@ -45,7 +48,9 @@ def setup(app: web.Application, hub: ChannelHub, settings: Any) -> WeChatWebhook
     app.router.add_post(PATH, webhook.receive)
     if config.app_id and config.app_secret:
         client = WeChatClient(config.app_id, config.app_secret, config.api_base)
-        hub.register_sender(WeChatSender(client, config.template_id))
+        tz = getattr(settings, "tz", None) or UTC
+        layout = TemplateLayout.parse(config.template_fields)
+        hub.register_sender(WeChatSender(client, config.template_id, layout, tz))
     else:
         log.warning("WeChat replies disabled: HOTLINE_WECHAT_APP_ID/APP_SECRET unset")
     return webhook

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import aiohttp
@@ -42,6 +43,7 @@ from channels.wechat.const import (
     TOKEN_PATH,
 )
 from channels.wechat.inbound import split_text
+from channels.wechat.template import TemplateLayout
 
 log = logging.getLogger(__name__)
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
@@ -208,8 +210,8 @@ class WeChatClient:
 
 class WeChatSender:
     """The outbox's sender for WeChat: texts as customer-service messages, ticket
-    updates as template messages when a template is configured (the classic
-    first / keyword1 / keyword2 / remark layout), else as text.
+    updates as template messages when a template is configured (its fields as the
+    layout setting maps them, see `channels.wechat.template`), else as text.
 
     Since May 2023 WeChat no longer shows a template's `first` and `remark`, so a
     department's answer put there never reaches the resident: an update carrying one
@@ -218,9 +220,17 @@ class WeChatSender:
 
     channel = CHANNEL
 
-    def __init__(self, client: WeChatClient, template_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: WeChatClient,
+        template_id: str | None = None,
+        layout: TemplateLayout | None = None,
+        tz: tzinfo = UTC,
+    ) -> None:
         self.client = client
         self.template_id = template_id
+        self.layout = layout or TemplateLayout.parse(None)
+        self.tz = tz
 
     async def start(self) -> None:
         await self.client.start()
@@ -242,12 +252,7 @@ class WeChatSender:
             await self.client.send_template(
                 recipient,
                 self.template_id,
-                {
-                    "first": "您反映的问题有新进展",
-                    "keyword1": str(payload.get("number", "")),
-                    "keyword2": str(payload.get("status_text", "")),
-                    "remark": str(payload.get("reply") or "发送“查询 工单号”查看详情"),
-                },
+                self.layout.data(payload, self.tz, datetime.now(UTC)),
             )
             return
         if not isinstance(text, str) or not text:

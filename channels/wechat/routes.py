@@ -52,6 +52,7 @@ class WeChatConfig:
     api_base: str = "https://api.weixin.qq.com"
     max_age_s: int = 300
     template_id: str | None = None
+    template_fields: str | None = None  # see channels.wechat.template
 
 
 def _plain(text: str, status: int = 200) -> web.Response:

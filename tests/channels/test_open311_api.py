@@ -112,7 +112,8 @@ async def test_discovery_in_both_formats(sqlite_api):
     assert r.status == 200
     assert r.headers["Content-Type"] == "application/json; charset=utf-8"
     doc = await r.json()
-    assert set(doc) == {"changeset", "contact", "key_service", "endpoints"}
+    assert list(doc) == ["changeset", "contact", "key_service", "endpoints", "jurisdiction_id"]
+    assert doc["jurisdiction_id"] == "city.gov"  # HOTLINE_OPEN311_JURISDICTION, from CITY
     (ep,) = doc["endpoints"]
     assert ep["specification"] == "http://wiki.open311.org/GeoReport_v2"
     assert ep["url"].endswith("/open311/v2")
@@ -124,11 +125,33 @@ async def test_discovery_in_both_formats(sqlite_api):
     assert r.headers["Content-Type"] == "text/xml; charset=utf-8"
     root = xml_of(await r.read())
     assert root.tag == "discovery"
-    assert [c.tag for c in root] == ["changeset", "contact", "key_service", "endpoints"]
+    assert [c.tag for c in root] == [
+        "changeset",
+        "contact",
+        "key_service",
+        "endpoints",
+        "jurisdiction_id",
+    ]
+    assert root.findtext("jurisdiction_id") == "city.gov"
     (endpoint,) = root.find("endpoints")  # type: ignore[union-attr]
     assert endpoint.tag == "endpoint"
     assert [f.text for f in endpoint.find("formats")] == ["text/xml", "application/json"]  # type: ignore[union-attr]
     assert root.findtext("changeset") == doc["changeset"]
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_discovery_is_also_served_above_the_version(sqlite_api, fmt):
+    """Service Discovery "is meant to supercede the base URL for the Open311 endpoint":
+    /open311/discovery.* is the same document, naming /open311/v2 as the endpoint."""
+    versioned = await sqlite_api.client.get(f"{V2}/discovery.{fmt}")
+    r = await sqlite_api.client.get(f"/open311/discovery.{fmt}?jurisdiction_id=City.gov")
+    assert r.status == 200
+    assert r.content_type == versioned.content_type
+    assert await r.read() == await versioned.read()
+    r = await sqlite_api.client.get(f"/open311/discovery.{fmt}?jurisdiction_id=sfgov.org")
+    assert await errors(r, 404) == [
+        "jurisdiction_id 'sfgov.org' was not found; this endpoint serves city.gov"
+    ]
 
 
 async def test_services_list_maps_leaf_categories(sqlite_api):
@@ -372,6 +395,108 @@ async def test_api_key_may_come_in_the_query_string(sqlite_api):
         f"{V2}/requests.json?api_key={key}", data=urlencode(form), headers=FORM
     )
     assert r.status == 200, await r.text()
+
+
+# ---------------------------------------------------------------- jurisdiction_id
+
+OURS = ("", "?jurisdiction_id=", "?jurisdiction_id=city.gov", "?jurisdiction_id=CITY.Gov")
+ELSEWHERE = "jurisdiction_id 'sfgov.org' was not found; this endpoint serves city.gov"
+
+
+async def every_get_path(api) -> list[str]:  # type: ignore[no-untyped-def]
+    """One path per GET method, with a request and a token that exist."""
+    key = await key_for(api)
+    r = await post(api, street_light(key), headers={"Idempotency-Key": "jur-token"})
+    assert r.status == 200, await r.text()
+    (item,) = await r.json()
+    number = item["service_request_id"]
+    return [
+        "discovery",
+        "services",
+        "services/urban.street-lights",
+        "requests",
+        f"requests/{number}",
+        "tokens/jur-token",
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_every_get_serves_our_jurisdiction_or_none_and_404s_any_other(sqlite_api, fmt):
+    ctype = "application/json" if fmt == "json" else "text/xml"
+    for path in await every_get_path(sqlite_api):
+        for query in OURS:  # absent, empty (= absent), ours in any case
+            r = await sqlite_api.client.get(f"{V2}/{path}.{fmt}{query}")
+            assert r.status == 200, (path, query, await r.text())
+            assert r.content_type == ctype
+        r = await sqlite_api.client.get(f"{V2}/{path}.{fmt}?jurisdiction_id=sfgov.org")
+        assert r.content_type == ctype
+        assert await errors(r, 404) == [ELSEWHERE], path
+        # ours given twice is still ours; ours and another is another
+        r = await sqlite_api.client.get(
+            f"{V2}/{path}.{fmt}?jurisdiction_id=city.gov&jurisdiction_id=sfgov.org"
+        )
+        assert await errors(r, 404) == [ELSEWHERE], path
+
+
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+async def test_post_takes_our_jurisdiction_from_form_or_query_and_files_nothing_else(
+    sqlite_api, fmt
+):
+    key = await key_for(sqlite_api)
+    for i, (form_value, query) in enumerate(
+        [(None, ""), ("", ""), ("CITY.GOV", ""), (None, "?jurisdiction_id=city.gov")]
+    ):
+        form = street_light(key, description=f"路灯 {fmt} {i}")
+        if form_value is None:
+            del form["jurisdiction_id"]
+        else:
+            form["jurisdiction_id"] = form_value
+        r = await sqlite_api.client.post(
+            f"{V2}/requests.{fmt}{query}", data=urlencode(form), headers=FORM
+        )
+        assert r.status == 200, (form_value, query, await r.text())
+    before = await (await sqlite_api.client.get(f"{V2}/requests.json")).json()
+
+    elsewhere = street_light(key, jurisdiction_id="sfgov.org", description="别处的路灯")
+    r = await post(sqlite_api, elsewhere, fmt)
+    assert await errors(r, 404) == [ELSEWHERE]
+    # in the query string, even with ours in the form
+    r = await sqlite_api.client.post(
+        f"{V2}/requests.{fmt}?jurisdiction_id=sfgov.org",
+        data=urlencode(street_light(key, description="别处的路灯")),
+        headers=FORM,
+    )
+    assert await errors(r, 404) == [ELSEWHERE]
+    # the wrong city is named before the key is looked at: that is what the client must fix
+    r = await post(sqlite_api, street_light("xyz", jurisdiction_id="sfgov.org"), fmt)
+    assert await errors(r, 404) == [ELSEWHERE]
+    after = await (await sqlite_api.client.get(f"{V2}/requests.json")).json()
+    assert after == before  # no ticket for another jurisdiction
+
+
+async def test_a_long_foreign_jurisdiction_is_named_shortened(sqlite_api):
+    r = await sqlite_api.client.get(f"{V2}/services.json?jurisdiction_id={'j' * 3000}")
+    assert await errors(r, 404) == [
+        f"jurisdiction_id '{'j' * 100}...' was not found; this endpoint serves city.gov"
+    ]
+
+
+@pytest.fixture
+def hangzhou(monkeypatch):  # type: ignore[no-untyped-def]
+    """HOTLINE_OPEN311_JURISDICTION set; list it before sqlite_api, which reads it."""
+    monkeypatch.setenv("HOTLINE_OPEN311_JURISDICTION", "Hangzhou.gov.cn")
+
+
+async def test_the_configured_jurisdiction_is_served_and_the_default_is_not(hangzhou, sqlite_api):
+    api = sqlite_api
+    doc = await (await api.client.get(f"{V2}/discovery.json")).json()
+    assert doc["jurisdiction_id"] == "hangzhou.gov.cn"
+    r = await api.client.get(f"{V2}/services.xml?jurisdiction_id=HANGZHOU.gov.cn")
+    assert r.status == 200
+    r = await api.client.get(f"{V2}/services.xml?jurisdiction_id=city.gov")
+    assert await errors(r, 404) == [
+        "jurisdiction_id 'city.gov' was not found; this endpoint serves hangzhou.gov.cn"
+    ]
 
 
 async def test_a_body_over_the_limit_is_413_in_the_spec_format(sqlite_api):
@@ -706,6 +831,16 @@ async def test_filters_ids_codes_and_dates(api):
     assert await ids(f"start_date={start}&end_date={end}") == [noise, light]
     early = (now - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert await ids(f"start_date={early}&end_date={start}") == []
+
+
+async def test_a_w3c_year_month_is_a_start_date(sqlite_api):
+    """The spec says "Must use w3 format"; the W3C note's formats begin with YYYY and
+    YYYY-MM, which a client may send as a whole month (read as its first day)."""
+    number = await create(sqlite_api, street_light(await key_for(sqlite_api)))
+    month = datetime.now(sqlite_api.app[DEPS].tz).strftime("%Y-%m")
+    r = await sqlite_api.client.get(f"{V2}/requests.json?start_date={month}")
+    assert r.status == 200, await r.text()
+    assert [i["service_request_id"] for i in await r.json()] == [number]
 
 
 async def test_an_unescaped_plus_in_a_date_offset_still_means_plus(api):

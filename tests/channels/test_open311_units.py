@@ -12,6 +12,7 @@ import pytest
 from channels.open311.definitions import load_definitions
 from channels.open311.forms import (
     Open311Error,
+    check_jurisdiction,
     legacy_charset,
     parse_datetime,
     parse_multipart,
@@ -21,6 +22,7 @@ from channels.open311.forms import (
 from channels.open311.render import to_json, to_xml
 from channels.open311.services import build_services
 from channels.open311.submit import request_digest
+from hotline.settings import SettingsError, load_settings
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 CATEGORIES = {
@@ -126,7 +128,11 @@ def test_dates_follow_the_w3c_profile_and_default_to_the_city_zone():
     )
     assert parse_datetime("2026-11-23", SHANGHAI) == datetime(2026, 11, 22, 16, tzinfo=UTC)
     assert parse_datetime("2026-11-23T08:00", SHANGHAI) == datetime(2026, 11, 23, 0, tzinfo=UTC)
-    for bad in ("yesterday", "2026-13-01", "2026-11-23T25:00:00Z", "1e9", "", "2026-11-23T"):
+    # the W3C note's reduced precisions, "YYYY" and "YYYY-MM", are its first day
+    assert parse_datetime("2026-11", SHANGHAI) == datetime(2026, 10, 31, 16, tzinfo=UTC)
+    assert parse_datetime("2026", SHANGHAI) == datetime(2025, 12, 31, 16, tzinfo=UTC)
+    bad_ones = ("yesterday", "2026-13-01", "2026-11-23T25:00:00Z", "1e9", "", "2026-11-23T")
+    for bad in (*bad_ones, "2026-13", "202", "20261", "2026-1", "2026-11-"):
         with pytest.raises(ValueError):
             parse_datetime(bad, SHANGHAI)
 
@@ -185,3 +191,39 @@ def test_multipart_parts_are_utf8_or_their_own_legacy_charset_and_bounded():
         None,
         None,
     ]
+
+
+def test_jurisdiction_is_ours_in_any_case_or_absent_else_404():
+    check_jurisdiction(
+        "city.gov", [], [("jurisdiction_id", "")], [("jurisdiction_id", " City.GOV ")]
+    )
+    check_jurisdiction(
+        "city.gov", [("jurisdiction_id", "city.gov"), ("jurisdiction_id", "CITY.gov")]
+    )
+    with pytest.raises(Open311Error) as err:
+        check_jurisdiction(
+            "city.gov", [("jurisdiction_id", "city.gov")], [("jurisdiction_id", "x.org")]
+        )
+    assert err.value.status == 404
+    assert err.value.descriptions == [
+        "jurisdiction_id 'x.org' was not found; this endpoint serves city.gov"
+    ]
+
+
+def test_the_jurisdiction_setting_is_a_domain_defaulting_to_the_city_code(monkeypatch):
+    monkeypatch.delenv("HOTLINE_OPEN311_JURISDICTION", raising=False)
+    monkeypatch.delenv("HOTLINE_CITY_CODE", raising=False)
+    assert load_settings().open311_jurisdiction == "city.gov"  # the spec's own example
+    assert load_settings(city_code="HZ").open311_jurisdiction == "hz.gov"
+    assert (
+        load_settings(open311_jurisdiction=" Hangzhou.GOV.cn ").open311_jurisdiction
+        == "hangzhou.gov.cn"
+    )
+    monkeypatch.setenv("HOTLINE_OPEN311_JURISDICTION", "sfgov.org")
+    assert load_settings().open311_jurisdiction == "sfgov.org"
+    for bad in ("city gov", "-city.gov", "city..gov", "city.gov/", "a_b.gov", "城市.cn", "x" * 101):
+        with pytest.raises(SettingsError, match="HOTLINE_OPEN311_JURISDICTION"):
+            load_settings(open311_jurisdiction=bad)
+    monkeypatch.delenv("HOTLINE_OPEN311_JURISDICTION")
+    with pytest.raises(SettingsError, match="made from HOTLINE_CITY_CODE"):
+        load_settings(city_code="杭州")

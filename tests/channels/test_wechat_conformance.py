@@ -477,3 +477,76 @@ async def test_menu_is_published_with_the_documented_shape(tmp_path, fake) -> No
     assert all(b["type"] == "click" and len(b["key"].encode()) <= 128 for b in body["button"])
     assert all(len(n.encode()) <= 16 for n in names)  # 一级菜单 at most 4 Chinese characters
     assert "我要反映".encode() in fake.raw_bodies[0]
+
+
+# ---------------------------------------------------------------- template layouts
+
+
+def test_template_values_fit_their_fields_type_rules() -> None:
+    """WeChat refuses a value that breaks its field's type (47003, permanent): each is
+    fitted before sending, so the resident always hears of the update."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from channels.wechat.template import TemplateLayout
+
+    layout = TemplateLayout.parse(
+        "character_string1=number,phrase2=status,time3=at,thing4=reply,date5=at,"
+        "thing6=text:市民热线\n12345"
+    )
+    update = {
+        **_update("路灯已于今日修复，感谢您对城市建设的关心和支持，如有问题请再来电"),
+        "status_text": "已答复 (replied)",
+        "number": "2026112200123号",
+        "at": "2026-11-23T07:01:30+00:00",
+    }
+    data = layout.data(update, ZoneInfo("Asia/Shanghai"), datetime.now(UTC))
+    assert data == {
+        "character_string1": "2026112200123",  # ASCII only
+        "phrase2": "已答复",  # Chinese only, at most 5
+        "time3": "2026年11月23日 15:01",  # the city's time
+        "thing4": "路灯已于今日修复，感谢您对城市建设的关…",  # 20 with the ellipsis
+        "date5": "2026年11月23日",
+        "thing6": "市民热线 12345",  # no line breaks
+    }
+    assert len(data["thing4"]) == 20
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "thing4",  # no source
+        "thing4=answer",  # unknown source
+        "Thing 4=number",  # not a field name
+        "thing4=number,thing4=status",  # twice
+    ],
+)
+def test_a_bad_template_layout_is_refused_at_start(tmp_path, spec: str) -> None:
+    from hotline.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match=r"(?i)wechat_template_fields"):
+        load_settings(
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db", wechat_template_fields=spec
+        )
+
+
+async def test_a_typed_template_gets_its_fields_from_the_layout(fake) -> None:
+    from zoneinfo import ZoneInfo
+
+    from channels.wechat.template import TemplateLayout
+
+    layout = TemplateLayout.parse("character_string1=number,phrase2=status,time3=at")
+    sender = WeChatSender(
+        WeChatClient("wxapp", "s3cret", fake.base), "TPL-2", layout, ZoneInfo("Asia/Shanghai")
+    )
+    try:
+        await sender.send("o1", {**_update(None), "at": "2026-11-23T01:00:00Z"})
+        sent = fake.sends()[-1]
+        assert sent["template_id"] == "TPL-2"
+        assert sent["data"] == {
+            "character_string1": {"value": "2026112200123"},
+            "phrase2": {"value": "已派发"},
+            "time3": {"value": "2026年11月23日 09:00"},
+        }
+    finally:
+        await sender.stop()
