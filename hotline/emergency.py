@@ -67,6 +67,7 @@ from hotline.calls import store
 from hotline.calls.models import EmergencyHandoff, EmergencyNotice
 from ticketing.events import DomainEvent
 from ticketing.handlers import Deps, announce
+from ticketing.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -593,11 +594,19 @@ class EmergencyDesk:
 
     async def run_outbox(self, poll_s: float = 2.0) -> None:
         async with aiohttp.ClientSession() as session:
+            store_down = False
             while True:
                 try:
                     await self.send_due(session)
+                    if store_down:
+                        log.info("emergency outbox: the database is back")
+                    store_down = False
                 except asyncio.CancelledError:
                     raise
+                except StoreUnavailable as exc:
+                    if not store_down:  # once per outage, not every poll
+                        log.warning("emergency outbox waits for the database: %s", exc)
+                    store_down = True
                 except Exception:
                     log.exception("emergency outbox pass failed; retrying")
                 self._wake.clear()

@@ -347,6 +347,8 @@ async def test_with_the_store_down_the_caller_is_put_through_and_records_follow(
             assert any("ran with the database out of reach" in r.getMessage() for r in warned)
             await asyncio.sleep(0.2)  # the outbox keeps trying meanwhile
             assert centre.by_id == {}  # the notice waits for its row (and its id)
+            waits = [r for r in caplog.records if "outbox waits" in r.getMessage()]
+            assert len(waits) == 1 and waits[0].exc_info is None  # once, not every poll
 
             _up(rig.deps)
             await eventually(lambda: store.deferred_call_steps(rig.deps) == 0, what="drain")
