@@ -33,14 +33,16 @@ when the database is back). Two steps:
   `emergency_handoff` row, the notice's outbox row and the call's `emergency` step;
 - closing, after the switch part: the row's outcome and the ticket's trail entry.
 
-The notice's id stays `<city>-emergency-<handoff id>`, the row's id, given when the
-opening step is written: while the database is away the notice waits in memory with
-the step and reaches the outbox (and from there the centre) once it is back. So there
-is one path that sends a notice and one id per notice, never a second copy under
-another id; the phone call itself does not wait for it. The hand-off's answer says
-`recorded` (written now) or `deferred` (kept here, written later; `id` null until the
-row is in); a WARNING says a hand-off ran with the store away, an INFO when its
-records are in.
+The notice's id (`<city>-emergency-<random hex>`) is fixed when the hand-off starts.
+Normally its outbox row is written as the line rings and the outbox sends it. While
+the database is away the notice is sent straight from memory (retried with the same
+backoff) so the centre has the caller's number and location at once, and its row,
+written when the database is back, records that delivery; a send in flight as the
+row lands may reach the centre twice, under the one id it drops duplicates by.
+
+The hand-off's answer says `recorded` (written now) or `deferred` (kept here, written
+later; `id` null until the row is in); a WARNING says a hand-off ran with the store
+away, an INFO when its records are in.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import base64
 import contextlib
 import json
 import logging
+import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -140,6 +143,10 @@ class _Records:
     line: str
     handoff_id: int | None = None
     outcomes: list[store.Outcome | str] = field(default_factory=list)
+    opened: bool = False  # the row and the notice's outbox row are in the database
+    # a notice sent straight to the centre while the database was away
+    notice_delivered_at: datetime | None = None
+    notice_attempts: int = 0
 
     @property
     def deferred(self) -> bool:
@@ -178,6 +185,13 @@ class EmergencyDesk:
         except Exception:
             log.exception("publishing emergency events failed")
 
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """A task held until it ends (the loop keeps only weak references)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def line(self, code: str) -> Line:
         line = self.lines.get(str(code))
         if line is None:
@@ -210,6 +224,8 @@ class EmergencyDesk:
         notice: dict[str, Any] | None = None
         if line.endpoint:
             notice = {
+                # fixed before anything is written: the same id whichever path sends it
+                "id": f"{self.city_code.lower()}-emergency-{uuidlib.uuid4().hex}",
                 "type": "hotline.emergency.notice",
                 "version": 1,
                 "line": line.code,
@@ -258,6 +274,8 @@ class EmergencyDesk:
             )
         )
         await asyncio.sleep(0)  # handed in before the steps the switch part hands in
+        if notice is not None and line.endpoint:
+            self._spawn(self._notice_while_away(opening, rec, canonical(notice), line.endpoint))
         notice_task = asyncio.ensure_future(self._notify_caller(call_uuid))
         attempts: list[dict[str, Any]] = []
         connected: Ring | None = None
@@ -399,7 +417,6 @@ class EmergencyDesk:
         step_data["handoff"] = handoff_id
         if notice is None:
             return
-        body = {"id": f"{self.city_code.lower()}-emergency-{handoff_id}", **notice}
         await conn.execute(
             sa.insert(notice_t),
             [
@@ -407,8 +424,10 @@ class EmergencyDesk:
                     "handoff_id": handoff_id,
                     "line": line.code,
                     "endpoint": line.endpoint,
-                    "body": self.deps.cipher.encrypt(canonical(body).decode()),
-                    "attempts": 0,
+                    "body": self.deps.cipher.encrypt(canonical(notice).decode()),
+                    # sent already, straight from memory, while the database was away
+                    "attempts": rec.notice_attempts,
+                    "delivered_at": rec.notice_delivered_at,
                     "next_attempt_at": now,
                     "created_at": now,
                 }
@@ -440,6 +459,7 @@ class EmergencyDesk:
     def _opened(self, rec: _Records, deferred: bool) -> None:
         """The row and the notice are in: the data reaches the centre while its phone
         rings (or, after an outage, as soon as the database is back)."""
+        rec.opened = True
         self._wake.set()
         if deferred:
             log.info(
@@ -449,6 +469,56 @@ class EmergencyDesk:
                 rec.call_uuid,
                 rec.line,
             )
+
+    async def _notice_while_away(
+        self,
+        opening: asyncio.Future[store.Outcome],
+        rec: _Records,
+        body: bytes,
+        endpoint: str,
+        *,
+        max_attempts: int = 50,
+    ) -> None:
+        """The data notice straight to the centre when the database cannot take its
+        outbox row now: an ambulance must not wait for our database to learn the
+        caller's number and location. Retried with the outbox's backoff until the
+        centre takes it or the row is written (the outbox then carries on). Same id on
+        both paths, so a centre that gets it twice (the row landed while a send was
+        in flight) drops the second."""
+        with contextlib.suppress(Exception):
+            if await asyncio.shield(opening) != "deferred":
+                return  # in the outbox already (or failed outright: logged there)
+        log.warning(
+            "emergency notice of call %s to %s: database out of reach, sending it "
+            "straight to the centre",
+            rec.call_uuid,
+            rec.line,
+        )
+        async with aiohttp.ClientSession() as session:
+            while not rec.opened and rec.notice_attempts < max_attempts:
+                rec.notice_attempts += 1
+                try:
+                    async with session.post(
+                        endpoint,
+                        data=body,
+                        headers=sign_notice(self.signer, body),
+                        timeout=aiohttp.ClientTimeout(total=10),
+                    ) as resp:
+                        if 200 <= resp.status < 300:
+                            rec.notice_delivered_at = self.deps.clock()
+                            log.info(
+                                "emergency notice of call %s delivered straight to %s",
+                                rec.call_uuid,
+                                endpoint,
+                            )
+                            return
+                        error = f"HTTP {resp.status}"
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"[:200]
+                log.warning(
+                    "emergency notice of call %s to %s failed: %s", rec.call_uuid, endpoint, error
+                )
+                await asyncio.sleep(backoff_s(rec.notice_attempts, cap_s=30.0))
 
     def _closed(self, rec: _Records, deferred: bool) -> None:
         if deferred or rec.deferred:
@@ -489,9 +559,7 @@ class EmergencyDesk:
             live.other_legs.append(em_leg)
             live.state = "emergency"
         else:  # from the IVR: nobody else watches this pair
-            task = asyncio.create_task(self._hang_up_together(uuid, em_leg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._hang_up_together(uuid, em_leg))
 
     async def _hang_up_together(self, a: str, b: str) -> None:
         gone_a = asyncio.ensure_future(self.switch.wait_hangup(a))
