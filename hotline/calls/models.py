@@ -77,12 +77,29 @@ class CallEvent(SQLModel, table=True):
     """What happened on a call, in order (offered, answered, held, transferred...)."""
 
     __tablename__ = "call_event"
+    # a unique index, not a constraint: SQLite adds it without rebuilding the table
+    __table_args__ = (sa.Index("ix_call_event_step_key", "step_key", unique=True),)
     id: int | None = Field(default=None, primary_key=True)
     call_uuid: str = Field(max_length=64, index=True)
     at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     kind: str = Field(max_length=32)
     actor: str | None = Field(default=None, max_length=64)
     data: dict[str, Any] = _json(dict)
+    # the call step that wrote the entry (hotline.calls.store._Step.key), so a step
+    # retried after a commit whose outcome was never heard is found written and not
+    # written twice; unique (NULLs apart: entries from before, or written by hand)
+    step_key: str | None = Field(default=None, max_length=32)
+
+
+class CallStepMark(SQLModel, table=True):
+    """A written call step that has no trail entry to carry its key but writes other
+    tables (an emergency hand-off's records): the same retry check as
+    `CallEvent.step_key`. Only such steps write a mark (one row per hand-off step)."""
+
+    __tablename__ = "call_step_mark"
+    key: str = Field(primary_key=True, max_length=32)
+    call_uuid: str = Field(max_length=64)
+    at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
 
 
 class CallbackRequest(SQLModel, table=True):

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 import math
+import uuid as uuidlib
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from typing import Any, Literal, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hotline.calls.models import AgentProfile, Call, CallbackRequest, CallEvent
+from hotline.calls.models import AgentProfile, Call, CallbackRequest, CallEvent, CallStepMark
 from ticketing import workqueue
 from ticketing.handlers import Deps, TicketNotFound, append_trail_event, mask_phone
 from ticketing.lifecycle import Role
@@ -43,6 +44,7 @@ from ticketing.store import StoreUnavailable
 
 call_t = Call.__table__  # type: ignore[attr-defined]
 call_event_t = CallEvent.__table__  # type: ignore[attr-defined]
+mark_t = CallStepMark.__table__  # type: ignore[attr-defined]
 callback_t = CallbackRequest.__table__  # type: ignore[attr-defined]
 profile_t = AgentProfile.__table__  # type: ignore[attr-defined]
 ticket_t = Ticket.__table__  # type: ignore[attr-defined]
@@ -72,6 +74,7 @@ def _iso(dt: datetime | None) -> str | None:
 
 # Built once (see the module's docstring); executed with a dict of parameters.
 _INSERT_EVENT = sa.insert(call_event_t)
+_INSERT_MARK = sa.insert(mark_t)
 # the SET clause comes from the parameters' keys (cached per set of keys)
 _UPDATE_CALL = sa.update(call_t).where(call_t.c.uuid == sa.bindparam("b_uuid"))
 _DELETE_CALL_ITEM = sa.delete(work_item).where(
@@ -132,6 +135,13 @@ class _Step:
     on_written: Callable[[bool], None] | None = None
     written: bool = True  # False: a `once` entry that was there already
     seq: int = 0  # order of hand-in (the writer's), for `flush`
+    at: datetime | None = None  # when it happened (a `mark`'s time)
+    # given at hand-in: written with the step (its trail entry's `step_key`, or its
+    # mark), so a retry after an uncertain commit finds it written (`_Uncertain`)
+    key: str = ""
+    # the transaction that may have written it already: its COMMIT was sent and no
+    # answer came back (None: the step is known not to be in the database)
+    maybe: _Uncertain | None = None
     done: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -139,6 +149,33 @@ class _Step:
     def describe(self) -> str:
         kind = self.event["kind"] if self.event else "columns" if self.values else "records"
         return f"{kind} of call {self.uuid}"
+
+    @property
+    def marked(self) -> bool:
+        """Writes other tables but has no trail entry to carry its key: it leaves a
+        mark instead (its `also` is not safe to run twice: a second hand-off row)."""
+        return self.also is not None and self.event is None
+
+
+class _Uncertain:
+    """A transaction whose COMMIT was sent but whose outcome we never heard (the
+    connection dropped after the server may have committed: asyncpg's connection
+    error, which the store turns into StoreUnavailable). Retrying its steps blindly
+    would write them twice: a second trail entry, a second emergency hand-off row and
+    notice. So the retry first looks up the keys it wrote (`keys`: its trail entries'
+    and marks'); a transaction is all or nothing, so one key found means all its steps
+    are in, and none found means none is. Only a retry after such a failure asks:
+    a commit that was answered costs nothing more.
+
+    `committed` is settled by the first retry that asks (None until then); the steps
+    of a transaction found committed are dropped from every later batch (settled as
+    written), the others written as if for the first time."""
+
+    __slots__ = ("committed", "keys")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.committed: bool | None = None
 
 
 class _CallWriter:
@@ -163,6 +200,11 @@ class _CallWriter:
     as live. Nobody waits on a write while a backlog is kept: a new step joins its end.
     The backlog is bounded (`MAX_DEFERRED`): past it the oldest step is dropped, with an
     ERROR naming it, rather than the process running out of memory in a long outage.
+
+    A failure at COMMIT leaves the batch maybe written (the server may have committed
+    before the connection dropped): each step carries a key, written with it, and the
+    retry looks the keys up first and leaves out what is in (`_Uncertain`), so no step
+    (nor its `also`) is written twice; the unique key is the backstop.
     """
 
     def __init__(self) -> None:
@@ -190,6 +232,9 @@ class _CallWriter:
         step.done.add_done_callback(_retrieve)
         self.handed += 1
         step.seq = self.handed
+        step.key = uuidlib.uuid4().hex
+        if step.event is not None:
+            step.event["step_key"] = step.key
         self.pending.append(step)
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run(db), name="call-writer")
@@ -224,14 +269,18 @@ class _CallWriter:
         """The next batch, in one transaction; False when the database is away (the
         batch is back at the head of the queue)."""
         try:
+            applied = False
             try:
                 async with db.write() as conn:
                     # taken once the writer is ours: whatever queued meanwhile comes along
                     n = min(len(self.pending), MAX_BATCH)
                     self.in_flight = [self.pending.popleft() for _ in range(n)]
                     await _apply(conn, db, self.in_flight)
+                    applied = True
             except Exception as exc:
                 batch, self.in_flight = self.in_flight, []
+                if applied:  # it failed at COMMIT: maybe written, maybe not
+                    _uncertain(batch)
                 # no transaction to be had at all is the database's fault, not a step's
                 if not batch or isinstance(exc, StoreUnavailable):
                     self.pending.extendleft(reversed(batch))
@@ -252,14 +301,18 @@ class _CallWriter:
     async def _one_by_one(self, db: Any, batch: list[_Step]) -> bool:
         """Find the step that fails; the others are written."""
         for i, step in enumerate(batch):
+            applied = False
             try:
                 async with db.write() as conn:
                     await _apply(conn, db, [step])
+                    applied = True
             except StoreUnavailable as exc:  # gone meanwhile: the rest waits, in order
+                if applied:
+                    _uncertain([step])
                 self.pending.extendleft(reversed(batch[i:]))
                 self._going_down(str(exc))
                 return False
-            except Exception as one:
+            except Exception as one:  # (not retried: no second copy to fear)
                 self._failed(step, one)
             else:
                 _settle(step)
@@ -374,6 +427,47 @@ def _retrieve(fut: asyncio.Future[Outcome]) -> None:
         fut.exception()
 
 
+def _uncertain(batch: list[_Step]) -> None:
+    """The batch's COMMIT was sent and failed without an answer: its steps are kept for
+    the retry (as any failed batch), which must first find out whether they are in
+    (`_Uncertain`). Steps known to be in already (an earlier uncertain transaction,
+    found committed) stay as they are. A batch without keys (columns, queue items:
+    absolute values, the same whether written once or twice) needs no look-up."""
+    steps = [s for s in batch if s.maybe is None or not s.maybe.committed]
+    keys = [s.key for s in steps if s.event is not None or s.marked]
+    if not keys:
+        return
+    maybe = _Uncertain(keys)
+    for s in steps:
+        s.maybe = maybe
+
+
+_KEYS_IN = sa.union_all(
+    sa.select(call_event_t.c.step_key).where(
+        call_event_t.c.step_key.in_(sa.bindparam("keys", expanding=True))
+    ),
+    sa.select(mark_t.c.key).where(mark_t.c.key.in_(sa.bindparam("marks", expanding=True))),
+)
+
+
+async def _not_in_yet(conn: Any, batch: list[_Step]) -> list[_Step]:
+    """The batch less the steps an earlier, uncertain transaction did write (one
+    look-up, inside this transaction, for every transaction not settled yet)."""
+    unsure = {s.maybe for s in batch if s.maybe is not None and s.maybe.committed is None}
+    if unsure:
+        keys = [k for u in unsure for k in u.keys]
+        found = set((await conn.execute(_KEYS_IN, {"keys": keys, "marks": keys})).scalars())
+        for u in unsure:
+            u.committed = not found.isdisjoint(u.keys)
+            if u.committed:
+                log.warning(
+                    "call steps whose COMMIT went unanswered had been committed (%d keys "
+                    "looked up): they are not written again",
+                    len(u.keys),
+                )
+    return [s for s in batch if s.maybe is None or not s.maybe.committed]
+
+
 def _rounds(entries: list[tuple[str, _T]]) -> list[list[_T]]:
     """`entries` (call uuid, entry) split in order into lists that hold each call at
     most once: a call's k-th entry is in the k-th list. One statement per list keeps a
@@ -399,12 +493,26 @@ async def _apply(conn: Any, db: Any, batch: list[_Step]) -> None:
     call that had the most items or rows in the batch, never one per step.
 
     The steps' other writes (`also`) come first, in hand-in order: they may fill in
-    their step's trail entry (an emergency hand-off's id, known once its row is in)."""
+    their step's trail entry (an emergency hand-off's id, known once its row is in).
+
+    A batch holding steps that an unanswered COMMIT may have written first leaves out
+    those that are in (`_Uncertain`): nothing of theirs, `also` included, is written
+    twice. Every step writes its key with its trail entry (the same statement) or, if
+    it has none but writes other tables, a mark."""
+    if any(s.maybe is not None for s in batch):
+        batch = await _not_in_yet(conn, batch)
+        if not batch:
+            return
     for s in batch:
         s.written = True
+    marks: list[dict[str, Any]] = []
     for s in batch:
         if s.also is not None:
             await s.also(conn)
+            if s.event is None:
+                marks.append({"key": s.key, "call_uuid": s.uuid, "at": s.at})
+    if marks:
+        await conn.execute(_INSERT_MARK, marks)
     for rows in _rounds([(s.uuid, s.row) for s in batch if s.row is not None]):
         await conn.execute(_insert_call_row(db.is_sqlite), rows)
     merged: dict[str, dict[str, Any]] = {}
@@ -592,14 +700,17 @@ async def records_with_call(
     transaction, in the call's order, and deferred with its steps while the database
     is away (written when it is back) rather than failing. `also(conn)` runs in the
     transaction before the step's own trail entry, which it may fill in (`data`);
-    if the transaction is retried it runs again. `on_written(was_deferred)` is told
-    once it is committed. Returns what became of it (`Outcome`)."""
+    if the transaction is retried it runs again, but never once it is committed (a
+    COMMIT that went unanswered is looked up first: `_Uncertain`).
+    `on_written(was_deferred)` is told once it is committed. Returns what became of
+    it (`Outcome`)."""
     step = _Step(
         uuid,
         values=values or None,
         event=_event(uuid, now, event, actor, data) if event else None,
         also=also,
         on_written=on_written,
+        at=now,
     )
     return await _write(deps, step)
 
