@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from hotline.acd.switch import Ring, RingResult, SwitchError, ring_result
 from hotline.telephony.errors import (
     CallHungUp,
+    CallLost,
     ESLCommandError,
     ESLDisconnected,
     ESLError,
@@ -150,12 +151,19 @@ class EslSwitch:
         return leg if leg is not None and not leg.hung_up else None
 
     async def _api(self, command: str, *, via: str | None = None) -> str:
-        """An `api` command, over the caller's own socket when we hold it."""
+        """An `api` command, over the caller's own socket when we hold it.
+
+        A leg that hung up meanwhile sends it over the inbound link instead; a leg lost
+        to a reply timeout does not: the command may have run (or be stuck, and would
+        then stall the inbound link too).
+        """
         leg = self.legs.get(via) if via else None
         try:
             if leg is not None and not leg.hung_up:
                 try:
                     text = await leg.api(command)
+                except CallLost:
+                    raise
                 except CallHungUp:
                     text = await self.esl.api(command)
             else:
@@ -244,7 +252,14 @@ class EslSwitch:
             self._ended_with(uuid, LOST_ORIGINATE)
             return Ring(RingResult.FAILED, cause=LOST_ORIGINATE)
         try:
-            text = (await self.esl.bgapi(command, check=False, job_timeout=job_timeout)).strip()
+            text = (
+                await self.esl.bgapi(
+                    command,
+                    check=False,
+                    job_timeout=job_timeout,
+                    on_late=lambda event: self._late_originate(uuid, event),
+                )
+            ).strip()
         except ESLDisconnected as exc:
             # the job may still be running on the switch: kill the leg once we are back
             self._orphans.add(uuid)
@@ -276,6 +291,25 @@ class EslSwitch:
         cause = words[0] if words else "UNKNOWN"
         self._ended_with(uuid, cause)
         return Ring(ring_result(cause), cause=cause)
+
+    def _late_originate(self, uuid: str, event: Event) -> None:
+        """The result of an originate we gave up on (timed out, link lost, ring
+        cancelled) came after all. A +OK is a phone that answered into a parked leg
+        nobody will bridge: kill it, even if the give-up already tried (that kill may
+        have come before the leg existed). Anything else: the leg is gone already."""
+        if not (event.body or "").startswith("+OK"):
+            return
+        log.warning("late +OK for the originate of %s we gave up on; killing the leg", uuid)
+        self._spawn(self._kill_late(uuid), f"kill-late-{uuid}")
+
+    async def _kill_late(self, uuid: str) -> None:
+        try:
+            await self._kill(uuid, "ORIGINATOR_CANCEL")
+        except SwitchError as exc:
+            log.warning("could not kill leg %s yet: %s", uuid, exc)
+            self._orphans.add(uuid)  # the next resync retries
+        else:
+            self._orphans.discard(uuid)
 
     async def _cancel_rest(
         self, uuids: list[str], tasks: list[asyncio.Future[Ring]], keep: int | None, cause: str

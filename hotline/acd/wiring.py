@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import ivr
@@ -176,9 +176,10 @@ LINK_STATES = ("connected", "connecting", "access_denied", "auth_failed")
 
 
 class LinkStateCollector(Collector):
-    """`hotline_esl_link_state{state}`: 1 for the event socket link's state now, read at
-    scrape time. Alert on `access_denied` or `auth_failed`: FreeSWITCH refuses us (its
-    ACL, our password) and only an operator can fix it; the line retries meanwhile."""
+    """`hotline_esl_link_state{state}`: 1 for the event socket link's state now, and the
+    link's trouble counters (`hotline_esl_*_total`), read at scrape time. Alert on
+    `access_denied` or `auth_failed`: FreeSWITCH refuses us (its ACL, our password) and
+    only an operator can fix it; the line retries meanwhile."""
 
     def __init__(self, esl: EslLine) -> None:
         self.esl = esl
@@ -193,6 +194,32 @@ class LinkStateCollector(Collector):
         for name in LINK_STATES:
             family.add_metric([name], 1.0 if state == name else 0.0)
         yield family
+        inbound, server = self.esl.inbound, self.esl.server
+        for name, help_text, value in (
+            (
+                "hotline_esl_command_timeouts",
+                "Replies FreeSWITCH never sent in time (each dropped the inbound link)",
+                inbound.commands_timed_out,
+            ),
+            (
+                "hotline_esl_job_timeouts",
+                "bgapi jobs whose result did not come in time",
+                inbound.jobs_timed_out,
+            ),
+            (
+                "hotline_esl_late_job_results",
+                "bgapi results that came after their job was given up",
+                inbound.late_job_results,
+            ),
+            (
+                "hotline_esl_calls_lost",
+                "Call sockets dropped because a reply never came",
+                server.calls_lost,
+            ),
+        ):
+            counter = CounterMetricFamily(name, help_text)
+            counter.add_metric([], float(value))
+            yield counter
 
 
 class UnreachableSwitch:

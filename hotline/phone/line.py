@@ -88,4 +88,10 @@ class EslLine:
             "inbound_error": self.inbound.last_error,
             "outbound": f"{self.server.host}:{self.server.port}" if self.listening else None,
             "calls": self.server.active_calls,
+            # answers that never came or came too late: each of the first two dropped a
+            # socket (the inbound link, reconnected; a call's), see esl_connection
+            "inbound_commands_timed_out": self.inbound.commands_timed_out,
+            "calls_lost_to_timeouts": self.server.calls_lost,
+            "bgapi_jobs_timed_out": self.inbound.jobs_timed_out,
+            "late_job_results": self.inbound.late_job_results,
         }

@@ -5,13 +5,16 @@ The simulator (hotline.telephony.simulator) is imported explicitly by tests and 
 
 from hotline.telephony.errors import (
     CallHungUp,
+    CallLost,
     ESLAccessDenied,
     ESLAuthError,
     ESLCommandError,
+    ESLCommandTimeout,
     ESLDisconnected,
     ESLError,
     ESLJobTimeout,
     ESLProtocolError,
+    ESLReplyTooLarge,
 )
 from hotline.telephony.esl_frames import Event, Frame, FrameParser
 from hotline.telephony.esl_inbound import Backoff, InboundESL
@@ -22,13 +25,16 @@ __all__ = [
     "BridgeResult",
     "CallHungUp",
     "CallLeg",
+    "CallLost",
     "ESLAccessDenied",
     "ESLAuthError",
     "ESLCommandError",
+    "ESLCommandTimeout",
     "ESLDisconnected",
     "ESLError",
     "ESLJobTimeout",
     "ESLProtocolError",
+    "ESLReplyTooLarge",
     "Event",
     "Frame",
     "FrameParser",

@@ -5,6 +5,15 @@ FreeSWITCH answers the commands on one socket strictly in the order it read them
 commands first-in first-out. Events, disconnect notices and auth requests arrive
 in between and go to callbacks. A protocol error closes this connection only, with
 the reason logged; everything waiting on it fails with ESLDisconnected.
+
+Each command may carry a reply timeout. Since FreeSWITCH works through a socket's
+commands one at a time, a command's clock starts when it reaches the head of the
+queue (the one before it answered), not when it was written: a quick `filter` queued
+behind a legitimately slow `api` is not blamed for the wait. A head command past its
+time means the switch's side of this socket is stuck (a hung module, a huge `show`):
+nothing queued behind it can ever be answered, so the connection is dropped, the
+head command fails with ESLCommandTimeout and the rest with ESLDisconnected. Its
+owner reconnects (inbound) or loses the call (outbound).
 """
 
 from __future__ import annotations
@@ -17,7 +26,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from hotline.telephony.errors import ESLAccessDenied, ESLDisconnected, ESLProtocolError
+from hotline.telephony.errors import (
+    ESLAccessDenied,
+    ESLCommandTimeout,
+    ESLDisconnected,
+    ESLProtocolError,
+    ESLReplyTooLarge,
+)
 from hotline.telephony.esl_frames import (
     API_RESPONSE,
     AUTH_REQUEST,
@@ -40,6 +55,17 @@ FrameCallback = Callable[[Frame], None]
 
 READ_SIZE = 256 * 1024  # what asyncio's socket transport reads at most per call
 
+# How long a blocking `api` may hold a socket. What we send (uuid_kill, uuid_bridge,
+# uuid_exists, uuid_break, uuid_getvar ...) answers in milliseconds and even a `show
+# channels` on a busy switch in a few seconds; past this the command is taken as hung
+# and the socket dropped (see the module doc). Anything slower belongs in bgapi.
+DEFAULT_API_TIMEOUT_S = 30.0
+# Every other command (auth, event, filter, bgapi's +OK, sendmsg, hangup) is answered
+# by the socket's listener at once, even in async outbound mode, where the
+# application's end comes later as an event; one unanswered this long at the head of
+# the queue means a stuck listener.
+DEFAULT_REPLY_TIMEOUT_S = 10.0
+
 
 class _ReadBuffer(threading.local):
     """One receive buffer per thread, shared by every connection on its event loop.
@@ -58,6 +84,17 @@ class _ReadBuffer(threading.local):
 
 
 _read_buffer = _ReadBuffer()
+
+
+class _Pending:
+    """A command written and not yet answered: its name, future and reply timeout."""
+
+    __slots__ = ("fut", "timeout", "what")
+
+    def __init__(self, what: str, fut: asyncio.Future[Frame], timeout: float | None) -> None:
+        self.what = what
+        self.fut = fut
+        self.timeout = timeout
 
 
 class ESLConnection(asyncio.BufferedProtocol):
@@ -83,7 +120,11 @@ class ESLConnection(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.last_rx = time.monotonic()
         self.events_received = 0
-        self._pending: deque[tuple[str, asyncio.Future[Frame]]] = deque()
+        self._pending: deque[_Pending] = deque()
+        self._head_timer: asyncio.TimerHandle | None = None
+        # set when a reply did not come in time and we dropped the link: what it was
+        self.timed_out: str | None = None
+        self.oversized_replies = 0
         loop = asyncio.get_running_loop()
         self.auth_requested: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[str] = loop.create_future()
@@ -141,10 +182,11 @@ class ESLConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self._close_reason or (f"connection lost: {exc}" if exc else "closed by peer")
         self.transport = None
+        self._disarm()
         while self._pending:
-            what, fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_exception(ESLDisconnected(f"{what!r} not answered: {reason}"))
+            cmd = self._pending.popleft()
+            if not cmd.fut.done():
+                cmd.fut.set_exception(ESLDisconnected(f"{cmd.what!r} not answered: {reason}"))
         if not self.auth_requested.done():
             self.auth_requested.set_exception(
                 ESLAccessDenied(reason) if self.rejected is not None else ESLDisconnected(reason)
@@ -157,6 +199,16 @@ class ESLConnection(asyncio.BufferedProtocol):
 
     def _dispatch(self, frame: Frame) -> None:
         ct = frame.content_type
+        if frame.oversized and ct not in (COMMAND_REPLY, API_RESPONSE):
+            # an event or log line we cannot hold: lost, but the stream is intact
+            log.warning(
+                "%s: %s frame of %d bytes over the %d-byte limit; discarded",
+                self.label,
+                ct or "untyped",
+                frame.oversized,
+                self.parser.max_body,
+            )
+            return
         if ct in EVENT_TYPES:
             self.events_received += 1
             if self.on_event is not None:
@@ -165,9 +217,24 @@ class ESLConnection(asyncio.BufferedProtocol):
             if not self._pending:
                 log.warning("%s: reply with no command waiting: %r", self.label, frame)
                 return
-            _, fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_result(frame)
+            cmd = self._pending.popleft()
+            self._arm_head()
+            if cmd.fut.done():  # its caller gave up; the slot kept the order
+                return
+            if frame.oversized:
+                self.oversized_replies += 1
+                log.warning(
+                    "%s: reply to %r of %d bytes is over the %d-byte limit; discarded",
+                    self.label,
+                    cmd.what,
+                    frame.oversized,
+                    self.parser.max_body,
+                )
+                cmd.fut.set_exception(
+                    ESLReplyTooLarge(cmd.what, frame.oversized, self.parser.max_body)
+                )
+            else:
+                cmd.fut.set_result(frame)
         elif ct == AUTH_REQUEST:
             if not self.auth_requested.done():
                 self.auth_requested.set_result(None)
@@ -199,18 +266,59 @@ class ESLConnection(asyncio.BufferedProtocol):
     def in_flight(self) -> int:
         return len(self._pending)
 
-    async def send(self, data: bytes, what: str = "command") -> Frame:
-        """Write one encoded command and wait for its reply frame."""
-        fut = self.send_nowait(data, what)
+    async def send(
+        self, data: bytes, what: str = "command", *, reply_timeout: float | None = None
+    ) -> Frame:
+        """Write one encoded command and wait for its reply frame.
+
+        `reply_timeout`: seconds the reply may take once the switch gets to this command
+        (None: unbounded); past it the connection is dropped (see the module doc).
+        A caller that stops waiting (cancelled) leaves its slot in the queue, so a
+        late reply is still matched to it and not to the next command.
+        """
+        fut = self.send_nowait(data, what, reply_timeout=reply_timeout)
         return await fut
 
-    def send_nowait(self, data: bytes, what: str = "command") -> asyncio.Future[Frame]:
+    def send_nowait(
+        self, data: bytes, what: str = "command", *, reply_timeout: float | None = None
+    ) -> asyncio.Future[Frame]:
         if self.transport is None or self.transport.is_closing():
             raise ESLDisconnected(f"{what!r} not sent: {self._close_reason or 'not connected'}")
         fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        self._pending.append((what, fut))
+        self._pending.append(_Pending(what, fut, reply_timeout))
+        if len(self._pending) == 1:
+            self._arm_head()
         self.transport.write(data)
         return fut
+
+    def _arm_head(self) -> None:
+        """Start the reply clock of the command now at the head of the queue."""
+        self._disarm()
+        if not self._pending or self.transport is None:
+            return
+        head = self._pending[0]
+        if head.timeout is not None and head.timeout != float("inf"):
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(head.timeout, self._overdue, head)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _overdue(self, head: _Pending) -> None:
+        self._head_timer = None
+        if not self._pending or self._pending[0] is not head or head.timeout is None:
+            return
+        self._pending.popleft()
+        behind = len(self._pending)
+        self.timed_out = head.what
+        if not head.fut.done():
+            head.fut.set_exception(ESLCommandTimeout(head.what, head.timeout))
+        self.abort(
+            f"no reply to {head.what!r} within {head.timeout:g} s; dropping the link "
+            f"(FreeSWITCH answers in order: {behind} command(s) queued behind it)"
+        )
 
     def write(self, data: bytes) -> None:
         """Write bytes that expect no reply (none in ESL today except after `exit`)."""

@@ -24,6 +24,9 @@ from hotline.telephony.errors import ESLProtocolError
 
 MAX_HEADER_BYTES = 256 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# A body over MAX_BODY_BYTES is read and thrown away (its command fails, the link
+# stays); past this, a Content-Length is taken for garbage and the link is dropped.
+MAX_DISCARD_BYTES = 1024 * 1024 * 1024
 
 # Content types FreeSWITCH sends (mod_event_socket.c).
 AUTH_REQUEST = "auth/request"
@@ -42,14 +45,18 @@ class Frame:
     """One ESL message: its outer header block and its body (Content-Length bytes).
 
     `headers` keeps the first value of a repeated name and values as sent (the outbound
-    `connect` reply URL-encodes them: use `Frame.decoded_headers` there).
+    `connect` reply URL-encodes them: use `Frame.decoded_headers` there). `oversized`
+    is the length of a body that was over the parser's limit and skipped (`body` is
+    then empty): the frame still takes its place in the stream, so the reply it was
+    fails alone.
     """
 
-    __slots__ = ("body", "headers")
+    __slots__ = ("body", "headers", "oversized")
 
-    def __init__(self, headers: dict[str, str], body: bytes = b"") -> None:
+    def __init__(self, headers: dict[str, str], body: bytes = b"", oversized: int = 0) -> None:
         self.headers = headers
         self.body = body
+        self.oversized = oversized
 
     @property
     def content_type(self) -> str:
@@ -91,7 +98,10 @@ class FrameParser:
     """Incremental ESL framer: `feed()` any chunk, get back the frames it completed.
 
     Bounds on header block and body size turn a garbled or hostile stream into an
-    ESLProtocolError naming what was wrong, instead of unbounded buffering.
+    ESLProtocolError naming what was wrong, instead of unbounded buffering. A body
+    over `max_body` but within `max_discard` is not a broken stream, just a big
+    answer (`show channels` on a busy switch): it is skipped as it arrives, holding
+    nothing, and reported as a Frame with `oversized` set, so only its command fails.
 
     A body arriving over many reads is collected as a list of chunks and joined once,
     when complete: re-concatenating the held bytes on every read made a 16 MB body
@@ -107,19 +117,30 @@ class FrameParser:
         "_headers",
         "_need",
         "_scanned",
+        "_skip",
+        "_skipped",
         "max_body",
+        "max_discard",
         "max_header",
     )
 
-    def __init__(self, max_header: int = MAX_HEADER_BYTES, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        max_header: int = MAX_HEADER_BYTES,
+        max_body: int = MAX_BODY_BYTES,
+        max_discard: int = MAX_DISCARD_BYTES,
+    ) -> None:
         self.max_header = max_header
         self.max_body = max_body
+        self.max_discard = max(max_discard, max_body)
         self._buf = b""  # an incomplete header block (only while _headers is None)
         self._scanned = 0  # bytes of _buf already searched for the blank line
         self._headers: dict[str, str] | None = None
         self._need = 0
         self._chunks: list[bytes] = []  # the body read so far (only while _headers is set)
         self._have = 0
+        self._skip = 0  # bytes still to throw away of an oversized body
+        self._skipped: Frame | None = None  # its frame, handed out once it is all read
 
     @property
     def pending(self) -> int:
@@ -128,6 +149,17 @@ class FrameParser:
 
     def feed(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
+        if self._skip:
+            if len(data) < self._skip:
+                self._skip -= len(data)
+                return frames
+            data = data[self._skip :]
+            self._skip = 0
+            assert self._skipped is not None
+            frames.append(self._skipped)
+            self._skipped = None
+            if not data:
+                return frames
         if self._headers is not None:
             self._chunks.append(bytes(data))
             self._have += len(data)
@@ -157,7 +189,21 @@ class FrameParser:
                     raise ESLProtocolError(f"header block of {end - pos} bytes exceeds the limit")
                 headers = _parse_header_block(buf[pos:end])
                 pos = end + 2
-                need = _content_length(headers.get("Content-Length"), self.max_body)
+                need = _content_length(headers.get("Content-Length"), self.max_discard)
+                if need > self.max_body:
+                    skipped = Frame(headers, oversized=need)
+                    if end_of_data - pos >= need:
+                        frames.append(skipped)
+                        pos += need
+                    else:
+                        self._skip = need - (end_of_data - pos)
+                        self._skipped = skipped
+                        pos = end_of_data
+                    headers = None
+                    need = 0
+                    if self._skip:
+                        break
+                    continue
             if end_of_data - pos < need:
                 break
             frames.append(Frame(headers, buf[pos : pos + need] if need else b""))
@@ -179,6 +225,8 @@ class FrameParser:
 
     def eof_reason(self) -> str | None:
         """Why the stream ending now would truncate a frame, or None if it ends cleanly."""
+        if self._skip:
+            return f"connection closed inside an oversized body ({self._skip} bytes unread)"
         if self._headers is not None:
             return f"connection closed inside a body ({self._have} of {self._need} bytes read)"
         if self._buf:

@@ -19,7 +19,9 @@ import math
 import random
 import time
 import uuid as uuidlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 from hotline.telephony.errors import (
     ESLAccessDenied,
@@ -28,8 +30,13 @@ from hotline.telephony.errors import (
     ESLDisconnected,
     ESLJobTimeout,
 )
-from hotline.telephony.esl_connection import ESLConnection
+from hotline.telephony.esl_connection import (
+    DEFAULT_API_TIMEOUT_S,
+    DEFAULT_REPLY_TIMEOUT_S,
+    ESLConnection,
+)
 from hotline.telephony.esl_frames import (
+    MAX_BODY_BYTES,
     Event,
     Frame,
     encode_command,
@@ -41,6 +48,7 @@ log = logging.getLogger("hotline.telephony.inbound")
 
 EventHandler = Callable[[Event], Awaitable[None] | None]
 ConnectHook = Callable[[], Awaitable[None] | None]
+LateJobHook = Callable[[Event], Awaitable[None] | None]
 
 # Always subscribed: bgapi results and the switch's 20 s heartbeat (a liveness signal).
 BASE_EVENTS = ("BACKGROUND_JOB", "HEARTBEAT")
@@ -49,10 +57,22 @@ _JOB_FILTER = ("Event-Name", "BACKGROUND_JOB")
 # than FreeSWITCH's default originate_timeout (60 s) plus call setup, so a plain
 # `bgapi originate` is not cut short; callers that know better pass `job_timeout`.
 DEFAULT_JOB_TIMEOUT_S = 120.0
+# Timed-out or lost bgapi jobs remembered so that a late BACKGROUND_JOB is recognised
+# (logged, and handed to the caller's on_late). Bounded: the oldest are forgotten.
+LATE_JOBS_KEPT = 1000
 # Commands that change what this socket receives: sent raw through `command()` they
 # would leave the client believing in subscriptions (BACKGROUND_JOB above all) that
 # the switch no longer has, and nothing would restore them until the next reconnect.
 _SUBSCRIPTION_VERBS = frozenset({"event", "nixevent", "noevents", "filter", "myevents"})
+
+
+@dataclass(slots=True)
+class _Job:
+    """A bgapi job we wait for (or waited for: see `InboundESL._late`)."""
+
+    command: str
+    fut: asyncio.Future[Event]
+    on_late: LateJobHook | None = None
 
 
 class Backoff:
@@ -92,6 +112,9 @@ class InboundESL:
         backoff: Backoff | None = None,
         refused_backoff: Backoff | None = None,
         job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
+        api_timeout_s: float = DEFAULT_API_TIMEOUT_S,
+        reply_timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if event_format not in ("json", "plain"):
             raise ValueError("event_format must be 'json' or 'plain'")
@@ -106,11 +129,18 @@ class InboundESL:
         # been mid-reload), then every one to two minutes until an operator fixes it
         self.refused_backoff = refused_backoff or Backoff(10.0, 120.0)
         self.job_timeout_s = job_timeout_s
+        self.api_timeout_s = api_timeout_s
+        self.reply_timeout_s = reply_timeout_s
+        self.max_body_bytes = max_body_bytes
         self._events: set[str] = set(BASE_EVENTS) | set(events)
+        # names nixed while ALL is subscribed: `event ALL` on a new socket brings them
+        # back, so a reconnect nixes them again after subscribing
+        self._nixed: set[str] = set()
         self._filters: list[tuple[str, str]] = []
         self._handlers: dict[str, list[EventHandler]] = {}
         self._on_connect: list[ConnectHook] = []
-        self._jobs: dict[str, asyncio.Future[Event]] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._late: OrderedDict[str, _Job] = OrderedDict()
         self._conn: ESLConnection | None = None
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -121,6 +151,8 @@ class InboundESL:
         self.last_error: str | None = None
         self.refused: str | None = None  # "access_denied" | "auth_failed" | None
         self.jobs_timed_out = 0
+        self.late_job_results = 0
+        self.commands_timed_out = 0  # replies that never came: each one dropped the link
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,6 +254,8 @@ class InboundESL:
                 reason = await conn.closed
             finally:
                 keepalive.cancel()
+                if conn.timed_out is not None:
+                    self.commands_timed_out += 1
                 self._connected.clear()
                 self._conn = None
                 self._fail_jobs(conn.closed.result() if conn.closed.done() else "client stopping")
@@ -251,6 +285,7 @@ class InboundESL:
                 label=f"esl {self.host}:{self.port}",
                 on_event=self._on_event,
                 on_disconnect_notice=lambda f: None,
+                max_body=self.max_body_bytes,
             ),
             self.host,
             self.port,
@@ -258,10 +293,13 @@ class InboundESL:
         self._last_local_address = conn.local_address
         try:
             await conn.auth_requested
-            reply = await conn.send(encode_command(f"auth {self._password}"), "auth")
+            reply = await conn.send(
+                encode_command(f"auth {self._password}"), "auth", reply_timeout=self.reply_timeout_s
+            )
             if not reply.ok:
                 raise ESLAuthError(f"authentication refused: {reply.reply_text}")
             await self._subscribe_on(conn, self._events)
+            await self._nix_on(conn, self._nixed)
             for name, value in self._effective_filters():
                 await self._checked(conn, encode_command(f"filter {name} {value}"), "filter")
         except BaseException:
@@ -272,18 +310,16 @@ class InboundESL:
     async def _keepalive(self, conn: ESLConnection) -> None:
         """Probe a silent link with `api status`; a probe left unanswered drops it.
 
-        Only when nothing else is in flight: a long blocking `api originate` is silence
-        too, and TCP keep-alive covers a dead peer in that case.
+        Only when nothing else is in flight: a command in flight has its own reply
+        timeout (a hung one drops the link), and TCP keep-alive covers a dead peer.
         """
         while conn.is_open:
             await asyncio.sleep(self.keepalive_s / 2)
             if time.monotonic() - conn.last_rx < self.keepalive_s or conn.in_flight:
                 continue
             try:
-                await asyncio.wait_for(conn.send(b"api status\n\n", "keep-alive"), self.keepalive_s)
-            except TimeoutError:
-                conn.abort(f"keep-alive: no answer to api status within {self.keepalive_s} s")
-            except ESLDisconnected:
+                await conn.send(b"api status\n\n", "keep-alive", reply_timeout=self.keepalive_s)
+            except ESLDisconnected:  # ESLCommandTimeout too: the link was dropped
                 return
 
     # ------------------------------------------------------------------ events
@@ -304,9 +340,12 @@ class InboundESL:
     def _on_event(self, event: Event) -> None:
         name = event.name
         if name == "BACKGROUND_JOB":
-            fut = self._jobs.pop(event.job_uuid or "", None)
-            if fut is not None and not fut.done():
-                fut.set_result(event)
+            job_uuid = event.job_uuid or ""
+            job = self._jobs.pop(job_uuid, None)
+            if job is not None and not job.fut.done():
+                job.fut.set_result(event)
+            elif (late := self._late.pop(job_uuid, None)) is not None:
+                self._late_result(job_uuid, late, event)
         handlers = self._handlers.get(name, ())
         if name == "CUSTOM":
             # subscribed as "CUSTOM <subclass>", but the event says Event-Name: CUSTOM
@@ -323,6 +362,26 @@ class InboundESL:
                 continue
             if inspect.isawaitable(result):
                 self._spawn(result)
+
+    def _late_result(self, job_uuid: str, job: _Job, event: Event) -> None:
+        """A result we stopped waiting for: say so, and let the caller clean up (a late
+        +OK of an originate is a leg that rang and answered with nobody to take it)."""
+        self.late_job_results += 1
+        first = (event.body or "").strip().split("\n", 1)[0][:200]
+        log.info(
+            "late result of bgapi job %s (%r), after we gave up: %s", job_uuid, job.command, first
+        )
+        if job.on_late is None:
+            return
+        try:
+            self._spawn(job.on_late(event))
+        except Exception:
+            log.exception("on_late hook of bgapi job %s failed", job_uuid)
+
+    def _remember_late(self, job_uuid: str, job: _Job) -> None:
+        self._late[job_uuid] = job
+        while len(self._late) > LATE_JOBS_KEPT:
+            self._late.popitem(last=False)
 
     def _spawn(self, aw: Awaitable[object] | None) -> None:
         if aw is None or not inspect.isawaitable(aw):
@@ -360,6 +419,10 @@ class InboundESL:
         """Add event names (FreeSWITCH's `event` is additive); kept across reconnects."""
         new = [n for n in event_names if n not in self._events]
         self._events.update(new)
+        if "ALL" in new:
+            self._nixed.clear()  # `event ALL` turns every event back on
+        else:
+            self._nixed.difference_update(new)
         conn = self._conn
         if new and conn is not None and conn.is_open:
             await self._subscribe_on(conn, new)
@@ -372,16 +435,33 @@ class InboundESL:
         comes; HEARTBEAT is the liveness signal. `nixevent ALL` clears every
         subscription on the switch's side, so what we still want is subscribed again.
         As with `event`, every word after CUSTOM is a subclass: custom names go alone.
+
+        Kept across reconnects like `subscribe`: a name nixed while ALL is subscribed
+        is nixed again on every new connection right after its `event ... ALL`, which
+        would otherwise bring it back (mod_event_socket applies `nixevent X` under ALL
+        as "everything but X", so replaying both in order gives the same set).
         """
         names = [n for n in event_names if n not in BASE_EVENTS]
         self._events.difference_update(names)
-        plain = [n for n in names if not n.startswith("CUSTOM")]
-        custom = [n for n in names if n.startswith("CUSTOM")]
+        if "ALL" in names:
+            self._nixed.clear()
+        elif "ALL" in self._events:
+            # still within ALL: a reconnect's `event ALL` would bring these back
+            self._nixed.update(names)
+        conn = self._conn
+        if conn is None or not conn.is_open:
+            return  # remembered: the next connection subscribes without them
+        await self._nix_on(conn, names)
+        if "ALL" in names:
+            await self._subscribe_on(conn, self._events)
+
+    async def _nix_on(self, conn: ESLConnection, names: Iterable[str]) -> None:
+        plain = sorted(n for n in names if not n.startswith("CUSTOM"))
+        custom = sorted(n for n in names if n.startswith("CUSTOM"))
         for group in (plain, custom):
             if group:
-                await self._command(f"nixevent {' '.join(group)}")
-        if "ALL" in plain:
-            await self._subscribe_on(self._live(), self._events)
+                line = f"nixevent {' '.join(group)}"
+                await self._checked(conn, encode_command(line), line)
 
     async def filter(self, header: str, value: str) -> None:
         """Pass only events matching any filter (FreeSWITCH ORs filters).
@@ -439,7 +519,7 @@ class InboundESL:
         return conn
 
     async def _checked(self, conn: ESLConnection, data: bytes, what: str) -> Frame:
-        reply = await conn.send(data, what)
+        reply = await conn.send(data, what, reply_timeout=self.reply_timeout_s)
         if not reply.ok:
             raise ESLCommandError(what, reply.reply_text or reply.text)
         return reply
@@ -460,16 +540,33 @@ class InboundESL:
         reply = await self._command(line)
         return reply.reply_text
 
-    async def api(self, command: str, *, check: bool = True) -> str:
-        """Blocking `api`: FreeSWITCH holds the socket until it returns, so keep these short."""
-        reply = await self._live().send(encode_command(f"api {command}"), f"api {command}")
+    async def api(
+        self, command: str, *, check: bool = True, reply_timeout: float | None = None
+    ) -> str:
+        """Blocking `api`: FreeSWITCH holds the socket until it returns, so keep these short.
+
+        Bounded by `reply_timeout` seconds (default `api_timeout_s`; math.inf: none),
+        counted from when the switch gets to it. Past it the reply order of this
+        socket is stuck behind the command, so the link is dropped and remade
+        (logged, counted in `commands_timed_out`): this raises ESLCommandTimeout and
+        the commands in flight with it fail with ESLDisconnected. The command may
+        still complete on the switch. Use `bgapi` for anything that may take long.
+        """
+        limit = self.api_timeout_s if reply_timeout is None else reply_timeout
+        what = f"api {command}"
+        reply = await self._live().send(encode_command(what), what, reply_timeout=limit)
         text = reply.text
         if check and not reply.ok:
             raise ESLCommandError(f"api {command}", text.strip())
         return text
 
     async def bgapi(
-        self, command: str, *, check: bool = True, job_timeout: float | None = None
+        self,
+        command: str,
+        *,
+        check: bool = True,
+        job_timeout: float | None = None,
+        on_late: LateJobHook | None = None,
     ) -> str:
         """`bgapi` with our own Job-UUID, resolved by its BACKGROUND_JOB; returns the job body.
 
@@ -478,11 +575,16 @@ class InboundESL:
         event comes (a lost subscription, a module reload, a job that hangs), so the
         wait is bounded: `job_timeout` seconds (default `job_timeout_s`; math.inf waits
         forever), then ESLJobTimeout. The job may still run on the switch then.
+
+        If we stop waiting (timeout, lost link, cancelled), the job is remembered: its
+        result arriving later (BACKGROUND_JOB goes to every subscribed socket, so also
+        to the next connection) is logged at INFO and passed to `on_late(event)`.
         """
         limit = self.job_timeout_s if job_timeout is None else job_timeout
         job_uuid = str(uuidlib.uuid4())
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._jobs[job_uuid] = fut
+        job = _Job(command, fut, on_late)
+        self._jobs[job_uuid] = job
         try:
             async with asyncio.timeout(None if math.isinf(limit) else limit):
                 await self._checked(
@@ -493,7 +595,11 @@ class InboundESL:
                 event = await fut
         except TimeoutError:
             self.jobs_timed_out += 1
+            self._remember_late(job_uuid, job)
             raise ESLJobTimeout(command, job_uuid, limit) from None
+        except (ESLDisconnected, asyncio.CancelledError):
+            self._remember_late(job_uuid, job)  # the switch may have started it
+            raise
         finally:
             self._jobs.pop(job_uuid, None)
         text = event.body or ""
@@ -526,9 +632,9 @@ class InboundESL:
 
     def _fail_jobs(self, reason: str) -> None:
         jobs, self._jobs = self._jobs, {}
-        for job_uuid, fut in jobs.items():
-            if not fut.done():
-                fut.set_exception(ESLDisconnected(f"bgapi job {job_uuid} lost: {reason}"))
+        for job_uuid, job in jobs.items():
+            if not job.fut.done():
+                job.fut.set_exception(ESLDisconnected(f"bgapi job {job_uuid} lost: {reason}"))
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,6 +7,17 @@ CHANNEL_EXECUTE_COMPLETE carrying our Event-UUID back as Application-UUID, so ea
 04). After `linger`, FreeSWITCH sends the call's last events and a disconnect notice
 and leaves the socket open for us to close.
 
+What is bounded: every command's reply (`sendmsg` is answered +OK at once in async
+mode; an `api` within `api_timeout`), because the socket answers in order and one
+missing reply leaves the call beyond our control for good; the socket is then
+dropped (FreeSWITCH hangs up a channel whose socket closes, unless we sent
+`resume`) and the leg raises CallLost. What is not: an application's
+CHANNEL_EXECUTE_COMPLETE. A prompt, a bridge, a conference legitimately last as
+long as the call; they end with the channel (its hang-up event, the linger notice,
+the socket closing), which is the bound that fits them. Callers that know a limit
+(a menu) wrap `execute` in `asyncio.timeout` and break the application with
+`uuid_break`.
+
 CallLeg knows nothing of IVR flows or queues: ivr/ and the ACD adapt to it.
 """
 
@@ -19,8 +30,19 @@ import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from hotline.telephony.errors import CallHungUp, ESLCommandError, ESLDisconnected, ESLError
-from hotline.telephony.esl_connection import ESLConnection
+from hotline.telephony.errors import (
+    CallHungUp,
+    CallLost,
+    ESLCommandError,
+    ESLCommandTimeout,
+    ESLDisconnected,
+    ESLError,
+)
+from hotline.telephony.esl_connection import (
+    DEFAULT_API_TIMEOUT_S,
+    DEFAULT_REPLY_TIMEOUT_S,
+    ESLConnection,
+)
 from hotline.telephony.esl_frames import Event, Frame, encode_command, encode_execute, encode_hangup
 
 log = logging.getLogger("hotline.telephony.outbound")
@@ -45,9 +67,19 @@ class BridgeResult:
 class CallLeg:
     """One call under our control through its outbound socket."""
 
-    def __init__(self, conn: ESLConnection, channel: Event, *, linger_grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        conn: ESLConnection,
+        channel: Event,
+        *,
+        linger_grace: float = 5.0,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT_S,
+        api_timeout: float = DEFAULT_API_TIMEOUT_S,
+    ) -> None:
         self._conn = conn
         self.linger_grace = linger_grace
+        self.reply_timeout = reply_timeout
+        self.api_timeout = api_timeout
         self._linger_timer: asyncio.TimerHandle | None = None
         self.channel = channel
         self.uuid: str = channel.get("Unique-ID") or channel.get("Channel-Unique-ID") or ""
@@ -178,7 +210,9 @@ class CallLeg:
             raise CallHungUp(self.uuid, self.hangup_cause)
         self.commands_sent += 1
         try:
-            reply = await self._conn.send(data, what)
+            reply = await self._conn.send(data, what, reply_timeout=self.reply_timeout)
+        except ESLCommandTimeout as exc:
+            raise CallLost(self.uuid, str(exc)) from None
         except ESLDisconnected:
             raise CallHungUp(self.uuid, self.hangup_cause or "socket closed") from None
         if not reply.ok:
@@ -190,10 +224,20 @@ class CallLeg:
         return (await self._send(encode_command(line), line)).reply_text
 
     async def api(self, command: str) -> str:
-        """`api` over this call's socket (FreeSWITCH allows it in outbound mode too)."""
+        """`api` over this call's socket (FreeSWITCH allows it in outbound mode too).
+
+        Bounded by `api_timeout`: past it the socket is dropped (nothing more could be
+        answered on it) and this raises CallLost; the command may have run.
+        """
         if not self._conn.is_open:
             raise CallHungUp(self.uuid, self.hangup_cause or "socket closed")
-        reply = await self._conn.send(encode_command(f"api {command}"), f"api {command}")
+        what = f"api {command}"
+        try:
+            reply = await self._conn.send(
+                encode_command(what), what, reply_timeout=self.api_timeout
+            )
+        except ESLCommandTimeout as exc:
+            raise CallLost(self.uuid, str(exc)) from None
         if not reply.ok:
             raise ESLCommandError(f"api {command}", reply.text.strip())
         return reply.text
@@ -338,6 +382,8 @@ class OutboundServer:
         linger: bool = True,
         setup_timeout: float = 5.0,
         drain_timeout: float = 5.0,
+        reply_timeout: float = DEFAULT_REPLY_TIMEOUT_S,
+        api_timeout: float = DEFAULT_API_TIMEOUT_S,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -345,9 +391,12 @@ class OutboundServer:
         self.linger = linger
         self.setup_timeout = setup_timeout
         self.drain_timeout = drain_timeout
+        self.reply_timeout = reply_timeout
+        self.api_timeout = api_timeout
         self.legs: dict[str, CallLeg] = {}
         self.calls_started = 0
         self.calls_failed_setup = 0
+        self.calls_lost = 0  # sockets dropped because a reply never came
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: set[ESLConnection] = set()
@@ -417,6 +466,8 @@ class OutboundServer:
         finally:
             if leg is not None:
                 self.legs.pop(leg.uuid, None)
+            if conn.timed_out is not None:
+                self.calls_lost += 1
             conn.close("call finished")
             self._conns.discard(conn)
 
@@ -426,7 +477,14 @@ class OutboundServer:
             raise ESLCommandError("connect", reply.reply_text or "no channel data")
         data = reply.decoded_headers()
         channel = Event.from_headers([kv for kv in data.items() if kv[0] not in _REPLY_ONLY])
-        leg = CallLeg(conn, channel, linger_grace=self.drain_timeout)
+        leg = CallLeg(
+            conn,
+            channel,
+            linger_grace=self.drain_timeout,
+            reply_timeout=self.reply_timeout,
+            api_timeout=self.api_timeout,
+        )
+        conn.label = f"esl call {leg.uuid}"
         conn.on_event = leg._on_event
         conn.on_disconnect_notice = leg._on_disconnect_notice
         conn.closed.add_done_callback(lambda f: leg._on_closed(f.result()))

@@ -128,6 +128,8 @@ async def test_with_no_freeswitch_reachable_the_service_runs_and_keeps_trying(
     assert r.status == 200
     text = await (await client.get("/metrics")).text()
     assert 'hotline_esl_link_state{state="connecting"} 1.0' in text
+    assert "hotline_esl_command_timeouts_total 0.0" in text
+    assert "hotline_esl_calls_lost_total 0.0" in text
 
 
 async def test_a_switch_whose_acl_refuses_us_shows_in_the_line_status_as_access_denied(

@@ -15,6 +15,7 @@ from hotline.acd.switch import RingResult, SwitchError
 from hotline.phone.entry import Hours
 from hotline.telephony.esl_inbound import Backoff, InboundESL
 from hotline.telephony.simulator import AgentPhone, FreeSwitchSimulator
+from tests.hotline.telephony.test_esl_refusals import OK, job_event, job_of, switch_with
 from ticketing.workdays import WorkCalendar
 
 SCALE = 0.02
@@ -136,3 +137,45 @@ def test_working_hours_follow_the_official_calendar() -> None:
     assert not open_(datetime(2026, 10, 3, 10, 0, tzinfo=tz))  # a Saturday
     always = Hours.parse("always").test(WorkCalendar(), tz)
     assert always(datetime(2026, 10, 1, 3, 0, tzinfo=tz))
+
+
+async def test_a_late_ok_for_an_originate_we_gave_up_on_kills_the_leg(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The give-up's uuid_kill can come before the leg exists (a busy switch had not
+    started the job yet: "no such channel"); the originate then rings and is answered
+    into a parked leg nobody owns. Before: its late +OK was dropped silently."""
+    monkeypatch.setattr("hotline.acd.esl_switch.ORIGINATE_MARGIN_S", 0.2)
+    jobs: list[str] = []
+    kills: list[bytes] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def script(cmd: bytes, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        if cmd.startswith(b"bgapi originate"):
+            jobs.append(job_of(cmd))
+            writer.write(
+                b"Content-Type: command/reply\nReply-Text: +OK Job-UUID: %b\n\n" % jobs[-1].encode()
+            )
+        elif cmd.startswith(b"api uuid_kill"):
+            kills.append(cmd)
+            body = b"-ERR No such channel!\n" if len(kills) == 1 else b"+OK\n"
+            writer.write(
+                b"Content-Type: api/response\nContent-Length: %d\n\n%b" % (len(body), body)
+            )
+        else:
+            writer.write(OK)
+
+    async with switch_with(script) as (esl, _):
+        switch = EslSwitch(esl, {})
+        await switch.start()
+        ring = await asyncio.wait_for(switch.ring(["user/1001"], 0.1), 3)
+        assert (ring.result, ring.cause) == (RingResult.FAILED, "SWITCH_DISCONNECTED")
+        (leg_uuid,) = {k.split()[2].decode() for k in kills}
+        writers[-1].write(job_event(jobs[0], f"+OK {leg_uuid}\n"))  # it rang, it answered
+        async with asyncio.timeout(3):
+            while len(kills) < 2:  # noqa: ASYNC110 (polling a plain attribute)
+                await asyncio.sleep(0.01)
+            while switch._tasks:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert kills == [f"api uuid_kill {leg_uuid} ORIGINATOR_CANCEL\n\n".encode()] * 2
+        assert not switch._orphans and esl.late_job_results == 1
+        await switch.close()

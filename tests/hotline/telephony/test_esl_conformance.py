@@ -105,10 +105,32 @@ def test_a_content_length_that_is_not_ascii_decimal_is_a_protocol_error(length: 
 
 
 def test_a_huge_content_length_is_refused_before_any_body_is_held() -> None:
-    parser = FrameParser(max_body=1024)
+    """Past the discard limit a length is garbage, not a big answer: the link goes."""
+    parser = FrameParser(max_body=1024, max_discard=4096)
     with pytest.raises(ESLProtocolError, match="exceeds"):
-        parser.feed(b"Content-Type: api/response\nContent-Length: 1025\n\n" + b"x" * 10)
+        parser.feed(b"Content-Type: api/response\nContent-Length: 4097\n\n" + b"x" * 10)
     assert parser.pending == 0
+
+
+def test_a_body_over_the_limit_is_skipped_holding_nothing_and_the_stream_goes_on() -> None:
+    """Before: a body over max_body (a `show channels` over 16 MB) was a protocol error
+    that closed the whole inbound link. Now it is read past in any split, held nowhere,
+    and handed on as one empty frame marked `oversized`, in its place in the stream."""
+    big = b"Content-Type: api/response\nContent-Length: 3000\n\n" + b"x" * 3000
+    after = b"Content-Type: api/response\nContent-Length: 3\n\n+OK"
+    data = big + after
+    for step in (1, 7, 100, 1024, len(data)):
+        parser = FrameParser(max_body=1024)
+        frames = []
+        for i in range(0, len(data), step):
+            frames += parser.feed(data[i : i + step])
+            assert parser.pending <= 1024 + 60  # never the oversized body
+        assert [(f.oversized, f.body) for f in frames] == [(3000, b""), (0, b"+OK")]
+        assert frames[0].content_type == "api/response"
+        assert parser.eof_reason() is None
+    parser = FrameParser(max_body=1024)
+    parser.feed(big[:2000])
+    assert "inside an oversized body" in (parser.eof_reason() or "")
 
 
 def test_content_length_counts_utf8_bytes_in_plain_and_json_events() -> None:
