@@ -133,8 +133,14 @@ class Meter:
         self._originals = (ESLConnection.send, dispatch, received)
         parsed = self._parsed
 
-        async def timed_send(conn: ESLConnection, data: bytes, what: str = "command"):  # type: ignore[no-untyped-def]
-            fut = conn.send_nowait(data, what)
+        async def timed_send(  # type: ignore[no-untyped-def]
+            conn: ESLConnection,
+            data: bytes,
+            what: str = "command",
+            *,
+            reply_timeout: float | None = None,
+        ):
+            fut = conn.send_nowait(data, what, reply_timeout=reply_timeout)
             t0 = time.perf_counter()
             try:
                 reply = await fut
@@ -148,7 +154,7 @@ class Meter:
 
         def stamped(conn: ESLConnection, frame):  # type: ignore[no-untyped-def]
             if conn._pending and frame.content_type in (COMMAND_REPLY, API_RESPONSE):
-                parsed[id(conn._pending[0][1])] = time.perf_counter()
+                parsed[id(conn._pending[0].fut)] = time.perf_counter()
             dispatch(conn, frame)
 
         def tapped(conn: ESLConnection, data: bytes) -> None:

@@ -27,6 +27,11 @@ MAX_PHONE = 40
 MAX_URL = 2048
 MAX_STRING_ATTRIBUTE = 200
 MAX_FIELDS = 200  # form fields in one POST
+# attribute[code] a client sends beyond the service definition, kept as extra data for the
+# agent (FixMyStreet sends up to about ten of its own): how many, and how long each
+MAX_EXTRA_ATTRIBUTES = 30
+MAX_EXTRA_CODE = 64  # as long as a definition's own codes may be
+MAX_EXTRA_VALUE = 2000
 MAX_TOKEN = 255
 
 # the last request with the same content from the same key within this window is a

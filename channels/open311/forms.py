@@ -38,10 +38,12 @@ Pairs = list[tuple[str, str]]
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _LINE_BREAK = re.compile("[\r\n]")
 _ATTRIBUTE = re.compile(r"attribute\[([^\[\]]*)\](\[\])?")
+# "T" and "Z" in either case: RFC 3339 5.6 (the Internet profile of ISO 8601 the W3C note
+# follows) lets them "alternatively be lower case"; clients built on it send "t"/"z"
 _W3C = re.compile(
     r"\d{4}-\d{2}-\d{2}"
-    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
-    r"(?:Z|[+-]\d{2}:?\d{2})?"
+    r"(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
+    r"(?:[Zz]|[+-]\d{2}:?\d{2})?"
 )
 # the W3C note's reduced precisions, YYYY and YYYY-MM: its first formats, valid wherever
 # GeoReport v2 says "Must use w3 format"; read as their first day
@@ -200,6 +202,19 @@ def single_values(pairs: Iterable[tuple[str, str]], names: Iterable[str]) -> dic
     return out
 
 
+def with_query_fields(form: Pairs, query: Pairs) -> Pairs:
+    """The POST's fields: the body's, plus those the query string has and the body lacks.
+
+    The spec's example sends everything in the urlencoded body, but clients generated
+    from Swagger descriptions of Open311 servers, and hand-built ones, put fields in the
+    query string of the POST. A field name the body gives a value for takes the body's
+    value(s) and the query's are ignored, as the servers those clients were written
+    against merge them (PHP's $_REQUEST, Rails' params: the body wins); an empty body
+    value is no value (the spec's rule for optional arguments)."""
+    in_body = {k for k, v in form if v.strip()}
+    return form + [(k, v) for k, v in query if k not in in_body]
+
+
 def check_jurisdiction(ours: str, *sources: Iterable[tuple[str, str]]) -> None:
     """Accept no jurisdiction_id or ours; refuse any other with the spec's 404.
 
@@ -241,6 +256,9 @@ class NewRequest:
     media_url: str | None
     # code -> value (text), or sorted list of keys for a multivaluelist
     attributes: dict[str, str | list[str]] = field(default_factory=dict)
+    # attribute[code] answers for codes the service definition does not ask (FixMyStreet's
+    # fixmystreet_id, easting, northing, title, ...): code -> value(s) as sent, unchecked
+    extra_attributes: dict[str, str | list[str]] = field(default_factory=dict)
 
     @property
     def contact_name(self) -> str | None:
@@ -268,14 +286,19 @@ def parse_new_request(pairs: Pairs, services: dict[str, Service], tz: ZoneInfo) 
     if service is None:
         raise Open311Error(404, f"service_code {code!r} was not found")
 
+    # The spec's location is "One of lat & long or address_string or address_id". Half
+    # a coordinate places nothing, so alone it is refused ("lat & long both need to be
+    # sent"); next to an address_string or address_id the request already carries a full
+    # location parameter, and the half is ignored rather than losing a resident's report
+    # to a client's GPS glitch (its fix would only be to drop the half and resend).
     lat = lon = None
-    if "lat" in f or "long" in f:
-        if "lat" not in f or "long" not in f:
-            errors.append("lat and long must be sent together")
-        else:
-            lat = _coordinate(f["lat"], "lat", 90.0, errors)
-            lon = _coordinate(f["long"], "long", 180.0, errors)
-    if not ({"lat", "long"} <= f.keys() or "address_string" in f or "address_id" in f):
+    has_address = "address_string" in f or "address_id" in f
+    if "lat" in f and "long" in f:
+        lat = _coordinate(f["lat"], "lat", 90.0, errors)
+        lon = _coordinate(f["long"], "long", 180.0, errors)
+    elif ("lat" in f or "long" in f) and not has_address:
+        errors.append("lat and long must be sent together")
+    if not (has_address or "lat" in f or "long" in f):
         errors.append("a location is required: lat and long, address_string or address_id")
 
     def text(name: str, limit: int, *, multiline: bool = False) -> str | None:
@@ -304,7 +327,7 @@ def parse_new_request(pairs: Pairs, services: dict[str, Service], tz: ZoneInfo) 
         parts = urllib.parse.urlsplit(media_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or " " in media_url:
             errors.append("media_url must be an http or https URL")
-    attributes = _attributes(pairs, service, errors)
+    attributes, extra = _attributes(pairs, service, errors)
     if errors:
         raise Open311Error(400, *errors)
     return NewRequest(
@@ -322,6 +345,7 @@ def parse_new_request(pairs: Pairs, services: dict[str, Service], tz: ZoneInfo) 
         description=description,
         media_url=media_url,
         attributes=attributes,
+        extra_attributes=extra,
     )
 
 
@@ -336,31 +360,67 @@ def _coordinate(raw: str, name: str, bound: float, errors: list[str]) -> float |
     return value
 
 
-def _attributes(pairs: Pairs, service: Service, errors: list[str]) -> dict[str, str | list[str]]:
+def _attributes(
+    pairs: Pairs, service: Service, errors: list[str]
+) -> tuple[dict[str, str | list[str]], dict[str, str | list[str]]]:
+    """The definition's answers, checked, and every other attribute[code] as extra data.
+
+    GeoReport v2 asks only that attributes be "based on Service Definitions"; clients
+    send their own besides (FixMyStreet posts an attribute[...] for each of its extra
+    fields: fixmystreet_id, title, description, easting, northing, report_url,
+    closest_address, ...), and refusing them would refuse every report such a client
+    sends. So a code the definition does not ask (not listed, or variable false) is kept
+    apart, for the agent to read as the client's unverified data: it never fills,
+    replaces or fails a definition answer. Bounded: MAX_EXTRA_ATTRIBUTES codes (more is
+    refused), MAX_EXTRA_CODE characters a code, MAX_EXTRA_VALUE characters a value
+    (longer is cut, marked)."""
     given: dict[str, list[str]] = {}
     for k, v in pairs:
         if not k.startswith("attribute["):
             continue
         m = _ATTRIBUTE.fullmatch(k)
-        if m is None:
+        if m is None or not m.group(1).strip():
             errors.append(f"{k} is not of the form attribute[code] or attribute[code][]")
             continue
         v = v.strip()
         if v:
             given.setdefault(m.group(1), []).append(v)
     out: dict[str, str | list[str]] = {}
+    extra: dict[str, str | list[str]] = {}
     for code, values in given.items():
         attr = service.attribute(code)
         if attr is None or not attr.variable:
-            errors.append(f"attribute[{code}] is not an attribute of {service.code}")
+            extra[code] = _extra_value(values)
             continue
         checked = _attribute_value(attr, values, errors)
         if checked is not None:
             out[code] = checked
     for attr in service.attributes:
-        if attr.required and attr.code not in given:
+        if attr.required and attr.variable and attr.code not in given:
             errors.append(f"attribute[{attr.code}] ({attr.description}) is required")
-    return out
+    if len(extra) > const.MAX_EXTRA_ATTRIBUTES:
+        errors.append(
+            f"at most {const.MAX_EXTRA_ATTRIBUTES} attributes outside the service definition"
+            f" of {service.code} are kept; {len(extra)} were sent"
+        )
+    long_codes = [c for c in extra if len(c) > const.MAX_EXTRA_CODE or _LINE_BREAK.search(c)]
+    for code in long_codes[:5]:
+        shown = code if len(code) <= const.MAX_EXTRA_CODE else code[: const.MAX_EXTRA_CODE] + "..."
+        errors.append(
+            f"attribute[{shown!r}]: an attribute code is one line"
+            f" of at most {const.MAX_EXTRA_CODE} characters"
+        )
+    return out, extra
+
+
+def _extra_value(values: list[str]) -> str | list[str]:
+    """One value as a string, several as a list; each cut to MAX_EXTRA_VALUE characters
+    and the cut marked, so an agent never takes a shortened text for the whole."""
+    cut = [
+        v if len(v) <= const.MAX_EXTRA_VALUE else v[: const.MAX_EXTRA_VALUE] + "…[已截断]"
+        for v in values
+    ]
+    return cut[0] if len(cut) == 1 else cut
 
 
 def _attribute_value(
@@ -421,6 +481,14 @@ def attribute_lines(service: Service, attributes: dict[str, str | list[str]]) ->
     return lines
 
 
+def extra_attribute_lines(extra: dict[str, str | list[str]]) -> list[str]:
+    """'code：value' lines for the client's own attributes, as sent, in the order sent."""
+    return [
+        f"{code}：{'、'.join(value) if isinstance(value, list) else value}"
+        for code, value in extra.items()
+    ]
+
+
 # ---------------------------------------------------------------- dates
 
 
@@ -434,7 +502,9 @@ def parse_datetime(raw: str, tz: tzinfo) -> datetime:
     if not _W3C.fullmatch(raw):
         raise ValueError(f"{raw!r} is not an ISO 8601 date-time such as 2010-01-01T00:00:00Z")
     try:
-        value = datetime.fromisoformat(raw.replace(",", "."))
+        # past the pattern only digits, separators and t/z remain: upper() is safe, and
+        # fromisoformat knows only the upper-case letters
+        value = datetime.fromisoformat(raw.replace(",", ".").upper())
     except ValueError:
         raise ValueError(f"{raw!r} is not a valid date-time") from None
     if value.tzinfo is None:
@@ -518,22 +588,29 @@ def parse_request_query(
     page, page_size = _paging(pairs, errors)
     if errors:
         raise Open311Error(400, *errors)
+    # GeoReport v2 on start_date and end_date alike: "When not specified, the range
+    # defaults to most recent 90 days", and only a range given "with end_date" / "with
+    # start_date" "may not span more than 90 days". So start_date alone means from then
+    # up to now (what a client polling "everything since my last look" expects; the
+    # 1000-record pages bound the answer), not start_date plus 90 days, which would hide
+    # the newest requests from a client whose last look is more than 90 days old. A
+    # start_date still in the future is an empty answer, not an error about an
+    # end_date the client never sent.
     if start is None and end is None:
         end, start = now, now - const.DEFAULT_WINDOW
+    elif end is None:
+        assert start is not None
+        end = max(start, now)
     else:
-        # the default window reaches past year 1 or 9999 for a date near either end
-        try:
-            if start is None:
-                assert end is not None
+        if start is None:
+            try:  # the default window reaches past year 1 for a date near it
                 start = end - const.DEFAULT_WINDOW
-            elif end is None:
-                end = start + const.DEFAULT_WINDOW
-        except OverflowError:
-            raise Open311Error(400, "start_date or end_date is out of range") from None
-    if start > end:
-        raise Open311Error(400, "start_date is after end_date")
-    if end - start > const.MAX_WINDOW:
-        raise Open311Error(400, "start_date to end_date may not span more than 90 days")
+            except OverflowError:
+                raise Open311Error(400, "end_date is out of range") from None
+        if start > end:
+            raise Open311Error(400, "start_date is after end_date")
+        if end - start > const.MAX_WINDOW:
+            raise Open311Error(400, "start_date to end_date may not span more than 90 days")
     return RequestQuery(
         service_codes=tuple(dict.fromkeys(codes)),
         statuses=tuple(dict.fromkeys(statuses)),

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from channels.open311.forms import (
     parse_pairs,
     parse_request_query,
     single_values,
+    with_query_fields,
 )
 from channels.open311.keys import key_owner
 from channels.open311.render import errors_response, render, respond
@@ -59,13 +61,47 @@ class Open311Config:
 
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+Guarded = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The path parameters of a request this module routed itself (a doubled slash, the bare
+# base URL): aiohttp's match_info belongs to the catch-all route that received it.
+MATCHED: web.RequestKey[dict[str, str]] = web.RequestKey("open311_matched", dict)
+_SLASHES = re.compile(r"/{2,}")
+_ROUTE_PARAM = re.compile(r"{([a-z_]+)}")
 
 
-def _guarded(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def path_params(request: web.Request) -> Mapping[str, str]:
+    """The path parameters of the route this request reached, however it got there."""
+    matched: dict[str, str] | None = request.get(MATCHED)
+    return matched if matched is not None else request.match_info
+
+
+def _path_pattern(template: str) -> re.Pattern[str]:
+    """A route template as aiohttp matches it: `{name}` is one non-empty segment."""
+    parts = _ROUTE_PARAM.split(template)
+    return re.compile(
+        "".join(
+            f"(?P<{part}>[^{{}}/]+)" if odd else re.escape(part)
+            for odd, part in ((i % 2 == 1, part) for i, part in enumerate(parts))
+        )
+    )
+
+
+@dataclass(frozen=True)
+class _RestOfPathSpec(RouteSpec):
+    """A route whose last parameter, `{rest}`, takes the rest of the path, slashes and
+    empty segments included. Documented as the plain `{rest}` (OpenAPI has no
+    multi-segment parameter), registered with aiohttp's `{rest:.*}`."""
+
+    def route(self) -> web.RouteDef:
+        return web.route(self.method, self.path.replace("{rest}", "{rest:.*}"), self.handler)
+
+
+def _guarded(handler: Handler) -> Guarded:
     """Format check, then the spec's error answers for everything that goes wrong."""
 
     async def run(request: web.Request) -> web.StreamResponse:
-        fmt = request.match_info.get("fmt", "").lower()
+        fmt = path_params(request).get("fmt", "").lower()
         if fmt not in const.FORMATS:
             return errors_response(
                 const.DEFAULT_FORMAT,
@@ -168,7 +204,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
 
     async def open311_service_definition(request: web.Request, fmt: str) -> web.StreamResponse:
         query_pairs(request)
-        code = request.match_info["service_code"]
+        code = path_params(request)["service_code"]
         service = services().get(code)
         if service is None:
             raise Open311Error(404, f"service_code {code!r} was not found")
@@ -190,14 +226,14 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
         return parse_pairs(raw, fallback=fallback)
 
     async def open311_create_request(request: web.Request, fmt: str) -> web.StreamResponse:
-        pairs = await form_pairs(request)
+        body = await form_pairs(request)
         # jurisdiction_id may come in the form or the query string; before the api_key,
         # so a client aimed at the wrong city learns that, not that its key is unknown
-        query = query_pairs(request, pairs)
-        # some clients put api_key in the query string (as Swagger descriptions show)
-        key = single_values(pairs, ["api_key"]).get("api_key") or single_values(
-            query, ["api_key"]
-        ).get("api_key")
+        query = query_pairs(request, body)
+        # every field, api_key included, may come in the query string (as Swagger
+        # descriptions of Open311 servers show); the body's value wins
+        pairs = with_query_fields(body, query)
+        key = single_values(pairs, ["api_key"]).get("api_key")
         if not key:
             raise Open311Error(403, "api_key is missing -- can't proceed with create_request.")
         owner = await key_owner(deps.db, key)
@@ -248,7 +284,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
 
     async def open311_get_request(request: web.Request, fmt: str) -> web.StreamResponse:
         query_pairs(request)
-        number = request.match_info["service_request_id"]
+        number = path_params(request)["service_request_id"]
         rows = []
         if number.isascii() and number.isdigit() and len(number) <= 20:
             rows = await find_requests(deps.db, RequestQuery(ids=(number,)))
@@ -258,7 +294,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
 
     async def open311_token(request: web.Request, fmt: str) -> web.StreamResponse:
         query_pairs(request)
-        token = request.match_info["token"]
+        token = path_params(request)["token"]
         if not (1 <= len(token) <= const.MAX_TOKEN and token.isprintable()):
             raise Open311Error(400, "token is not a token this service could have issued")
         number = await number_for_token(deps.db, token)
@@ -266,19 +302,66 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             raise Open311Error(404, f"token {token!r} was not found")
         return respond(fmt, "service_requests", [{"service_request_id": number, "token": token}])
 
-    async def open311_not_found(request: web.Request) -> web.StreamResponse:
-        """Any other path under /open311/v2 (a missing extension, a typo): the spec's 404
-        in its own error format, as the extension asks, not the hotline's problem+json."""
-        ext = request.match_info["tail"].rpartition(".")[2].lower()
+    def not_found(tail: str) -> web.StreamResponse:
+        """The spec's 404 in its own error format, as the path's extension asks."""
+        ext = tail.rpartition("/")[2].rpartition(".")[2].lower()
         return errors_response(
             ext if ext in const.FORMATS else const.DEFAULT_FORMAT,
             404,
             [f"no such GeoReport v2 resource; see {const.PREFIX}/discovery.xml"],
         )
 
-    async def open311_not_found_below(request: web.Request) -> web.StreamResponse:
-        """The same for two segments (requests/123 without its extension)."""
-        return await open311_not_found(request)
+    def base_format(request: web.Request) -> str:
+        """XML, the required format, unless the client's Accept asks for JSON only."""
+        accept = request.headers.get("Accept", "").lower()
+        return "json" if "json" in accept and "xml" not in accept else const.DEFAULT_FORMAT
+
+    async def open311_base(request: web.Request) -> web.StreamResponse:
+        """The base URL itself (what a client configured with it may try first): the
+        discovery document, in XML unless the Accept header asks for JSON only."""
+        request[MATCHED] = {"fmt": base_format(request)}
+        return await guarded_discovery(request)
+
+    async def open311_elsewhere(request: web.Request) -> web.StreamResponse:
+        """Every other path under /open311/v2/.
+
+        A client whose base URL ends in "/" and that adds "/services.xml" asks for
+        /open311/v2//services.xml: repeated slashes inside the Open311 path are read as
+        one and the request answered as if it had come without them (a redirect would
+        not do: LWP, FixMyStreet's agent, and most libraries do not repeat a POST at the
+        new address). Only the Open311 routes are matched that way, nothing else in the
+        service. /open311/v2/ alone is the base URL; the rest is the spec's 404."""
+        rest = request.match_info["rest"]
+        if not rest.strip("/"):
+            if request.method == "GET":
+                return await open311_base(request)
+            return not_found(rest)
+        if "//" not in rest and not rest.startswith("/"):
+            return not_found(rest)
+        path = f"{const.PREFIX}/{_SLASHES.sub('/', rest).lstrip('/')}"
+        allowed: list[str] = []
+        for method, pattern, handler in table:
+            m = pattern.fullmatch(path)
+            if m is None:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            request[MATCHED] = m.groupdict()
+            return await handler(request)
+        if allowed:
+            ext = path.rpartition(".")[2].lower()
+            resp = errors_response(
+                ext if ext in const.FORMATS else const.DEFAULT_FORMAT,
+                405,
+                [f"{request.method} is not allowed here; use {' or '.join(allowed)}"],
+            )
+            resp.headers["Allow"] = ", ".join(allowed)
+            return resp
+        return not_found(rest)
+
+    guarded_discovery = _guarded(open311_discovery)
+    table: list[tuple[str, re.Pattern[str], Guarded]] = []
 
     p = const.PREFIX
     fmt = "{fmt}"
@@ -287,7 +370,7 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
     errors = {400: "invalid request (GeoReport v2 errors list)", 404: "not found"}
     jur = ("jurisdiction_id", f"optional; if given, {config.jurisdiction_id} (any case)")
     other = "another jurisdiction_id"
-    return [
+    specs = [
         RouteSpec(
             "GET",
             f"{p}/discovery.{fmt}",
@@ -376,18 +459,31 @@ def open311_routes(deps: Deps, intake: Intake, config: Open311Config) -> list[Ro
             query=(jur,),
             responses={**xml_or_json, 404: f"unknown token or {other}"},
         ),
-    ] + [  # last: only what no route above matched (one or two path segments)
+    ]
+    table.extend((spec.method, _path_pattern(spec.path), spec.handler) for spec in specs)
+    return [
+        *specs,
         RouteSpec(
-            method,
-            f"{p}/{path}",
-            handler,
-            "Any other Open311 path: 404 in the spec's error format",
+            "GET",
+            p,
+            open311_base,
+            "The Open311 base URL: the discovery document (XML unless Accept asks for JSON)",
             tag=tag,
-            responses={404: "no such resource (GeoReport v2 errors list)"},
-        )
-        for path, handler in (
-            ("{tail}", open311_not_found),
-            ("{head}/{tail}", open311_not_found_below),
-        )
-        for method in ("GET", "POST")
+            responses=xml_or_json,
+        ),
+        *(  # last: only what no route above matched
+            _RestOfPathSpec(
+                method,
+                f"{p}/{{rest}}",
+                open311_elsewhere,
+                "Any other Open311 path: repeated slashes read as one, /open311/v2/ is the"
+                " base URL, anything else a 404 in the spec's error format",
+                tag=tag,
+                responses={
+                    **(xml_or_json if method == "GET" else {}),
+                    404: "no such resource (GeoReport v2 errors list)",
+                },
+            )
+            for method in ("GET", "POST")
+        ),
     ]

@@ -11,9 +11,9 @@ on disk". Open311 clients retry blindly when an answer is lost, so:
   content digest and the city-local day, and both today's and yesterday's are
   looked up, so the window has no midnight edge.
 
-The side row (the client's own description, media_url, address_id, answers, the
-encrypted email) follows the ticket; a replay writes it again if a crash came in
-between, and until then GET shows the ticket's own text.
+The side row (the client's own description, media_url, address_id, answers and
+extra attributes, the encrypted email) follows the ticket; a replay writes it again if
+a crash came in between, and until then GET shows the ticket's own text.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from channels.open311 import const
-from channels.open311.forms import NewRequest, Open311Error, attribute_lines
+from channels.open311.forms import (
+    NewRequest,
+    Open311Error,
+    attribute_lines,
+    extra_attribute_lines,
+)
 from channels.open311.store import Earlier, SideRowWriter, earlier_answers
 from ticketing.handlers import Deps, InvalidRequest
 from ticketing.intake import IdempotencySpec, Intake, NewTicket
@@ -36,6 +41,9 @@ from ticketing.ports import Principal
 log = logging.getLogger(__name__)
 
 TITLE_SNIPPET = 40
+# where the side row's `attributes` JSON keeps the client's own attribute[code] values:
+# not a possible definition code (ASCII letters, digits, "_" and "-"), so never confused
+EXTRA_ATTRIBUTES_KEY = "@extra"
 
 
 def request_digest(pairs: list[tuple[str, str]]) -> str:
@@ -147,7 +155,7 @@ class Submitter:
             "api_key_name": key_name,
             "service_code": req.service.code,
             "description": req.description,
-            "attributes": dict(req.attributes),
+            "attributes": _stored_attributes(req),
             "address_id": req.address_id,
             "media_url": req.media_url,
             "account_id": req.account_id,
@@ -155,6 +163,14 @@ class Submitter:
             "email_enc": self.deps.cipher.encrypt(req.email) if req.email else None,
             "created_at": self.deps.clock(),
         }
+
+
+def _stored_attributes(req: NewRequest) -> dict[str, Any]:
+    """The definition's answers, and the client's own attributes under their own key."""
+    stored: dict[str, Any] = dict(req.attributes)
+    if req.extra_attributes:
+        stored[EXTRA_ATTRIBUTES_KEY] = dict(req.extra_attributes)
+    return stored
 
 
 def _title(req: NewRequest) -> str:
@@ -175,4 +191,9 @@ def _ticket_text(req: NewRequest) -> str:
     if req.media_url:
         lines.append(f"图片/媒体：{req.media_url}")
     text = req.description or req.service.name
-    return text + ("\n\n【Open311 补充信息】\n" + "\n".join(lines) if lines else "")
+    if lines:
+        text += "\n\n【Open311 补充信息】\n" + "\n".join(lines)
+    extra = extra_attribute_lines(req.extra_attributes)
+    if extra:  # apart from the answers above: the sending system's data, unchecked
+        text += "\n\n【客户端附加字段（未核实）】\n" + "\n".join(extra)
+    return text

@@ -526,7 +526,7 @@ async def test_a_revoked_key_is_refused(sqlite_api):
             400,
             ["a location is required: lat and long, address_string or address_id"],
         ),
-        ({"long": ""}, 400, ["lat and long must be sent together"]),
+        ({"long": "", "address_string": ""}, 400, ["lat and long must be sent together"]),
         ({"lat": "91"}, 400, ["lat must be between -90 and 90 (WGS84 degrees)"]),
         ({"long": "nan"}, 400, ["long is not a number"]),
         ({"description": "长" * 4001}, 400, ["description is longer than 4000 characters"]),
@@ -544,10 +544,15 @@ async def test_a_revoked_key_is_refused(sqlite_api):
             ["attribute[LIGHT_STATE] (路灯现在的状况) is required"],
         ),
         ({"attribute[LIGHT_COUNT]": "three"}, 400, ["attribute[LIGHT_COUNT] must be a number"]),
-        (
-            {"attribute[COLOUR]": "red"},
+        (  # a client's own attribute never stands in for the definition's answer
+            {"attribute[LIGHT_STATE]": "", "attribute[light_state]": "off"},
             400,
-            ["attribute[COLOUR] is not an attribute of urban.street-lights"],
+            ["attribute[LIGHT_STATE] (路灯现在的状况) is required"],
+        ),
+        (
+            {"attribute[]": "x"},
+            400,
+            ["attribute[] is not of the form attribute[code] or attribute[code][]"],
         ),
         (
             {"attribute[POLE_NUMBER]": "A\nB"},
@@ -977,8 +982,15 @@ async def test_default_window_is_90_days_and_at_most_1000_records(api):
     r = await api.client.get(f"{V2}/requests.json?page=2")
     assert len(await r.json()) == 1
     start = (real_clock() - timedelta(days=101)).isoformat()
-    r = await api.client.get(f"{V2}/requests.json", params={"start_date": start})
+    end = (real_clock() - timedelta(days=95)).isoformat()
+    r = await api.client.get(f"{V2}/requests.json", params={"start_date": start, "end_date": end})
     assert [i["service_request_id"] for i in await r.json()] == [old["number"]]
+    # start_date alone reaches up to now ("defaults to most recent"), not start + 90 days:
+    # all 1002, newest first, so the old one closes the second page
+    r = await api.client.get(f"{V2}/requests.json", params={"start_date": start, "page": "2"})
+    items = await r.json()
+    assert len(items) == 2
+    assert items[-1]["service_request_id"] == old["number"]
 
 
 async def test_a_replay_restores_a_side_row_lost_in_a_crash(api):
@@ -1006,3 +1018,188 @@ async def test_a_merged_duplicate_is_closed_and_names_the_ticket_it_joined(api):
     await api.move(dup, "merge", {"into": first})
     item = await one_request(api, dup)
     assert (item["status"], item["status_notes"]) == ("closed", f"与工单{first}重复，已合并办理。")
+
+
+# ---------------------------------------------------------------- real clients' habits
+
+
+async def side_row(api, number: str) -> dict:  # type: ignore[no-untyped-def]
+    from channels.open311.models import request_t
+
+    async with api.app[DEPS].db.read() as conn:
+        row = (
+            await conn.execute(sa.select(request_t).where(request_t.c.ticket_number == number))
+        ).one()
+    return dict(row._mapping)
+
+
+async def test_a_clients_own_attributes_are_kept_for_the_agent_not_refused(api):
+    """FixMyStreet posts attribute[...] for each of its extra fields (perllib/Open311.pm,
+    _populate_service_request_params), whether or not our definition asks for them."""
+    key = await key_for(api)
+    fms = {
+        "attribute[fixmystreet_id]": "4242",
+        "attribute[easting]": "530123",
+        "attribute[northing]": "180456",
+        "attribute[title]": "Street light out",
+        "attribute[description]": "Dark all night\n\nsecond paragraph",
+        "attribute[report_url]": "https://www.fixmystreet.com/report/4242",
+        "attribute[closest_address]": "12 Xingfu Road",
+        "attribute[tags][]": "night",
+        "deviceid": "fixmystreet",  # FixMyStreet's own spelling; not a spec field, ignored
+    }
+    number = await create(api, street_light(key, **fms))
+    t = await (await api.get(f"/api/v1/tickets/{number}")).json()
+    answers, _, extra = t["description"].partition("【客户端附加字段（未核实）】\n")
+    assert "路灯现在的状况：不亮" in answers  # the definition's answer, untouched
+    assert extra.splitlines()[:3] == ["fixmystreet_id：4242", "easting：530123", "northing：180456"]
+    assert "report_url：https://www.fixmystreet.com/report/4242" in extra
+    assert "description：Dark all night\n\nsecond paragraph" in extra
+    stored = (await side_row(api, number))["attributes"]
+    assert stored["LIGHT_STATE"] == "off"
+    assert stored["@extra"]["fixmystreet_id"] == "4242"
+    assert stored["@extra"]["tags"] == "night"
+    # the public view shows the client's description, not its extra data
+    assert (await one_request(api, number))["description"] == "路灯整晚不亮，晚上很黑"
+
+
+async def test_a_clients_own_attributes_are_bounded_and_never_replace_answers(sqlite_api):
+    key = await key_for(sqlite_api)
+    many = {f"attribute[x{i}]": "1" for i in range(31)}
+    r = await post(sqlite_api, street_light(key, **many))
+    assert await errors(r, 400) == [
+        "at most 30 attributes outside the service definition of urban.street-lights are"
+        " kept; 31 were sent"
+    ]
+    r = await post(sqlite_api, street_light(key, **{f"attribute[{'c' * 65}]": "1"}))
+    assert await errors(r, 400) == [
+        f"attribute['{'c' * 64}...']: an attribute code is one line of at most 64 characters"
+    ]
+    # a bad answer to the definition is still refused, whatever else comes along
+    r = await post(
+        sqlite_api,
+        street_light(key, **{"attribute[LIGHT_STATE]": "purple", "attribute[mine]": "off"}),
+    )
+    assert await errors(r, 400) == [
+        "attribute[LIGHT_STATE]: 'purple' is not among off, flicker, day-on, damaged"
+    ]
+    # 30 pass; a value past 2000 characters is cut and says so
+    number = await create(
+        sqlite_api,
+        street_light(
+            key, **{f"attribute[x{i}]": "1" for i in range(29)}, **{"attribute[long]": "长" * 2500}
+        ),
+    )
+    stored = (await side_row(sqlite_api, number))["attributes"]["@extra"]
+    assert len(stored) == 30
+    assert stored["long"] == "长" * 2000 + "…[已截断]"
+
+
+async def test_a_value_for_an_information_only_attribute_is_kept_as_extra(sqlite_api):
+    key = await key_for(sqlite_api)
+    form = street_light(key, service_code="utilities.gas-leak", **{"attribute[SAFETY]": "ok"})
+    del form["attribute[LIGHT_STATE]"]
+    number = await create(sqlite_api, form)
+    stored = (await side_row(sqlite_api, number))["attributes"]
+    assert stored == {"@extra": {"SAFETY": "ok"}}
+
+
+@pytest.mark.parametrize("base", [f"{V2}/", f"{V2}//"])
+async def test_a_base_url_ending_in_a_slash_still_reaches_every_method(sqlite_api, base):
+    """Clients join base URL and "/services.xml": a trailing slash in the configured
+    base gives //services.xml, which must not be the hotline's problem+json 404."""
+    api = sqlite_api
+    key = await key_for(api)
+    r = await api.client.get(f"{base}/services.xml")
+    assert r.status == 200, await r.text()
+    assert xml_of(await r.read()).tag == "services"
+    r = await api.client.get(f"{base}/services/urban.street-lights.json?jurisdiction_id=city.gov")
+    assert (await r.json())["service_code"] == "urban.street-lights"
+    r = await api.client.post(
+        f"{base}/requests.json", data=urlencode(street_light(key)), headers=FORM
+    )
+    assert r.status == 200, await r.text()
+    (item,) = await r.json()
+    number = item["service_request_id"]
+    r = await api.client.get(f"{base}/requests/{number}.json")
+    assert [i["service_request_id"] for i in await r.json()] == [number]
+    r = await api.client.get(f"{base}/requests.json")
+    assert [i["service_request_id"] for i in await r.json()] == [number]
+    r = await api.client.get(f"{base}/discovery.json")
+    assert (await r.json())["endpoints"][0]["url"].endswith("/open311/v2")
+    # the routes' own checks still apply: another jurisdiction, a wrong method, a typo
+    r = await api.client.get(f"{base}/services.xml?jurisdiction_id=other.gov")
+    assert r.status == 404
+    r = await api.client.post(f"{base}/services.json")
+    assert await errors(r, 405) == ["POST is not allowed here; use GET"]
+    assert r.headers["Allow"] == "GET"
+    r = await api.client.get(f"{base}/service_list.json")
+    assert await errors(r, 404) == ["no such GeoReport v2 resource; see /open311/v2/discovery.xml"]
+
+
+async def test_the_base_url_itself_is_the_discovery_document(sqlite_api):
+    for path in (V2, f"{V2}/"):
+        r = await sqlite_api.client.get(path)
+        assert r.status == 200, await r.text()
+        assert r.content_type == "text/xml"
+        assert xml_of(await r.read()).tag == "discovery"
+        r = await sqlite_api.client.get(path, headers={"Accept": "application/json"})
+        assert "endpoints" in await r.json()
+    r = await sqlite_api.client.post(f"{V2}/")
+    assert await errors(r, 404) == ["no such GeoReport v2 resource; see /open311/v2/discovery.xml"]
+    # deeper unknown paths are the spec's 404 too; other services' paths are not rewritten
+    r = await sqlite_api.client.get(f"{V2}/a/b/c.json")
+    assert await errors(r, 404) == ["no such GeoReport v2 resource; see /open311/v2/discovery.xml"]
+    r = await sqlite_api.client.get("/api/v1//openapi.json")
+    assert r.status == 404
+    assert r.content_type != "text/xml"
+
+
+async def test_lower_case_t_and_z_in_dates_are_read(api):
+    key = await key_for(api)
+    number = await create(api, street_light(key))
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=1)).strftime("%Y-%m-%dt%H:%M:%Sz")
+    end = (now + timedelta(days=1)).strftime("%Y-%m-%dt%H:%M:%Sz")
+    r = await api.client.get(f"{V2}/requests.json?start_date={start}&end_date={end}")
+    assert r.status == 200, await r.text()
+    assert [i["service_request_id"] for i in await r.json()] == [number]
+
+
+async def test_half_a_coordinate_next_to_an_address_is_ignored(api):
+    key = await key_for(api)
+    form = street_light(key)
+    del form["long"]
+    number = await create(api, form)
+    t = await (await api.get(f"/api/v1/tickets/{number}")).json()
+    assert t["location"]["address"] == "幸福路12号南门"
+    assert (t["location"]["lat"], t["location"]["lon"]) == (None, None)
+    form = street_light(key, address_string="", address_id="A-17", description="另一盏")
+    del form["lat"]
+    await create(api, form)
+    form = street_light(key, address_string="")
+    del form["lat"]
+    r = await post(api, form)
+    assert await errors(r, 400) == ["lat and long must be sent together"]
+
+
+async def test_post_fields_may_come_in_the_query_string_and_the_body_wins(api):
+    key = await key_for(api)
+    query = urlencode(street_light(key, description="from the query"))
+    r = await api.client.post(f"{V2}/requests.json?{query}", data="", headers=FORM)
+    assert r.status == 200, await r.text()
+    (item,) = await r.json()
+    assert (await one_request(api, item["service_request_id"]))["description"] == "from the query"
+    # both: the body's value, field by field; the query fills what the body lacks
+    query = urlencode({"description": "query text", "attribute[LIGHT_STATE]": "flicker"})
+    body = street_light(key, description="body text")
+    del body["attribute[LIGHT_STATE]"]
+    r = await api.client.post(f"{V2}/requests.json?{query}", data=urlencode(body), headers=FORM)
+    assert r.status == 200, await r.text()
+    (item,) = await r.json()
+    number = item["service_request_id"]
+    assert (await one_request(api, number))["description"] == "body text"
+    assert (await side_row(api, number))["attributes"] == {"LIGHT_STATE": "flicker"}
+    # no field anywhere is still the spec's error
+    r = await api.client.post(f"{V2}/requests.json?api_key={key}", data="", headers=FORM)
+    assert await errors(r, 400) == ["service_code was not provided"]

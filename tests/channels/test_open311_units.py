@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -18,6 +18,8 @@ from channels.open311.forms import (
     parse_multipart,
     parse_new_request,
     parse_pairs,
+    parse_request_query,
+    with_query_fields,
 )
 from channels.open311.render import to_json, to_xml
 from channels.open311.services import build_services
@@ -227,3 +229,69 @@ def test_the_jurisdiction_setting_is_a_domain_defaulting_to_the_city_code(monkey
     monkeypatch.delenv("HOTLINE_OPEN311_JURISDICTION")
     with pytest.raises(SettingsError, match="made from HOTLINE_CITY_CODE"):
         load_settings(city_code="杭州")
+
+
+def test_t_and_z_may_be_lower_case_as_rfc_3339_allows():
+    want = datetime(2010, 1, 1, tzinfo=UTC)
+    for raw in ("2010-01-01t00:00:00z", "2010-01-01T00:00:00z", "2010-01-01t08:00:00+08:00"):
+        assert parse_datetime(raw, SHANGHAI) == want
+    assert parse_datetime("2010-01-01t08:00", SHANGHAI) == want  # the city's zone
+    for bad in ("2010-01-01x00:00:00Z", "2010-01-01T00:00:00y", "2010-01-01tt00:00"):
+        with pytest.raises(ValueError):
+            parse_datetime(bad, SHANGHAI)
+
+
+def test_a_start_date_alone_reaches_up_to_now():
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+    def window(query: str) -> tuple[datetime | None, datetime | None]:
+        q = parse_request_query(parse_pairs(query), (), SHANGHAI, now)
+        return q.start, q.end
+
+    # "When not specified, the range defaults to most recent 90 days"
+    assert window("") == (now - timedelta(days=90), now)
+    assert window("start_date=2026-11-01T00:00:00Z") == (datetime(2026, 11, 1, tzinfo=UTC), now)
+    # the 90-day limit is for a range given with both ends; alone, start_date is "since"
+    long_ago = datetime(2026, 1, 1, tzinfo=UTC)
+    assert window("start_date=2026-01-01T00:00:00Z") == (long_ago, now)
+    # a start still to come is an empty window, not an error about an end never sent
+    future = datetime(2027, 1, 1, tzinfo=UTC)
+    assert window("start_date=2027-01-01T00:00:00Z") == (future, future)
+    end = datetime(2026, 6, 1, tzinfo=UTC)
+    assert window("end_date=2026-06-01T00:00:00Z") == (end - timedelta(days=90), end)
+    with pytest.raises(Open311Error, match="may not span more than 90 days"):
+        window("start_date=2026-01-01T00:00:00Z&end_date=2026-06-01T00:00:00Z")
+    with pytest.raises(Open311Error, match="start_date is after end_date"):
+        window("start_date=2027-01-01T00:00:00Z&end_date=2026-06-01T00:00:00Z")
+
+
+def test_post_fields_from_the_query_string_fill_only_what_the_body_lacks():
+    body = parse_pairs("service_code=a&description=&attribute[X][]=1&attribute[X][]=2")
+    query = parse_pairs("service_code=b&description=q&attribute[X][]=3&attribute[Y]=4&api_key=k")
+    assert with_query_fields(body, query) == [
+        *body,
+        ("description", "q"),  # empty in the body is no value
+        ("attribute[Y]", "4"),
+        ("api_key", "k"),
+    ]
+    assert with_query_fields([], query) == query
+
+
+def test_attributes_outside_the_definition_are_extra_data_apart_from_the_answers():
+    services = build_services(CATEGORIES, load_definitions())
+    pairs = parse_pairs(
+        "service_code=urban.garbage&address_id=7&attribute[WASTE_TYPE][]=household"
+        "&attribute[fixmystreet_id]=99&attribute[photos][]=a&attribute[photos][]=b"
+        "&attribute[empty]="
+    )
+    req = parse_new_request(pairs, services, SHANGHAI)
+    assert req.attributes == {"WASTE_TYPE": ["household"]}
+    assert req.extra_attributes == {"fixmystreet_id": "99", "photos": ["a", "b"]}
+    bad = parse_pairs(
+        "service_code=urban.garbage&address_id=7&attribute[WASTE_TYPE]=bulky&attribute[a%0Ab]=1"
+    )
+    with pytest.raises(Open311Error) as exc:
+        parse_new_request(bad, services, SHANGHAI)
+    assert exc.value.descriptions == [
+        "attribute['a\\nb']: an attribute code is one line of at most 64 characters"
+    ]
