@@ -25,6 +25,7 @@ MAX_SHORT = 100  # address_id, account_id, device_id, names, jurisdiction_id
 MAX_EMAIL = 254  # RFC 5321 path limit
 MAX_PHONE = 40
 MAX_URL = 2048
+MAX_MEDIA_URLS = 10  # photos of one report (FixMyStreet sends one media_url per photo)
 MAX_STRING_ATTRIBUTE = 200
 MAX_FIELDS = 200  # form fields in one POST
 # attribute[code] a client sends beyond the service definition, kept as extra data for the

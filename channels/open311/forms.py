@@ -278,7 +278,12 @@ def parse_new_request(pairs: Pairs, services: dict[str, Service], tz: ZoneInfo) 
     # fields the spec does not name are ignored (clients add their own), but a misspelt
     # required field still fails below
     errors: list[str] = []
-    f = single_values(pairs, POST_FIELDS)
+    # media_url may come more than once (FixMyStreet's photo sets post one per photo):
+    # the first is the request's media_url, the others are kept beside it for the agent
+    media = list(dict.fromkeys(v.strip() for k, v in pairs if k == "media_url" and v.strip()))
+    f = single_values([(k, v) for k, v in pairs if k != "media_url"], POST_FIELDS)
+    if media:
+        f["media_url"] = media[0]
     code = f.get("service_code")
     if not code:
         raise Open311Error(400, "service_code was not provided")
@@ -323,11 +328,17 @@ def parse_new_request(pairs: Pairs, services: dict[str, Service], tz: ZoneInfo) 
     if email is not None and not _EMAIL.fullmatch(email):
         errors.append("email is not an email address")
     media_url = text("media_url", const.MAX_URL)
-    if media_url is not None:
-        parts = urllib.parse.urlsplit(media_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or " " in media_url:
+    if len(media) > const.MAX_MEDIA_URLS:
+        errors.append(f"at most {const.MAX_MEDIA_URLS} media_url values")
+    for url in media:
+        parts = urllib.parse.urlsplit(url)
+        if len(url) > const.MAX_URL:
+            errors.append(f"media_url is longer than {const.MAX_URL} characters")
+        elif parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
             errors.append("media_url must be an http or https URL")
     attributes, extra = _attributes(pairs, service, errors)
+    if len(media) > 1:
+        extra = {**extra, "more media_url": media[1:]}  # a space: never an attribute code
     if errors:
         raise Open311Error(400, *errors)
     return NewRequest(

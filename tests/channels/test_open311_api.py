@@ -1203,3 +1203,38 @@ async def test_post_fields_may_come_in_the_query_string_and_the_body_wins(api):
     # no field anywhere is still the spec's error
     r = await api.client.post(f"{V2}/requests.json?api_key={key}", data="", headers=FORM)
     assert await errors(r, 400) == ["service_code was not provided"]
+
+
+async def test_several_photos_are_kept_the_first_as_media_url(sqlite_api):
+    """FixMyStreet posts one media_url per photo of a report; refusing the second would
+    refuse the report. The first is the request's media_url, the rest reach the agent."""
+    key = await key_for(sqlite_api)
+    form = [
+        *street_light(key).items(),
+        ("media_url", "https://photos.example.org/1.jpeg"),
+        ("media_url", "https://photos.example.org/2.jpeg"),
+        ("media_url", "https://photos.example.org/1.jpeg"),  # a repeat is one photo
+        ("media_url", "https://photos.example.org/3.jpeg"),
+    ]
+    number = await create(sqlite_api, form)
+    assert (await one_request(sqlite_api, number))["media_url"] == (
+        "https://photos.example.org/1.jpeg"
+    )
+    t = await (await sqlite_api.get(f"/api/v1/tickets/{number}")).json()
+    assert (
+        "more media_url：https://photos.example.org/2.jpeg、https://photos.example.org/3.jpeg"
+        in t["description"]
+    )
+    bad = [
+        *street_light(key).items(),
+        ("media_url", "https://photos.example.org/1.jpeg"),
+        ("media_url", "file:///etc/passwd"),
+    ]
+    r = await post(sqlite_api, bad)
+    assert await errors(r, 400) == ["media_url must be an http or https URL"]
+    many = [
+        *street_light(key).items(),
+        *(("media_url", f"https://photos.example.org/{i}.jpeg") for i in range(11)),
+    ]
+    r = await post(sqlite_api, many)
+    assert await errors(r, 400) == ["at most 10 media_url values"]
