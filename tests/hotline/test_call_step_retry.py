@@ -23,9 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from citizen_card.ledger import Ed25519Signer
 from hotline.calls import store
 from hotline.emergency import EmergencyDesk, Line, handoff_t, notice_t
-from tests.hotline.acd.acd_rig import eventually, make_rig
+from tests.hotline.acd.acd_rig import eventually, make_rig, new_ticket
 from ticketing.handlers import ticket_events
-from ticketing.intake import Intake, NewTicket
 from ticketing.lifecycle import Role
 from ticketing.ports import Principal
 from ticketing.store import StoreUnavailable
@@ -168,25 +167,6 @@ async def test_a_commit_that_is_answered_costs_no_look_up(deps: Any) -> None:
     assert not any("call_step_mark" in s for s in sql)
 
 
-async def _new_ticket(deps: Any) -> str:
-    intake = Intake(deps)
-    await intake.start()
-    try:
-        view = await intake.create(
-            NewTicket(
-                "request",
-                "家中起火",
-                "居民报告厨房起火",
-                "phone",
-                Principal("li", Role.AGENT),
-                contact_phone=CALLER,
-            )
-        )
-    finally:
-        await intake.stop()
-    return str(view["number"])
-
-
 @pytest.mark.parametrize("via", ["ivr", "agent"])
 async def test_an_emergency_hand_off_retried_after_an_unanswered_commit_is_recorded_once(
     tmp_path: Any, db_url: str, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, via: str
@@ -212,7 +192,7 @@ async def test_an_emergency_hand_off_retried_after_an_unanswered_commit_is_recor
             acd=rig.acd if via == "agent" else None,
             answer_timeout_s=0.2,
         )
-        number = await _new_ticket(rig.deps)
+        number = await new_ticket(rig.deps)
         if via == "agent":
             rig.switch.phone("user/1001")
             await rig.acd.login("li", "1001")

@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -31,12 +30,10 @@ from hotline.emergency import (
     notice_verifier,
     parse_routes,
 )
-from tests.hotline.acd.acd_rig import eventually, make_rig
+from tests.hotline.acd.acd_rig import eventually, make_rig, new_ticket, store_down, store_up
 from ticketing.handlers import ticket_events
-from ticketing.intake import Intake, NewTicket
 from ticketing.lifecycle import Role
 from ticketing.ports import Principal
-from ticketing.store import StoreUnavailable
 
 CALLER = "+8613912345678"
 KEY = Ed25519PrivateKey.generate()
@@ -70,31 +67,12 @@ async def talking(rig) -> tuple[str, asyncio.Task[str], str]:  # type: ignore[no
     return uuid, task, rig.acd.calls[uuid].agent_leg
 
 
-async def new_ticket(rig) -> str:  # type: ignore[no-untyped-def]
-    intake = Intake(rig.deps)
-    await intake.start()
-    try:
-        view = await intake.create(
-            NewTicket(
-                "request",
-                "家中起火",
-                "居民报告厨房起火",
-                "phone",
-                Principal("li", Role.AGENT),
-                contact_phone=CALLER,
-            )
-        )
-    finally:
-        await intake.stop()
-    return view["number"]
-
-
 async def test_agent_hands_a_call_to_119_in_a_three_way_call(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
     async with make_rig(tmp_path, db_url) as rig:
         await rig.deps.catalog.reload(rig.deps.db)
         desk = desk_for(rig)
         uuid, task, agent_leg = await talking(rig)
-        number = await new_ticket(rig)
+        number = await new_ticket(rig.deps, CALLER)
         await store.attach_ticket(rig.deps, uuid, number, Principal("li", Role.AGENT))
         rig.acd.calls[uuid].ticket = number
         rig.switch.phone("sofia/gateway/pstn/119", answer_after_s=0.02)
@@ -265,21 +243,6 @@ def test_backoff_grows_and_is_capped() -> None:
 # The caller is put through whatever our store does; the records follow when it is back.
 
 
-@contextlib.asynccontextmanager
-async def _refused(*_a: Any, **_kw: Any) -> AsyncIterator[Any]:
-    raise StoreUnavailable("connection refused")
-    yield  # pragma: no cover
-
-
-def _down(deps: Any) -> None:
-    """The database out of reach for this process: every transaction refused."""
-    deps.db.write = deps.db.read = _refused
-
-
-def _up(deps: Any) -> None:
-    del deps.db.write, deps.db.read
-
-
 class Centre:
     """A fake emergency centre: counts the notices it is sent, by their id."""
 
@@ -331,12 +294,12 @@ async def test_with_the_store_down_the_caller_is_put_through_and_records_follow(
         outbox = asyncio.create_task(desk.run_outbox(poll_s=0.05))
         try:
             uuid, task, agent_leg = await talking(rig)
-            number = await new_ticket(rig)
+            number = await new_ticket(rig.deps, CALLER)
             await store.attach_ticket(rig.deps, uuid, number, Principal("li", Role.AGENT))
             rig.acd.calls[uuid].ticket = number
             rig.switch.phone("sofia/gateway/pstn/120", answer_after_s=0.02)
 
-            _down(rig.deps)
+            store_down(rig.deps)
             result = await desk.hand_off(uuid, "120", agent="li", summary="老人摔倒")
             # the line was rung and joined as ever
             assert (result["outcome"], result["route"]) == ("connected", "primary")
@@ -355,7 +318,7 @@ async def test_with_the_store_down_the_caller_is_put_through_and_records_follow(
             waits = [r for r in caplog.records if "outbox waits" in r.getMessage()]
             assert len(waits) == 1 and waits[0].exc_info is None  # once, not every poll
 
-            _up(rig.deps)
+            store_up(rig.deps)
             await eventually(lambda: store.deferred_call_steps(rig.deps) == 0, what="drain")
             got = await _records(rig, uuid, number)
             [row] = got["handoffs"]
@@ -403,7 +366,7 @@ async def test_the_store_dropping_mid_hand_off_defers_the_outcome_only(
         line = Line("119", "sofia/gateway/pstn/119", "sofia/gateway/backup/119", endpoint)
         desk = desk_for(rig, **{"119": line})
         uuid, task, agent_leg = await talking(rig)
-        number = await new_ticket(rig)
+        number = await new_ticket(rig.deps, CALLER)
         await store.attach_ticket(rig.deps, uuid, number, Principal("li", Role.AGENT))
         rig.acd.calls[uuid].ticket = number
         rig.switch.phone("sofia/gateway/pstn/119", "busy")
@@ -415,7 +378,7 @@ async def test_the_store_dropping_mid_hand_off_defers_the_outcome_only(
             if ring_then_drop.first:  # type: ignore[attr-defined]
                 ring_then_drop.first = False  # type: ignore[attr-defined]
                 assert await store.flush_call_writes(rig.deps) == 0
-                _down(rig.deps)
+                store_down(rig.deps)
             return await ring(*a, **kw)
 
         ring_then_drop.first = True  # type: ignore[attr-defined]
@@ -432,7 +395,7 @@ async def test_the_store_dropping_mid_hand_off_defers_the_outcome_only(
         assert isinstance(handoff_id, int)  # the row went in before the database left
         # the notice was in the outbox before the drop: it goes out now, at most once
         async with aiohttp.ClientSession() as session:
-            _up(rig.deps)
+            store_up(rig.deps)
             await eventually(lambda: store.deferred_call_steps(rig.deps) == 0, what="drain")
             assert await desk.send_due(session) == 1
             assert await desk.send_due(session) == 0

@@ -15,6 +15,12 @@ from hotline.acd.service import AcdConfig, AcdService
 from hotline.bootstrap import build_deps
 from tests.conftest import make_settings
 from ticketing.events import DomainEvent
+from ticketing.intake import Intake, NewTicket
+from ticketing.lifecycle import Role
+from ticketing.ports import Principal
+from ticketing.store import StoreUnavailable
+
+CALLER = "+8613800138000"
 
 
 async def eventually(cond: Callable[[], Any], limit_s: float = 10.0, what: str = "") -> None:
@@ -25,6 +31,41 @@ async def eventually(cond: Callable[[], Any], limit_s: float = 10.0, what: str =
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what or cond}")
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def _refused(*_a: Any, **_kw: Any) -> AsyncIterator[Any]:
+    raise StoreUnavailable("connection refused")
+    yield  # pragma: no cover
+
+
+def store_down(deps: Any) -> None:
+    """The database out of reach for this process: every transaction refused."""
+    deps.db.write = deps.db.read = _refused
+
+
+def store_up(deps: Any) -> None:
+    del deps.db.write, deps.db.read
+
+
+async def new_ticket(deps: Any, caller: str = CALLER) -> str:
+    """A ticket to hand calls to (through the intake, as the API makes them)."""
+    intake = Intake(deps)
+    await intake.start()
+    try:
+        view = await intake.create(
+            NewTicket(
+                "request",
+                "家中起火",
+                "居民报告厨房起火",
+                "phone",
+                Principal("li", Role.AGENT),
+                contact_phone=caller,
+            )
+        )
+    finally:
+        await intake.stop()
+    return str(view["number"])
 
 
 FAST = Rules(

@@ -9,9 +9,8 @@ call's row, trail and queue item are what they would have been had it never left
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,26 +19,10 @@ import sqlalchemy as sa
 
 from hotline.acd.domain import AgentState
 from hotline.calls import store
-from tests.hotline.acd.acd_rig import Rig, eventually, make_rig
+from tests.hotline.acd.acd_rig import Rig, eventually, make_rig, store_down, store_up
 from ticketing import workqueue
-from ticketing.store import StoreUnavailable
 
 FIRST = "+8613800000001"
-
-
-@contextlib.asynccontextmanager
-async def _refused(*_a: Any, **_kw: Any) -> AsyncIterator[Any]:
-    raise StoreUnavailable("connection refused")
-    yield  # pragma: no cover
-
-
-def _down(deps: Any) -> None:
-    """The database out of reach for this process: every transaction refused."""
-    deps.db.write = deps.db.read = _refused
-
-
-def _up(deps: Any) -> None:
-    del deps.db.write, deps.db.read
 
 
 def _fast_retry(deps: Any) -> None:
@@ -135,7 +118,7 @@ async def test_a_call_served_while_the_store_is_down_is_written_as_if_it_was_up(
         await rig.acd.login("li", "1001")
         live = await _served(rig, FIRST)
 
-        _down(rig.deps)
+        store_down(rig.deps)
         # queued, rung, answered, transferred, hung up: the call task ends as usual
         # and the agent goes through wrap-up back to available
         away = await _served(rig, "+8613800000002")
@@ -147,7 +130,7 @@ async def test_a_call_served_while_the_store_is_down_is_written_as_if_it_was_up(
         assert gauge == store.deferred_call_steps(rig.deps)
         assert any("cannot be written" in r.getMessage() for r in caplog.records)
 
-        _up(rig.deps)
+        store_up(rig.deps)
         # the writer's own retry finds the database back: nobody has to ask
         await eventually(lambda: store.deferred_call_steps(rig.deps) == 0, what="the drain")
         assert any("the database is back" in r.getMessage() for r in caplog.records)
@@ -176,7 +159,7 @@ async def test_the_stop_says_how_many_steps_the_database_never_got(
     tmp_path: Path, db_url: str, caplog: Any
 ) -> None:
     async with make_rig(tmp_path, db_url) as rig:
-        _down(rig.deps)
+        store_down(rig.deps)
         uuid, task = await _waiting(rig, FIRST)
         await rig.switch.hangup(uuid)
         assert await asyncio.wait_for(task, 5) == "abandoned"
@@ -187,7 +170,7 @@ async def test_the_stop_says_how_many_steps_the_database_never_got(
             for r in caplog.records
         )
         assert store.deferred_call_steps(rig.deps) == 0
-        _up(rig.deps)
+        store_up(rig.deps)
         assert await _row(rig.deps, uuid) is None
 
 
@@ -251,7 +234,8 @@ async def _written(deps: Any, uuid: str) -> tuple[Any, ...]:
     for k in ("id", "uuid", "caller_enc"):  # (encrypted with a fresh nonce each time)
         row.pop(k)
     trail = [
-        {k: v for k, v in e.items() if k not in ("id", "call_uuid")}
+        # step_key: each step's own random key (what makes a retried step idempotent)
+        {k: v for k, v in e.items() if k not in ("id", "call_uuid", "step_key")}
         for e in await _trail(deps, uuid)
     ]
     item = (await _items(deps)).get(uuid)
@@ -267,11 +251,11 @@ async def test_interleaved_steps_of_two_calls_are_written_in_order_when_the_stor
     now = deps.clock()
     for step in _two_calls(deps, "live-a", "live-b", now):
         await step()
-    _down(deps)
+    store_down(deps)
     for step in _two_calls(deps, "away-a", "away-b", now):
         await asyncio.wait_for(step(), 1)  # deferred at once: nobody waits on the outage
     assert store.deferred_call_steps(deps) == 11
-    _up(deps)
+    store_up(deps)
     assert await store.flush_call_writes(deps) == 0
     for live, away in (("live-a", "away-a"), ("live-b", "away-b")):
         assert await _written(deps, away) == await _written(deps, live)
@@ -286,12 +270,12 @@ async def test_interleaved_steps_of_two_calls_are_written_in_order_when_the_stor
 
 async def test_a_drained_backlog_costs_a_few_statements_not_one_per_step(deps: Any) -> None:
     now = deps.clock()
-    _down(deps)
+    store_down(deps)
     for i in range(40):
         for step in _two_calls(deps, f"a{i}", f"b{i}", now):
             await step()
     assert store.deferred_call_steps(deps) == 40 * 11
-    _up(deps)
+    store_up(deps)
     statements: list[str] = []
     engine = deps.db.engine.sync_engine
 
@@ -314,7 +298,7 @@ async def test_the_backlog_is_bounded_and_drops_its_oldest_steps_loudly(
     now = deps.clock()
     await store.insert_call(deps, "c1", FIRST, 2, "queued", now)
     store._writer(deps).max_deferred = 5
-    _down(deps)
+    store_down(deps)
     for i in range(8):
         await asyncio.wait_for(store.update_call(deps, "c1", now, event=f"e{i}", wait_s=i), 1)
     assert store.deferred_call_steps(deps) == 5
@@ -322,7 +306,7 @@ async def test_the_backlog_is_bounded_and_drops_its_oldest_steps_loudly(
     assert len(dropped) == 3
     assert all("dropped" in m and "of call c1" in m for m in dropped)
     assert [m.split()[2] for m in dropped] == ["e0", "e1", "e2"]
-    _up(deps)
+    store_up(deps)
     assert await store.flush_call_writes(deps) == 0
     assert [e["kind"] for e in await _trail(deps, "c1")] == ["queued", "e3", "e4", "e5", "e6", "e7"]
     row = await _row(deps, "c1")
