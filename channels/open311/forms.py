@@ -84,6 +84,7 @@ POST_FIELDS = frozenset(
         "phone",
         "description",
         "media_url",
+        "deviceid",  # FixMyStreet's spelling of device_id (perllib/Open311.pm)
     }
 )
 
@@ -318,6 +319,8 @@ def parse_new_request(pairs: Pairs, services: dict[str, Service], tz: ZoneInfo) 
 
     address_string = text("address_string", const.MAX_ADDRESS)
     address_id = text("address_id", const.MAX_SHORT)
+    if "device_id" not in f and "deviceid" in f:
+        f["device_id"] = f["deviceid"]
     device_id = text("device_id", const.MAX_SHORT)
     account_id = text("account_id", const.MAX_SHORT)
     first_name = text("first_name", const.MAX_SHORT)

@@ -1046,7 +1046,7 @@ async def test_a_clients_own_attributes_are_kept_for_the_agent_not_refused(api):
         "attribute[report_url]": "https://www.fixmystreet.com/report/4242",
         "attribute[closest_address]": "12 Xingfu Road",
         "attribute[tags][]": "night",
-        "deviceid": "fixmystreet",  # FixMyStreet's own spelling; not a spec field, ignored
+        "deviceid": "fixmystreet",  # FixMyStreet's spelling of device_id
     }
     number = await create(api, street_light(key, **fms))
     t = await (await api.get(f"/api/v1/tickets/{number}")).json()
@@ -1059,6 +1059,7 @@ async def test_a_clients_own_attributes_are_kept_for_the_agent_not_refused(api):
     assert stored["LIGHT_STATE"] == "off"
     assert stored["@extra"]["fixmystreet_id"] == "4242"
     assert stored["@extra"]["tags"] == "night"
+    assert (await side_row(api, number))["device_id"] == "fixmystreet"
     # the public view shows the client's description, not its extra data
     assert (await one_request(api, number))["description"] == "路灯整晚不亮，晚上很黑"
 
