@@ -164,7 +164,7 @@ async def test_emergency_button_hands_the_call_to_110(phone_api) -> None:  # typ
 async def test_emergency_button_works_with_the_database_down(phone_api) -> None:  # type: ignore[no-untyped-def]
     """The caller is put through and the API answers 200; the records follow."""
     from hotline.calls import store
-    from tests.hotline.test_emergency_handoff import _down, _up
+    from tests.hotline.acd.acd_rig import store_down, store_up
 
     api, switch = phone_api, phone_api.switch
     deps = api.app[DEPS]
@@ -180,7 +180,7 @@ async def test_emergency_button_works_with_the_database_down(phone_api) -> None:
     r = await api.post(f"/api/v1/calls/{uuid}/ticket", {"ticket": ticket["number"]})
     assert r.status == 200, await r.text()
 
-    _down(deps)
+    store_down(deps)
     r = await api.post(f"/api/v1/calls/{uuid}/emergency", {"line": "119", "summary": "起火"})
     assert r.status == 200, await r.text()
     body = await r.json()
@@ -193,7 +193,7 @@ async def test_emergency_button_works_with_the_database_down(phone_api) -> None:
         switch.leg_of("sofia/gateway/pstn/119"),
     }
 
-    _up(deps)
+    store_up(deps)
     await eventually(lambda: store.deferred_call_steps(deps) == 0, what="the drain")
     [handoff] = await service.emergency.handoffs_for(uuid)
     assert (handoff["outcome"], handoff["ticket"]) == ("connected", ticket["number"])
