@@ -96,6 +96,20 @@ class Backoff:
         self.attempt = 0
 
 
+def _event_groups(names: Iterable[str]) -> list[str]:
+    """The arguments of `event` / `nixevent` lines: plain names in one, CUSTOM subclasses
+    in another as mod_event_socket reads them (`CUSTOM a b`: after CUSTOM every word is a
+    subclass, so a second "CUSTOM" would be taken for a subclass name)."""
+    names = list(names)
+    plain = sorted(n for n in names if not n.startswith("CUSTOM"))
+    subclasses = sorted({n.split(None, 1)[1] for n in names if n.startswith("CUSTOM ")})
+    bare_custom = any(n == "CUSTOM" for n in names)
+    groups = [" ".join(plain)] if plain else []
+    if subclasses or bare_custom:
+        groups.append(" ".join(["CUSTOM", *subclasses]))
+    return groups
+
+
 class InboundESL:
     """A kept-alive inbound ESL client: `start()`, then api/bgapi/events; `stop()`."""
 
@@ -456,12 +470,9 @@ class InboundESL:
             await self._subscribe_on(conn, self._events)
 
     async def _nix_on(self, conn: ESLConnection, names: Iterable[str]) -> None:
-        plain = sorted(n for n in names if not n.startswith("CUSTOM"))
-        custom = sorted(n for n in names if n.startswith("CUSTOM"))
-        for group in (plain, custom):
-            if group:
-                line = f"nixevent {' '.join(group)}"
-                await self._checked(conn, encode_command(line), line)
+        for group in _event_groups(names):
+            line = f"nixevent {group}"
+            await self._checked(conn, encode_command(line), line)
 
     async def filter(self, header: str, value: str) -> None:
         """Pass only events matching any filter (FreeSWITCH ORs filters).
@@ -502,12 +513,9 @@ class InboundESL:
         return [*self._filters, _JOB_FILTER]
 
     async def _subscribe_on(self, conn: ESLConnection, names: Iterable[str]) -> None:
-        plain = sorted(n for n in names if not n.startswith("CUSTOM"))
-        custom = sorted(n for n in names if n.startswith("CUSTOM"))
-        for group in (plain, custom):
-            if group:
-                line = f"event {self.event_format} {' '.join(group)}"
-                await self._checked(conn, encode_command(line), "event")
+        for group in _event_groups(names):
+            line = f"event {self.event_format} {group}"
+            await self._checked(conn, encode_command(line), "event")
 
     # ------------------------------------------------------------------ commands
 

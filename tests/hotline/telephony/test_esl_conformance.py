@@ -472,3 +472,16 @@ async def test_a_linger_notice_with_nothing_after_it_ends_the_call_after_the_gra
         assert await reader.read() == b""
     assert outcome == {"cause": "NORMAL_CLEARING"}
     assert time.monotonic() - started < 2
+
+
+def test_several_custom_subclasses_go_on_one_line_after_one_custom() -> None:
+    """mod_event_socket reads every word after CUSTOM as a subclass: `CUSTOM a CUSTOM b`
+    would subscribe a subclass named "CUSTOM"."""
+    from hotline.telephony.esl_inbound import _event_groups
+
+    assert _event_groups(["CHANNEL_ANSWER", "CUSTOM b::x", "HEARTBEAT", "CUSTOM a::y"]) == [
+        "CHANNEL_ANSWER HEARTBEAT",
+        "CUSTOM a::y b::x",
+    ]
+    assert _event_groups(iter(["CUSTOM"])) == ["CUSTOM"]
+    assert _event_groups([]) == []
