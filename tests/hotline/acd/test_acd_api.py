@@ -133,11 +133,13 @@ async def test_state_changes_and_refusals(phone_api) -> None:  # type: ignore[no
     assert r.status == 401
 
 
-async def test_emergency_button_hands_the_call_to_110(phone_api) -> None:  # type: ignore[no-untyped-def]
-    api, switch = phone_api, phone_api.switch
+async def _talking_with_ticket(api, line: str):  # type: ignore[no-untyped-def]
+    """An agent logged in and talking to a caller whose call has a ticket; the
+    emergency line `line` answers when rung. Returns (uuid, the call's task, ticket)."""
+    switch = api.switch
     await api.post("/api/v1/agents/me/login", {"extension": "1001"})
     switch.phone("user/1001")
-    switch.phone("sofia/gateway/pstn/110")
+    switch.phone(f"sofia/gateway/pstn/{line}")
     service = api.app[PHONE_LINE].service
     uuid = switch.new_call("+8613800138000")
     task = asyncio.ensure_future(service.handle_call(uuid, "+8613800138000"))
@@ -145,6 +147,12 @@ async def test_emergency_button_hands_the_call_to_110(phone_api) -> None:  # typ
     ticket = await api.new_ticket(contact={"phone": "13800138000"})
     r = await api.post(f"/api/v1/calls/{uuid}/ticket", {"ticket": ticket["number"]})
     assert r.status == 200, await r.text()
+    return uuid, task, ticket
+
+
+async def test_emergency_button_hands_the_call_to_110(phone_api) -> None:  # type: ignore[no-untyped-def]
+    api, switch = phone_api, phone_api.switch
+    uuid, task, ticket = await _talking_with_ticket(api, "110")
     r = await api.post(
         f"/api/v1/calls/{uuid}/emergency",
         {"line": "110", "summary": "有人持刀", "location": "南门"},
@@ -169,16 +177,8 @@ async def test_emergency_button_works_with_the_database_down(phone_api) -> None:
     api, switch = phone_api, phone_api.switch
     deps = api.app[DEPS]
     store._writer(deps).retry_s = (0.01, 0.05)
-    await api.post("/api/v1/agents/me/login", {"extension": "1001"})
-    switch.phone("user/1001")
-    switch.phone("sofia/gateway/pstn/119")
     service = api.app[PHONE_LINE].service
-    uuid = switch.new_call("+8613800138000")
-    task = asyncio.ensure_future(service.handle_call(uuid, "+8613800138000"))
-    await eventually(lambda: uuid in service.calls and service.calls[uuid].state == "talking")
-    ticket = await api.new_ticket(contact={"phone": "13800138000"})
-    r = await api.post(f"/api/v1/calls/{uuid}/ticket", {"ticket": ticket["number"]})
-    assert r.status == 200, await r.text()
+    uuid, task, ticket = await _talking_with_ticket(api, "119")
 
     store_down(deps)
     r = await api.post(f"/api/v1/calls/{uuid}/emergency", {"line": "119", "summary": "起火"})
