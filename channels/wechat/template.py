@@ -80,11 +80,6 @@ class TemplateLayout:
             fields.append((name, source))
         return cls(tuple(fields))
 
-    @property
-    def classic(self) -> bool:
-        """Whether the template has ``remark`` (hidden by WeChat since May 2023)."""
-        return any(name == "remark" for name, _ in self.fields)
-
     def data(self, update: Mapping[str, Any], tz: tzinfo, now: datetime) -> dict[str, str]:
         """The template's ``data`` values for one ticket update, each fitted to its field."""
         at = _when(update.get("at"), now)

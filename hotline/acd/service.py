@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -249,7 +249,7 @@ class AcdService:
             await self._items_changed(back)
         return len(back)
 
-    async def _items_changed(self, uuids: Sequence[str] | dict[str, str]) -> None:
+    async def _items_changed(self, uuids: Iterable[str]) -> None:
         """Consoles on every instance re-read these calls' queue items now: a sweep or a
         reclaim adds or removes items outside the ACD's own steps, and without this a
         ghost call stayed on the agents' screens (or a caller off them) until the
