@@ -132,6 +132,7 @@ _SQLITE_PRAGMAS = (  # as the service's other SQLite connections (durable at COM
     "PRAGMA synchronous=FULL",
     "PRAGMA busy_timeout=30000",
     "PRAGMA foreign_keys=ON",
+    "PRAGMA wal_autocheckpoint=10000",  # the service checkpoints beside the commits
 )
 _PURGE = (
     "DELETE FROM partner_nonce WHERE expires_at <= {now}",

@@ -49,6 +49,7 @@ from ticketing.lifecycle import Role
 from ticketing.ports import Principal
 from ticketing.report_routes import report_routes
 from ticketing.routes import ticket_routes
+from ticketing.wal_checkpoint import checkpointing
 from ticketing.webkit import RouteSpec, principal_of
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,10 @@ def create_app(
         await deps.bus.stop()
         await deps.db.dispose()
 
+    async def wal_checkpoints(app: web.Application) -> AsyncIterator[None]:
+        async with checkpointing(deps.db.sqlite_file):
+            yield
+
     async def intake_writer(app: web.Application) -> AsyncIterator[None]:
         await intake.start()
         yield
@@ -223,7 +228,7 @@ def create_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([store_and_bus, intake_writer, watcher, ledger_settler])
+    app.cleanup_ctx.extend([store_and_bus, wal_checkpoints, intake_writer, watcher, ledger_settler])
     app.cleanup_ctx.append(console.lifecycle)  # after the bus: it subscribes
     app.on_shutdown.append(console.on_shutdown)
     app.cleanup_ctx.append(channel_hub.context)  # after the bus and the ticket intake

@@ -23,6 +23,7 @@ from sqlmodel import SQLModel
 
 from ticketing import models as _models  # noqa: F401  (registers the tables)
 from ticketing import sqlite_driver
+from ticketing.wal_checkpoint import AUTOCHECKPOINT_PAGES
 
 
 class StoreUnavailable(Exception):
@@ -159,6 +160,8 @@ def sqlite_pragmas(dbapi_conn: Any, _record: Any = None) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # checkpoints run beside the commits (ticketing.wal_checkpoint); this is the net
+    cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cur.close()
 
 
