@@ -94,7 +94,7 @@ async def announce(deps: Deps, events: Sequence[DomainEvent]) -> None:
     for ev in events:
         for observe in deps.observers:
             observe(ev)
-        await deps.bus.publish(ev)
+    await deps.bus.publish_many(events)
 
 
 # ---------------------------------------------------------------- deadlines

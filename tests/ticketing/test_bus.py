@@ -126,6 +126,45 @@ async def test_pg_event_reaches_other_instance_and_self_once(
 
 
 @pytest.mark.postgres
+async def test_pg_a_batch_is_one_statement_and_arrives_in_order(
+    two_buses: tuple[PostgresBus, PostgresBus],
+) -> None:
+    a, b = two_buses
+    qa, ha = _collector()
+    qb, hb = _collector()
+    a.subscribe(ha)
+    b.subscribe(hb)
+    batch = [_created(f"T-{i}") for i in range(40)]
+    publisher = a._publisher  # counting its statements from outside
+    assert publisher is not None
+    sent: list[str] = []
+    publisher.add_query_logger(lambda record: sent.append(record.query))
+    await a.publish_many(batch)
+    await a.publish_many([])  # nothing to say: no statement
+    await asyncio.sleep(0)  # asyncpg calls query loggers soon, not at once
+    assert len(sent) == 1, sent
+    assert [qa.get_nowait() for _ in batch] == batch  # local delivery first, in order
+    assert [await _next(qb) for _ in batch] == batch  # the other instance: same order
+    assert qa.empty() and qb.empty()  # and our own echoes dropped
+
+
+@pytest.mark.postgres
+async def test_pg_an_oversized_event_refuses_its_whole_batch(
+    two_buses: tuple[PostgresBus, PostgresBus],
+) -> None:
+    a, b = two_buses
+    qa, ha = _collector()
+    qb, hb = _collector()
+    a.subscribe(ha)
+    b.subscribe(hb)
+    with pytest.raises(ValueError, match="bytes"):
+        await a.publish_many([_created("T-1"), _created(category="道路" * 1350)])
+    await a.publish(_created("T-2"))  # the bus goes on
+    assert await _next(qb) == _created("T-2")
+    assert qa.get_nowait() == _created("T-2") and qa.empty() and qb.empty()
+
+
+@pytest.mark.postgres
 async def test_pg_bad_notifications_are_dropped(
     two_buses: tuple[PostgresBus, PostgresBus], pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
