@@ -43,9 +43,10 @@ class WalCheckpointer:
 
     def checkpoint(self) -> tuple[int, int, int]:
         """(busy, WAL frames, frames copied), as `PRAGMA wal_checkpoint` says; in the
-        thread. The connection is opened lazily so a missing file is retried later."""
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+        thread. The connection is opened lazily, so a missing file is retried later."""
+        if self._conn is None:  # mode=rw: never create a database where none is
+            uri = f"{self.path.resolve().as_uri()}?mode=rw"
+            self._conn = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None)
         row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
         return int(row[0]), int(row[1]), int(row[2])

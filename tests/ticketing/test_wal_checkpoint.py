@@ -41,12 +41,17 @@ def _rows_in_main_file(
         copy.unlink()
 
 
-def test_the_service_connections_leave_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
-    conn = _writer(tmp_path / "db.sqlite")
+@pytest.mark.parametrize("folder", ["plain", "with space?and#marks%20"])
+def test_the_service_connections_leave_checkpoints_to_the_checkpointer(
+    tmp_path: Path, folder: str
+) -> None:
+    (tmp_path / folder).mkdir()
+    path = tmp_path / folder / "db.sqlite"
+    conn = _writer(path)
     (pages,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
     assert pages == AUTOCHECKPOINT_PAGES > 1000  # SQLite's own default is 1,000
     _fill(conn, 1500)  # past SQLite's default: no commit has checkpointed
-    cp = WalCheckpointer(tmp_path / "db.sqlite")
+    cp = WalCheckpointer(path)
     busy, frames, copied = cp.checkpoint()
     assert busy == 0 and frames >= 1500 and copied == frames
     conn.close()
@@ -75,8 +80,9 @@ async def test_a_failing_checkpoint_is_one_warning_and_retried(
     cp = WalCheckpointer(tmp_path / "missing-dir" / "db.sqlite")
     with caplog.at_level(logging.INFO, logger="ticketing.wal_checkpoint"):
         assert await cp.run_once() is None
-        assert await cp.run_once() is None
         (tmp_path / "missing-dir").mkdir()
+        assert await cp.run_once() is None  # the directory alone: no database is made
+        assert list((tmp_path / "missing-dir").iterdir()) == []
         _writer(tmp_path / "missing-dir" / "db.sqlite").close()
         assert await cp.run_once() is not None
     await cp.close()
