@@ -39,13 +39,21 @@ class GroupCommit(Generic[P, R]):
         committed: Callable[[list[P], list[R]], None],
         *,
         max_batch: int,
+        may_overlap: Callable[[], bool] | None = None,
     ) -> None:
+        """`may_overlap`: whether the next batch may start while one is still being
+        committed (at most two at once). The committer says so when its store can
+        take a second transaction queued behind the first (the SQLite writer process:
+        the next batch is already in its pipe when the first commits, instead of
+        waiting for our round trip)."""
         self.name = name
         self.max_batch = max_batch
         self._commit = commit
         self._committed = committed
+        self._may_overlap = may_overlap
         self._queue: asyncio.Queue[P] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
         self.batches = 0  # for the benchmarks' reports
 
     @property
@@ -62,6 +70,10 @@ class GroupCommit(Generic[P, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._in_flight):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         while not self._queue.empty():
             p = self._queue.get_nowait()
             if not p.future.done():
@@ -75,19 +87,39 @@ class GroupCommit(Generic[P, R]):
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if self._may_overlap is None:
+                await self._one(self._take(first))
+                continue
+            # room for one more only beside a batch the committer lets us overlap
             try:
-                await self._isolating(batch)
+                while self._in_flight and (len(self._in_flight) >= 2 or not self._may_overlap()):
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
-                # stopped mid-batch: nobody may wait forever for an answer
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(RuntimeError("service shutting down"))
+                if not first.future.done():
+                    first.future.set_exception(RuntimeError("service shutting down"))
                 raise
-            except Exception:  # never let the writer die
-                log.exception("%s failed on a batch of %d", self.name, len(batch))
+            task = asyncio.create_task(self._one(self._take(first)), name=f"{self.name}-batch")
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            await asyncio.sleep(0)  # it sends (or queues for the lock) before we go on
+
+    def _take(self, first: P) -> list[P]:
+        batch = [first]
+        while len(batch) < self.max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
+
+    async def _one(self, batch: list[P]) -> None:
+        try:
+            await self._isolating(batch)
+        except asyncio.CancelledError:
+            # stopped mid-batch: nobody may wait forever for an answer
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(RuntimeError("service shutting down"))
+            raise
+        except Exception:  # never let the writer die
+            log.exception("%s failed on a batch of %d", self.name, len(batch))
 
     async def _isolating(self, batch: list[P]) -> None:
         try:

@@ -18,6 +18,10 @@ order. Requests:
   numbers) and COMMIT: replies ``("ok", ("committed", lasts))``. Otherwise replies
   ``("ok", ("open", lasts))`` with the transaction left open for one of:
 * ``("commit", statements)``: run them, COMMIT; replies ``("ok", None)``.
+* ``("batch", [(day, n), ...], expected, statements)``: as "begin" with a guess, except
+  that a guess that misses is rolled back at once and answered ``("ok", ("missed",
+  lasts))``: no transaction is ever left open, so the service may send the next batch
+  before this one is answered (two batches in flight; see `ticketing.intake`).
 * ``("rollback",)``: ROLLBACK if a transaction is open; replies ``("ok", None)``.
 
 Any error rolls back and replies ``("error", exception)``; the process lives on. After
@@ -86,6 +90,14 @@ class Writer:
                     self._commit(statements)
                     return "ok", ("committed", lasts)
                 return "ok", ("open", lasts)
+            if op == "batch":
+                _, counts, expected, statements = request
+                lasts = self._begin(counts)
+                if lasts != expected:
+                    self._rollback()  # never left open: a next request may be queued
+                    return "ok", ("missed", lasts)
+                self._commit(statements)
+                return "ok", ("committed", lasts)
             if op == "commit":
                 self._commit(request[1])
                 return "ok", None
