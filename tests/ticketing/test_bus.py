@@ -31,6 +31,13 @@ def _collector() -> tuple[asyncio.Queue[DomainEvent], Callable[[DomainEvent], Aw
     return queue, handler
 
 
+def _listening(bus: EventBus) -> asyncio.Queue[DomainEvent]:
+    """What `bus` delivers to its local subscribers, from now on."""
+    queue, handler = _collector()
+    bus.subscribe(handler)
+    return queue
+
+
 async def _next(queue: asyncio.Queue[DomainEvent]) -> DomainEvent:
     return await asyncio.wait_for(queue.get(), TIMEOUT)
 
@@ -106,10 +113,7 @@ async def test_pg_event_reaches_other_instance_and_self_once(
     two_buses: tuple[PostgresBus, PostgresBus],
 ) -> None:
     a, b = two_buses
-    qa, ha = _collector()
-    qb, hb = _collector()
-    a.subscribe(ha)
-    b.subscribe(hb)
+    qa, qb = _listening(a), _listening(b)
 
     await a.publish(_created("T-1"))
     assert qa.get_nowait() == _created("T-1")  # local delivery is immediate
@@ -130,10 +134,7 @@ async def test_pg_a_batch_is_one_statement_and_arrives_in_order(
     two_buses: tuple[PostgresBus, PostgresBus],
 ) -> None:
     a, b = two_buses
-    qa, ha = _collector()
-    qb, hb = _collector()
-    a.subscribe(ha)
-    b.subscribe(hb)
+    qa, qb = _listening(a), _listening(b)
     batch = [_created(f"T-{i}") for i in range(40)]
     publisher = a._publisher  # counting its statements from outside
     assert publisher is not None
@@ -153,10 +154,7 @@ async def test_pg_an_oversized_event_refuses_its_whole_batch(
     two_buses: tuple[PostgresBus, PostgresBus],
 ) -> None:
     a, b = two_buses
-    qa, ha = _collector()
-    qb, hb = _collector()
-    a.subscribe(ha)
-    b.subscribe(hb)
+    qa, qb = _listening(a), _listening(b)
     with pytest.raises(ValueError, match="bytes"):
         await a.publish_many([_created("T-1"), _created(category="道路" * 1350)])
     await a.publish(_created("T-2"))  # the bus goes on

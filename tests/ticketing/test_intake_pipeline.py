@@ -9,10 +9,18 @@ import sqlite3
 from typing import Any
 
 import sqlalchemy as sa
-from test_intake_writer_proc import DAY, db_path, each, lock_is_free, on_build, stored
-from ticket_world import AGENT, World
+from test_intake_writer_proc import (
+    DAY,
+    db_path,
+    each,
+    lock_is_free,
+    on_build,
+    stored,
+    ticket,
+)
+from ticket_world import World
 
-from ticketing.intake import IdempotencySpec, NewTicket
+from ticketing.intake import IdempotencySpec
 
 
 def watch_outstanding(world: World) -> list[int]:
@@ -29,17 +37,6 @@ def watch_outstanding(world: World) -> list[int]:
 
     writer._request = spy  # type: ignore[method-assign]
     return seen
-
-
-def ticket(i: int) -> NewTicket:
-    return NewTicket(
-        kind="complaint",
-        title=f"工单 {i}",
-        description="幸福小区南门路灯不亮",
-        channel="phone",
-        principal=AGENT,
-        category="urban.street-lights",
-    )
 
 
 async def test_two_batches_are_out_at_once_and_every_ticket_gets_its_own_number(

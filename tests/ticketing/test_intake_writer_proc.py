@@ -71,6 +71,17 @@ def on_build(world: World, hook: Callable[[list[Any]], None]) -> None:
     world.intake._number_and_build = wrapped  # type: ignore[method-assign]
 
 
+def ticket(i: int) -> NewTicket:
+    return NewTicket(
+        kind="complaint",
+        title=f"工单 {i}",
+        description="幸福小区南门路灯不亮",
+        channel="phone",
+        principal=AGENT,
+        category="urban.street-lights",
+    )
+
+
 def lock_is_free(path: Path) -> bool:
     conn = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
@@ -258,17 +269,6 @@ async def test_a_failing_ticket_fails_alone_with_the_sqlite_error(sqlite_world: 
     process, the batch is halved, and only the second ticket fails, with the same
     sqlite3.IntegrityError a writer in this process would have raised."""
     world = sqlite_world
-
-    def ticket(i: int) -> NewTicket:
-        return NewTicket(
-            kind="complaint",
-            title=f"工单 {i}",
-            description="幸福小区南门路灯不亮",
-            channel="phone",
-            principal=AGENT,
-            category="urban.street-lights",
-        )
-
     results = await asyncio.gather(
         world.intake.create(ticket(0)),
         world.intake.create(ticket(1), IdempotencySpec("agent", "k", "hash-1")),
