@@ -356,8 +356,11 @@ class Intake:
         plans = self._plans
         counts = [(day, len(items)) for day, items in by_day.items()]
 
+        sent: list[_Rows] = []  # the rows last handed to the process to commit
+
         def build(lasts: dict[str, int]) -> _Built:
             rows = self._number_and_build(batch, by_day, lasts)
+            sent.append(rows)
             return rows, plans.statements(rows)
 
         # Numbers come from the counter, read inside the transaction. Usually nobody
@@ -383,11 +386,42 @@ class Intake:
                 rows, self._lasts = await writer.transaction(counts, build, None)
                 self._deaths = 0
                 return rows.views
+            except WriterProcessDied:
+                self._forget()
+                # It may have died after COMMIT, before its answer: then the batch is
+                # in, and writing it again would store every ticket twice.
+                if sent and await self._stored_anyway(sent[-1]):
+                    return sent[-1].views
+                raise
             except BaseException:
                 self._forget()  # the batch behind it, if any, misses and goes again
                 raise
             finally:
                 self._leave(db.write_lock)
+
+    async def _stored_anyway(self, rows: _Rows) -> bool:
+        """Whether a batch whose answer was lost is in the database: its first ticket is
+        there under its number with its own audit hash (which covers number, time,
+        author and content, so another writer's ticket under that number is not it)."""
+        first = rows.tickets[0]
+        try:
+            async with self.deps.db.read() as conn:
+                stored = (
+                    await conn.execute(
+                        sa.select(ticket_t.c.last_hash).where(ticket_t.c.number == first["number"])
+                    )
+                ).scalar_one_or_none()
+        except Exception:
+            log.exception("could not tell if a batch of %d tickets was stored", len(rows.tickets))
+            return False
+        if stored is not None and stored == first["last_hash"]:
+            log.warning(
+                "intake writer process died after committing a batch of %d tickets; "
+                "answered from the database",
+                len(rows.tickets),
+            )
+            return True
+        return False
 
     def _may_overlap(self) -> bool:
         """Whether the group commit may start the next batch now, beside the one out."""

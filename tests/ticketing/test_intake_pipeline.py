@@ -5,9 +5,11 @@ batch behind it, and other writers of the file not starved by a stream of ticket
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from test_intake_writer_proc import (
     DAY,
@@ -20,7 +22,7 @@ from test_intake_writer_proc import (
 )
 from ticket_world import World
 
-from ticketing.intake import IdempotencySpec
+from ticketing.intake import IdempotencySpec, WriterProcessDied
 
 
 def watch_outstanding(world: World) -> list[int]:
@@ -181,3 +183,50 @@ async def test_stop_with_two_batches_out_answers_everyone_and_frees_the_lock(
     assert set(acknowledged) <= in_db
     assert world.db.write_lock is None or not world.db.write_lock.locked()
     assert lock_is_free(db_path(world))
+
+
+@pytest.mark.parametrize("way", ["batch", "transaction"], ids=["guessed", "two-step"])
+async def test_an_answer_lost_after_commit_is_read_from_the_database_not_written_twice(
+    sqlite_world: World, caplog: pytest.LogCaptureFixture, way: str
+) -> None:
+    """The process commits and dies before it answers (its pipe breaks, it is killed):
+    the tickets are in, so their callers get their 201s and nothing is stored twice."""
+    world = sqlite_world
+    await world.create()
+    if way == "transaction":
+        world.intake._lasts = {}  # numbers unknown: the two-step way
+    writer = world.intake._sqlite
+    assert writer is not None
+    original = getattr(writer, way)
+
+    async def commit_then_die(*args: Any) -> Any:
+        await original(*args)  # committed for real
+        died = WriterProcessDied("the intake writer process exited (status -9)")
+        await writer.kill(died)
+        raise died
+
+    setattr(writer, way, commit_then_die)
+    with caplog.at_level(logging.WARNING, logger="ticketing.intake"):
+        views = await asyncio.gather(*(world.create(title=f"{i}") for i in range(5)))
+    assert sorted(v["number"] for v in views) == [f"{DAY}{i:05d}" for i in range(2, 7)]
+    assert await stored(world) == each(6)
+    assert any("answered from the database" in r.getMessage() for r in caplog.records)
+    assert (await world.create())["number"] == f"{DAY}00007"  # a new process goes on
+
+
+async def test_an_answer_lost_before_commit_still_fails_the_batch(sqlite_world: World) -> None:
+    """Dead before it could commit: nothing is in, and the caller hears so (503)."""
+    world = sqlite_world
+    await world.create()
+    writer = world.intake._sqlite
+    assert writer is not None
+
+    async def die_first(*args: Any) -> Any:
+        died = WriterProcessDied("the intake writer process exited (status -9)")
+        await writer.kill(died)
+        raise died
+
+    writer.batch = die_first  # type: ignore[method-assign]
+    with pytest.raises(WriterProcessDied):
+        await world.create(title="不会保存")
+    assert await stored(world) == each(1)
