@@ -416,7 +416,7 @@ class Intake:
             return False
         if stored is not None and stored == first["last_hash"]:
             log.warning(
-                "intake writer process died after committing a batch of %d tickets; "
+                "the answer to a committed batch of %d tickets was lost; "
                 "answered from the database",
                 len(rows.tickets),
             )
@@ -507,14 +507,24 @@ class Intake:
     async def _commit_sqlalchemy(
         self, batch: list[_Pending], by_day: dict[str, list[_Pending]]
     ) -> list[dict[str, Any] | None]:
-        async with self.deps.db.write() as conn:
-            lasts = {day: await _allocate(conn, day, len(items)) for day, items in by_day.items()}
-            rows = self._number_and_build(batch, by_day, lasts)
-            await conn.execute(sa.insert(ticket_t), rows.tickets)
-            await conn.execute(sa.insert(event_t), rows.events)
-            await conn.execute(sa.insert(work_t), rows.works)
-            if rows.idems:
-                await conn.execute(sa.insert(idem_t), rows.idems)
+        rows: _Rows | None = None
+        try:
+            async with self.deps.db.write() as conn:
+                lasts = {
+                    day: await _allocate(conn, day, len(items)) for day, items in by_day.items()
+                }
+                rows = self._number_and_build(batch, by_day, lasts)
+                await conn.execute(sa.insert(ticket_t), rows.tickets)
+                await conn.execute(sa.insert(event_t), rows.events)
+                await conn.execute(sa.insert(work_t), rows.works)
+                if rows.idems:
+                    await conn.execute(sa.insert(idem_t), rows.idems)
+        except StoreUnavailable:
+            # the connection may have gone during COMMIT, after the server committed
+            if rows is not None and await self._stored_anyway(rows):
+                return rows.views
+            raise
+        assert rows is not None
         return rows.views
 
     def _number_and_build(

@@ -1,12 +1,16 @@
 """Two batches out to the SQLite writer process at once, and what must still hold:
 every ticket stored once under its own number, a miss or a failure never stranding the
-batch behind it, and other writers of the file not starved by a stream of tickets."""
+batch behind it, other writers of the file not starved by a stream of tickets, and a
+batch whose answer was lost after COMMIT (writer process, or PostgreSQL connection)
+not written twice."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,9 +24,10 @@ from test_intake_writer_proc import (
     stored,
     ticket,
 )
-from ticket_world import World
+from ticket_world import World, open_world
 
 from ticketing.intake import IdempotencySpec, WriterProcessDied
+from ticketing.store import StoreUnavailable
 
 
 def watch_outstanding(world: World) -> list[int]:
@@ -230,3 +235,35 @@ async def test_an_answer_lost_before_commit_still_fails_the_batch(sqlite_world: 
     with pytest.raises(WriterProcessDied):
         await world.create(title="不会保存")
     assert await stored(world) == each(1)
+
+
+def lose_the_first_commit_answer(world: World) -> list[bool]:
+    """The first write transaction commits, then its caller hears the connection go."""
+    original = world.db.write
+    lost: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def commit_then_lose_the_answer() -> AsyncIterator[Any]:
+        async with original() as conn:
+            yield conn
+        if not lost:
+            lost.append(True)
+            raise StoreUnavailable("connection was closed in the middle of operation")
+
+    world.db.write = commit_then_lose_the_answer  # type: ignore[method-assign]
+    return lost
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_commit_whose_answer_was_lost_is_not_written_twice(
+    pg_url: str,
+) -> None:
+    """The connection drops during COMMIT after the server committed: the batch is
+    found by its first ticket's number and hash, and nobody writes it again."""
+    async for world in open_world(pg_url):
+        await world.create()
+        lost = lose_the_first_commit_answer(world)
+        views = await asyncio.gather(*(world.create(title=f"{i}") for i in range(4)))
+        assert lost
+        assert sorted(v["number"] for v in views) == [f"{DAY}{i:05d}" for i in range(2, 6)]
+        assert (await stored(world))["ticket"] == 5
