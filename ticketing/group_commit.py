@@ -75,9 +75,7 @@ class GroupCommit(Generic[P, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while not self._queue.empty():
-            p = self._queue.get_nowait()
-            if not p.future.done():
-                p.future.set_exception(RuntimeError("service shutting down"))
+            _shutting_down([self._queue.get_nowait()])
 
     def put(self, item: P) -> None:
         if self._task is None:
@@ -95,12 +93,14 @@ class GroupCommit(Generic[P, R]):
                 while self._in_flight and (len(self._in_flight) >= 2 or not self._may_overlap()):
                     await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
-                if not first.future.done():
-                    first.future.set_exception(RuntimeError("service shutting down"))
+                _shutting_down([first])
                 raise
-            task = asyncio.create_task(self._one(self._take(first)), name=f"{self.name}-batch")
+            batch = self._take(first)
+            task = asyncio.create_task(self._one(batch), name=f"{self.name}-batch")
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+            # a task cancelled before its first step never runs `_one`'s handler
+            task.add_done_callback(lambda t, batch=batch: t.cancelled() and _shutting_down(batch))
             await asyncio.sleep(0)  # it sends (or queues for the lock) before we go on
 
     def _take(self, first: P) -> list[P]:
@@ -113,10 +113,7 @@ class GroupCommit(Generic[P, R]):
         try:
             await self._isolating(batch)
         except asyncio.CancelledError:
-            # stopped mid-batch: nobody may wait forever for an answer
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(RuntimeError("service shutting down"))
+            _shutting_down(batch)  # stopped mid-batch: nobody may wait forever
             raise
         except Exception:  # never let the writer die
             log.exception("%s failed on a batch of %d", self.name, len(batch))
@@ -138,3 +135,10 @@ class GroupCommit(Generic[P, R]):
             if not p.future.done():
                 p.future.set_result(result)
         self._committed(batch, results)
+
+
+def _shutting_down(batch: list[Any]) -> None:
+    """Whoever still waits on an item of `batch` hears that the service is stopping."""
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(RuntimeError("service shutting down"))

@@ -1,0 +1,91 @@
+"""GroupCommit with overlapping batches: nobody waits forever, whatever stop() meets."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from ticketing.group_commit import GroupCommit
+
+
+@dataclass
+class Item:
+    value: int
+    future: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+async def test_overlapping_batches_all_commit_and_never_more_than_two_at_once() -> None:
+    running = 0
+    most = 0
+
+    async def commit(batch: list[Item]) -> list[int]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.002)
+        running -= 1
+        return [i.value * 2 for i in batch]
+
+    gc: GroupCommit[Item, int] = GroupCommit(
+        "t", commit, lambda b, r: None, max_batch=3, may_overlap=lambda: True
+    )
+    gc.start()
+    items = [Item(i) for i in range(30)]
+    for it in items:
+        gc.put(it)
+    assert await asyncio.gather(*(it.future for it in items)) == [i * 2 for i in range(30)]
+    assert most == 2
+    await gc.stop()
+
+
+async def test_without_leave_to_overlap_batches_go_one_at_a_time() -> None:
+    running = 0
+    most = 0
+
+    async def commit(batch: list[Item]) -> list[int]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.002)
+        running -= 1
+        return [0 for _ in batch]
+
+    gc: GroupCommit[Item, int] = GroupCommit(
+        "t", commit, lambda b, r: None, max_batch=2, may_overlap=lambda: False
+    )
+    gc.start()
+    items = [Item(i) for i in range(10)]
+    for it in items:
+        gc.put(it)
+    await asyncio.gather(*(it.future for it in items))
+    assert most == 1
+    await gc.stop()
+
+
+@pytest.mark.parametrize("stop_after_yields", [0, 1, 2, 3])
+async def test_stop_at_any_moment_answers_every_item(stop_after_yields: int) -> None:
+    """Including a batch whose task was created but has not run its first step yet."""
+    gate = asyncio.Event()
+
+    async def commit(batch: list[Item]) -> list[int]:
+        await gate.wait()
+        return [0 for _ in batch]
+
+    gc: GroupCommit[Item, int] = GroupCommit(
+        "t", commit, lambda b, r: None, max_batch=2, may_overlap=lambda: True
+    )
+    gc.start()
+    items = [Item(i) for i in range(9)]
+    for it in items:
+        gc.put(it)
+    for _ in range(stop_after_yields):
+        await asyncio.sleep(0)
+    await gc.stop()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(it.future for it in items), return_exceptions=True), 2
+    )
+    assert all(isinstance(r, RuntimeError) and "shutting down" in str(r) for r in results)
