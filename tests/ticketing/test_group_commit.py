@@ -18,7 +18,10 @@ class Item:
     )
 
 
-async def test_overlapping_batches_all_commit_and_never_more_than_two_at_once() -> None:
+@pytest.mark.parametrize(("overlap", "at_most"), [(True, 2), (False, 1)])
+async def test_batches_overlap_only_when_allowed_and_never_more_than_two(
+    overlap: bool, at_most: int
+) -> None:
     running = 0
     most = 0
 
@@ -31,38 +34,14 @@ async def test_overlapping_batches_all_commit_and_never_more_than_two_at_once() 
         return [i.value * 2 for i in batch]
 
     gc: GroupCommit[Item, int] = GroupCommit(
-        "t", commit, lambda b, r: None, max_batch=3, may_overlap=lambda: True
+        "t", commit, lambda b, r: None, max_batch=3, may_overlap=lambda: overlap
     )
     gc.start()
     items = [Item(i) for i in range(30)]
     for it in items:
         gc.put(it)
     assert await asyncio.gather(*(it.future for it in items)) == [i * 2 for i in range(30)]
-    assert most == 2
-    await gc.stop()
-
-
-async def test_without_leave_to_overlap_batches_go_one_at_a_time() -> None:
-    running = 0
-    most = 0
-
-    async def commit(batch: list[Item]) -> list[int]:
-        nonlocal running, most
-        running += 1
-        most = max(most, running)
-        await asyncio.sleep(0.002)
-        running -= 1
-        return [0 for _ in batch]
-
-    gc: GroupCommit[Item, int] = GroupCommit(
-        "t", commit, lambda b, r: None, max_batch=2, may_overlap=lambda: False
-    )
-    gc.start()
-    items = [Item(i) for i in range(10)]
-    for it in items:
-        gc.put(it)
-    await asyncio.gather(*(it.future for it in items))
-    assert most == 1
+    assert most == at_most
     await gc.stop()
 
 
