@@ -826,7 +826,6 @@ class _WriterProcess:
         self.path = path
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
-        self._size: int | None = None  # length of the reply being read, once its header is
         self._waiting: deque[asyncio.Future[Any]] = deque()  # in request order
         self._reader: asyncio.Task[None] | None = None
 
@@ -978,35 +977,24 @@ class _WriterProcess:
         while self._waiting:
             try:
                 value = await self._reply()
-            except Exception as exc:  # the process is gone: nobody gets an answer
-                waiting, self._waiting = list(self._waiting), deque()
-                for reply in waiting:
-                    if not reply.done():
-                        reply.set_exception(exc)
-                    else:
-                        with contextlib.suppress(BaseException):
-                            reply.exception()  # retrieved: no "never retrieved" warning
+            except WriterProcessDied as exc:  # the process is gone: nobody gets an answer
+                self._fail_waiting(exc)
                 return
             reply = self._waiting.popleft()
             if not reply.done():
                 reply.set_result(value)
 
     async def _reply(self) -> Any:
-        """The next frame from the process. Safe to call again after a cancellation:
-        `readexactly` takes nothing until it has it all, and a header already read is
-        remembered."""
+        """The next frame from the process (read by `_read_replies` only); raises
+        WriterProcessDied when there is none to come."""
         proc = self._proc
         if proc is None or proc.stdout is None:
             raise WriterProcessDied("the intake writer process is not running")
         try:
-            if self._size is None:
-                (self._size,) = writer_proc.HEADER.unpack(
-                    await proc.stdout.readexactly(writer_proc.HEADER.size)
-                )
-            body = await proc.stdout.readexactly(self._size)
+            header = await proc.stdout.readexactly(writer_proc.HEADER.size)
+            body = await proc.stdout.readexactly(writer_proc.HEADER.unpack(header)[0])
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise await self._died() from exc
-        self._size = None
         try:
             return pickle.loads(body)
         except Exception as exc:  # out of step with the process: start afresh
@@ -1041,7 +1029,7 @@ class _WriterProcess:
     async def kill(self, reason: WriterProcessDied | None = None) -> None:
         """End the process now (SQLite rolls back what it had not committed) and wait
         until it is gone, so its SQLite lock is too."""
-        proc, self._proc, self._size = self._proc, None, None
+        proc, self._proc = self._proc, None
         self._fail_waiting(reason)
         if proc is None:
             return
@@ -1052,7 +1040,7 @@ class _WriterProcess:
     async def close(self) -> None:
         """End of stdin: the process closes its connection and exits; killed if it
         has not within WRITER_EXIT_TIMEOUT_S."""
-        proc, self._proc, self._size = self._proc, None, None
+        proc, self._proc = self._proc, None
         self._fail_waiting()
         if proc is None:
             return

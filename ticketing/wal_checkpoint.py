@@ -36,7 +36,6 @@ class WalCheckpointer:
     def __init__(self, path: Path, interval_s: float = INTERVAL_S) -> None:
         self.path = path
         self.interval_s = interval_s
-        self.checkpoints = 0  # completed calls, for tests and curiosity
         self._conn: sqlite3.Connection | None = None  # only touched in the thread
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
         self._failing = False
@@ -48,7 +47,6 @@ class WalCheckpointer:
             uri = f"{self.path.resolve().as_uri()}?mode=rw"
             self._conn = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None)
         row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        self.checkpoints += 1
         return int(row[0]), int(row[1]), int(row[2])
 
     def _close(self) -> None:

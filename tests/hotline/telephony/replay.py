@@ -10,9 +10,12 @@ the recording lacks (our own subscriptions) get a plain +OK; recorded steps name
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from hotline.telephony.esl_inbound import InboundESL
 from tests.hotline.telephony.transcripts import chunks
 
 _UUID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -116,6 +119,25 @@ async def read_command(reader: asyncio.StreamReader) -> bytes | None:
     if m:
         return head + await reader.readexactly(int(m.group(1)))
     return head
+
+
+@contextlib.asynccontextmanager
+async def connected_to(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    make_client: Callable[[int], InboundESL],
+) -> AsyncIterator[InboundESL]:
+    """A switch on a free port speaking `serve`, and our client connected to it (both
+    stopped afterwards)."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    esl = make_client(server.sockets[0].getsockname()[1])
+    await esl.start()
+    try:
+        async with asyncio.timeout(5):
+            await esl.wait_connected()
+        yield esl
+    finally:
+        await esl.stop()
+        server.close()
 
 
 def recorded_job_uuid_in_answer(step: Step) -> bytes | None:

@@ -29,7 +29,7 @@ from hotline.telephony.esl_frames import (
 )
 from hotline.telephony.esl_inbound import Backoff, InboundESL
 from hotline.telephony.esl_outbound import CallLeg, OutboundServer
-from tests.hotline.telephony.replay import Replay, read_command
+from tests.hotline.telephony.replay import Replay, connected_to, read_command
 from tests.hotline.telephony.transcripts import DIR, chunks, switch_bytes
 
 AUTH = b"Content-Type: auth/request\n\n"
@@ -223,22 +223,13 @@ async def fake_switch(script: Script) -> AsyncIterator[tuple[InboundESL, list[by
             else:
                 await script(cmd, writer, subscribed)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    esl = InboundESL(
-        "127.0.0.1",
-        server.sockets[0].getsockname()[1],
-        backoff=Backoff(0.02, 0.1),
-        connect_timeout=2,
-        event_format="plain",
-    )
-    await esl.start()
-    try:
-        async with asyncio.timeout(5):
-            await esl.wait_connected()
+    def make_client(port: int) -> InboundESL:
+        return InboundESL(
+            "127.0.0.1", port, backoff=Backoff(0.02, 0.1), connect_timeout=2, event_format="plain"
+        )
+
+    async with connected_to(serve, make_client) as esl:
         yield esl, received
-    finally:
-        await esl.stop()
-        server.close()
 
 
 def job_event(job_uuid: str, result: str) -> bytes:

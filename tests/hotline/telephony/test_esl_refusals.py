@@ -25,7 +25,7 @@ from hotline.telephony.esl_frames import (
 )
 from hotline.telephony.esl_inbound import Backoff, InboundESL
 from hotline.telephony.simulator import FreeSwitchSimulator
-from tests.hotline.telephony.replay import read_command
+from tests.hotline.telephony.replay import connected_to, read_command
 
 # mod_event_socket.c, listener_run(), FreeSWITCH 1.10: the ACL check runs before the
 # auth/request; the rejection, then send_disconnect()'s goodbye, then the socket closes
@@ -150,16 +150,8 @@ async def switch_with(
             received.append(cmd)
             await script(cmd, writer)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    esl = client(server.sockets[0].getsockname()[1], event_format="plain", **kw)
-    await esl.start()
-    try:
-        async with asyncio.timeout(5):
-            await esl.wait_connected()
+    async with connected_to(serve, lambda port: client(port, event_format="plain", **kw)) as esl:
         yield esl, received
-    finally:
-        await esl.stop()
-        server.close()
 
 
 def job_of(cmd: bytes) -> str:

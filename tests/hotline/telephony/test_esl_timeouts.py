@@ -25,7 +25,14 @@ from hotline.telephony.esl_frames import Event, encode_event_plain, encode_reply
 from hotline.telephony.esl_inbound import Backoff, InboundESL
 from hotline.telephony.esl_outbound import CallLeg, OutboundServer
 from tests.hotline.telephony.replay import read_command
-from tests.hotline.telephony.test_esl_refusals import OK, job_event, job_of, switch_with, until
+from tests.hotline.telephony.test_esl_refusals import (
+    OK,
+    Script,
+    job_event,
+    job_of,
+    switch_with,
+    until,
+)
 
 API_OK = b"Content-Type: api/response\nContent-Length: 3\n\n+OK"
 
@@ -147,6 +154,27 @@ async def test_an_outbound_reply_is_bounded_but_a_long_application_is_not(
 # ----------------------------------------------------------------------------- late jobs
 
 
+def job_answered_after_an_api(jobs: list[str], result: str, *, drop_link: bool) -> Script:
+    """A switch that accepts each bgapi (its job ids go to `jobs`), dropping the link
+    right after if told to, and sends the first job's `result` with the next api reply:
+    the result comes after the client stopped waiting for it."""
+
+    async def script(cmd: bytes, writer: asyncio.StreamWriter) -> None:
+        if cmd.startswith(b"bgapi"):
+            jobs.append(job_of(cmd))
+            writer.write(encode_reply(f"+OK Job-UUID: {jobs[-1]}", [("Job-UUID", jobs[-1])]))
+            if drop_link:  # the link drops with the job running
+                await writer.drain()
+                writer.close()
+        elif cmd.startswith(b"api"):
+            writer.write(API_OK)
+            writer.write(job_event(jobs[0], result))
+        else:
+            writer.write(OK)
+
+    return script
+
+
 async def test_a_late_job_result_is_logged_with_its_job_and_command_and_handed_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -154,16 +182,7 @@ async def test_a_late_job_result_is_logged_with_its_job_and_command_and_handed_o
     caplog.set_level(logging.INFO, logger="hotline.telephony.inbound")
     jobs: list[str] = []
     late: list[Event] = []
-
-    async def script(cmd: bytes, writer: asyncio.StreamWriter) -> None:
-        if cmd.startswith(b"bgapi"):
-            jobs.append(job_of(cmd))
-            writer.write(encode_reply(f"+OK Job-UUID: {jobs[-1]}", [("Job-UUID", jobs[-1])]))
-        elif cmd.startswith(b"api"):
-            writer.write(API_OK)
-            writer.write(job_event(jobs[0], "+OK 4f1e-leg\n"))
-        else:
-            writer.write(OK)
+    script = job_answered_after_an_api(jobs, "+OK 4f1e-leg\n", drop_link=False)
 
     async with switch_with(script) as (esl, _):
         with pytest.raises(ESLJobTimeout):
@@ -183,18 +202,7 @@ async def test_a_job_lost_with_the_link_is_still_recognised_when_its_result_come
     a connection that dropped can arrive on the next one: it reaches on_late."""
     jobs: list[str] = []
     late: list[Event] = []
-
-    async def script(cmd: bytes, writer: asyncio.StreamWriter) -> None:
-        if cmd.startswith(b"bgapi"):
-            jobs.append(job_of(cmd))
-            writer.write(encode_reply(f"+OK Job-UUID: {jobs[-1]}", [("Job-UUID", jobs[-1])]))
-            await writer.drain()
-            writer.close()  # the link drops with the job running
-        elif cmd.startswith(b"api"):
-            writer.write(API_OK)
-            writer.write(job_event(jobs[0], "-ERR NO_ANSWER\n"))
-        else:
-            writer.write(OK)
+    script = job_answered_after_an_api(jobs, "-ERR NO_ANSWER\n", drop_link=True)
 
     async with switch_with(script) as (esl, _):
         with pytest.raises(ESLDisconnected, match="bgapi job"):
