@@ -381,3 +381,72 @@ async def test_sqlite_ledger_works_after_upgrade(tmp_path: Path) -> None:
 async def test_postgres_ledger_works_after_upgrade(pg_url: str) -> None:
     await upgrade_head_async(pg_url)
     await _ledger_round_trip(pg_url)
+
+
+# ----------------------------------------------------------------------------- ticket indexes
+# Migration 0015 trimmed the ticket's indexes for the intake; the queries that need
+# one must still find it, and the partial ones must exist as partial on both databases.
+
+PARTIAL_TICKET_INDEXES = {
+    "ix_ticket_lead_department": "lead_department",
+    "ix_ticket_merged_into": "merged_into",
+    "ix_ticket_feedback_due_at": "feedback_due_at",
+}
+
+INDEXED_QUERIES = {
+    "SELECT number FROM ticket WHERE merged_into = '2026112400001'": "ix_ticket_merged_into",
+    "SELECT number FROM ticket WHERE lead_department IN ('a', 'b')": "ix_ticket_lead_department",
+    "SELECT number FROM ticket WHERE feedback_due_at < '2026-11-24'": "ix_ticket_feedback_due_at",
+    # the deadline watcher and the overdue filter: a phase's statuses, then the due time
+    "SELECT number FROM ticket WHERE status IN ('new', 'returned') "
+    "AND dispatch_due_at < '2026-11-24' AND dispatch_breached_at IS NULL": (
+        "ix_ticket_status_created"
+    ),
+    # the unique (ticket_number, seq)
+    "SELECT seq FROM ticket_event WHERE ticket_number = '1' ORDER BY seq": (
+        "sqlite_autoindex_ticket_event_1"
+    ),
+    "SELECT number FROM ticket WHERE kind = 'praise' ORDER BY created_at DESC LIMIT 50": (
+        "ix_ticket_created_at"
+    ),
+}
+
+
+def _index_sql(conn: Connection) -> dict[str, str]:
+    rows = conn.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ticket'"
+    )
+    return {name: sql for name, sql in rows if sql}
+
+
+def test_sqlite_ticket_queries_use_an_index_after_the_trim(tmp_path: Path) -> None:
+    url, sync_url = _sqlite_urls(tmp_path / "hotline.db")
+    upgrade_head(url)
+    indexes = _inspect_sqlite(sync_url, _index_sql)
+    for name, col in PARTIAL_TICKET_INDEXES.items():
+        assert indexes[name].endswith(f"WHERE {col} IS NOT NULL"), indexes[name]
+    for gone in ("ix_ticket_status", "ix_ticket_kind", "ix_ticket_channel"):
+        assert gone not in indexes
+    engine = sa.create_engine(sync_url)
+    with engine.connect() as conn:
+        for sql, index in INDEXED_QUERIES.items():
+            plan = " ".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            assert f"INDEX {index}" in plan, (sql, plan)
+            assert "USE TEMP B-TREE" not in plan, (sql, plan)
+    engine.dispose()
+
+
+def _pg_partial_ticket_indexes(conn: Connection) -> dict[str, str]:
+    rows = conn.exec_driver_sql(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'ticket'"
+    )
+    return {name: d for name, d in rows if name in PARTIAL_TICKET_INDEXES}
+
+
+@pytest.mark.postgres
+async def test_postgres_ticket_indexes_are_partial(pg_url: str) -> None:
+    await upgrade_head_async(pg_url)
+    found = await _inspect_async(pg_url, _pg_partial_ticket_indexes)
+    assert set(found) == set(PARTIAL_TICKET_INDEXES)
+    for name, col in PARTIAL_TICKET_INDEXES.items():
+        assert found[name].endswith(f"WHERE ({col} IS NOT NULL)"), found[name]
