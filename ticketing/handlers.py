@@ -278,7 +278,8 @@ def _iso(dt: datetime | None) -> str | None:
         return None
     text = _ISO.get(dt)
     if text is None:
-        text = dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        utc = dt if dt.tzinfo is UTC else dt.astimezone(UTC)
+        text = utc.isoformat()[:-6] + "Z"  # less its "+00:00"
         if len(_ISO) >= 4096:
             _ISO.clear()
         _ISO[dt] = text

@@ -17,8 +17,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from ticketing import intake as intake_mod
 from ticketing.audit import _canonical_time
-from ticketing.handlers import event_t, ticket_t
-from ticketing.models import SQLModel
+from ticketing.handlers import _iso, event_t, ticket_t
+from ticketing.models import SQLModel, UTCDateTime
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -156,3 +156,34 @@ def test_canonical_time_spells_what_strftime_spells() -> None:
         assert _canonical_time(at) == at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     early = datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=UTC)  # strftime does not pad the year
     assert _canonical_time(early) == early.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _random_times(n: int) -> list[datetime]:
+    rng = random.Random(11)
+    zones = [UTC, SHANGHAI, timezone(timedelta(hours=5, minutes=45)), ZoneInfo("Europe/Berlin")]
+    out = []
+    for _ in range(n):
+        at = datetime.fromtimestamp(rng.uniform(-6.2e10, 4e9), rng.choice(zones))
+        out.append(at.replace(microsecond=rng.choice([0, rng.randrange(10**6)])))
+    return out
+
+
+def test_sqlite_datetime_text_is_sqlalchemys() -> None:
+    column = sa.Column("at", UTCDateTime())
+    process = column.type.dialect_impl(sqlite_dialect.dialect()).bind_processor(
+        sqlite_dialect.dialect()
+    )
+    assert process is not None
+    for at in _random_times(3000):
+        intake_mod._DATETIME_TEXT.clear()
+        assert intake_mod._sqlite_datetime(at) == process(at), at
+    with pytest.raises(ValueError):
+        intake_mod._sqlite_datetime(datetime(2026, 1, 1))
+
+
+def test_view_times_are_utc_iso_with_z() -> None:
+    for at in _random_times(3000):
+        expected = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        assert _iso(at) == expected, at
+        assert _iso(at) == expected  # from the memo
+    assert _iso(None) is None
