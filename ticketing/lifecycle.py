@@ -139,7 +139,14 @@ class IllegalMove(Exception):
 
 def allowed_actions(status: Status, role: Role, *, is_lead: bool = False) -> list[str]:
     """Moves this role may make from `status` (department users: only as lead)."""
-    return list(_allowed(Status(status), Role(role), is_lead))
+    # Enum calls are slow even on members: convert only strings
+    return list(
+        _allowed(
+            status if type(status) is Status else Status(status),
+            role if type(role) is Role else Role(role),
+            is_lead,
+        )
+    )
 
 
 @functools.cache
