@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from citizen_card.jsontext import dumps_text
 from citizen_card.models import CardEvent
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,7 @@ class PartnerJournal:
         the same commit (a call that changes nothing need not wait for two); if it
         was not fresh, the row records `refused` instead of `data` (and no card) and returns
         False: the caller then answers "replayed" instead."""
+        text = dumps_text(data)
         return bool(
             await self._submit(
                 "audit",
@@ -234,9 +235,9 @@ class PartnerJournal:
                 actor,
                 channel,
                 action,
-                json.dumps(data, ensure_ascii=False),
+                text,
                 nonce,
-                json.dumps(refused if refused is not None else data, ensure_ascii=False),
+                dumps_text(refused) if refused is not None else text,
             )
         )
 

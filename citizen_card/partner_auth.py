@@ -100,6 +100,13 @@ _B64URL_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _METHOD_RE = re.compile(r"[A-Z]{1,16}")
 _PARAM_SEP_RE = re.compile(r"[ \t]*,[ \t]*")
 _REQUEST_PARAMS = ("partner_id", "key_id", "nonce", "timestamp", "signature")
+# The spelling `format_authorization` writes (our reference client's), checked in one
+# match; any other spelling takes the general parser, which also names the flaw.
+_CANONICAL_REQUEST_RE = re.compile(
+    r"partner_id=([A-Za-z0-9._-]{1,64}),key_id=([A-Za-z0-9._-]{1,64}),"
+    r"nonce=([A-Za-z0-9_-]{16,64}),timestamp=(0|[1-9][0-9]{0,11}),"
+    r"signature=([A-Za-z0-9_-]{1,128})"
+)
 _RESPONSE_PARAMS = ("key_id", "timestamp", "signature")
 _SIG_LEN = {SCHEME_ED25519: 64, SCHEME_HMAC: 32}
 # Refusals of a header that could not be read: the city cannot know the nonce, so
@@ -291,14 +298,18 @@ def parse_authorization(header: str | None) -> SignedRequestParams:
         raise PartnerAuthError(
             "bad_scheme", f"use {SCHEME_ED25519} or {SCHEME_HMAC}, not {scheme[:40]!r}"
         )
-    p = _parse_params(rest, _REQUEST_PARAMS)
-    for name in ("partner_id", "key_id"):
-        if not _ID_RE.fullmatch(p[name]):
-            raise PartnerAuthError("malformed", f"{name} must be 1-64 of [A-Za-z0-9._-]")
-    if not _NONCE_RE.fullmatch(p["nonce"]):
-        raise PartnerAuthError("malformed", "nonce must be 16-64 of [A-Za-z0-9_-]")
-    if not _TIMESTAMP_RE.fullmatch(p["timestamp"]):
-        raise PartnerAuthError("malformed", "timestamp must be integer Unix seconds")
+    m = _CANONICAL_REQUEST_RE.fullmatch(rest)
+    if m is not None:  # every value already passed the checks below
+        p = dict(zip(_REQUEST_PARAMS, m.groups(), strict=True))
+    else:
+        p = _parse_params(rest, _REQUEST_PARAMS)
+        for name in ("partner_id", "key_id"):
+            if not _ID_RE.fullmatch(p[name]):
+                raise PartnerAuthError("malformed", f"{name} must be 1-64 of [A-Za-z0-9._-]")
+        if not _NONCE_RE.fullmatch(p["nonce"]):
+            raise PartnerAuthError("malformed", "nonce must be 16-64 of [A-Za-z0-9_-]")
+        if not _TIMESTAMP_RE.fullmatch(p["timestamp"]):
+            raise PartnerAuthError("malformed", "timestamp must be integer Unix seconds")
     try:
         signature = b64url_decode(p["signature"])
     except ValueError as exc:

@@ -27,6 +27,7 @@ from sqlmodel import SQLModel
 from yarl import URL
 
 from citizen_card.partner_auth import (
+    _CANONICAL_REQUEST_RE,
     RESPONSE_SIGNATURE_HEADER,
     CitySigner,
     ForgedResponse,
@@ -977,3 +978,41 @@ async def test_sql_registry_round_trip_and_lookup(aiohttp_client: Any, db_url: s
     status, body = await client.request("GET", "/partner/v1/echo")
     assert (status, body["type"]) == (401, "/problems/partner-partner_disabled")
     await engine.dispose()
+
+
+def _outcome(header: str) -> object:
+    try:
+        return parse_authorization(header)
+    except PartnerAuthError as exc:
+        return ("refused", exc.code)
+
+
+_canonical_values = st.fixed_dictionaries(
+    {
+        "partner_id": st.sampled_from(["hospital-01", "a", "x" * 64, "x" * 65, "", "a.b_c-d"]),
+        "key_id": st.sampled_from(["k2026", "k" * 65, "k=1", "k 1"]),
+        "nonce": st.sampled_from([NONCE, "short", "n" * 64, "n" * 65, "has.dot.0123456789"]),
+        "timestamp": st.sampled_from([str(NOW), "0", "01", "-1", "1" * 12, "1" * 13, "1.5"]),
+        "signature": st.sampled_from(
+            ["A" * 86, "A" * 43, "A" * 85, "A" * 86 + "==", "A" * 129, "+" * 86, ""]
+        ),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=_canonical_values, scheme=st.sampled_from(["CITYCARD-ED25519", "CITYCARD-HMAC-SHA256"])
+)
+def test_the_one_match_fast_path_decides_as_the_general_parser_does(
+    values: dict[str, str], scheme: str
+) -> None:
+    order = ("partner_id", "key_id", "nonce", "timestamp", "signature")  # the canonical one
+    header = f"{scheme} " + ",".join(f"{k}={values[k]}" for k in order)
+    fast = _outcome(header)
+    # a space after the scheme's separator is allowed but is not the canonical
+    # spelling: the same header then goes through the general parser
+    general = _outcome(f"{scheme}  " + header.split(" ", 1)[1])
+    assert fast == general
+    if not isinstance(fast, tuple):  # accepted: and by the one match
+        assert _CANONICAL_REQUEST_RE.fullmatch(header.split(" ", 1)[1])
