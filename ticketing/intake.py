@@ -650,14 +650,15 @@ def _json_text(value: Any) -> str:
     ticket (an empty list or dict, an audit event's few string fields: a handful of
     distinct values) memoised.
 
-    Only dicts of strings and None are memoised: their items decide the text exactly
-    (1 == True == 1.0 would not, so no other value types are keys).
+    Only dicts of string keys and string or None values are memoised: their items
+    decide the text exactly (1 == True == 1.0 hash alike but are spelt apart, as keys
+    or values, so they never make a memo key).
     """
     t = type(value)
     if t is dict:
         if not value:
             return "{}"
-        if all(type(v) is str or v is None for v in value.values()):
+        if all(type(k) is str and (type(v) is str or v is None) for k, v in value.items()):
             key = tuple(value.items())
             text = _JSON_TEXT.get(key)
             if text is None:

@@ -137,7 +137,17 @@ def test_json_shortcut_spells_what_json_dumps_spells(value: Any) -> None:
 
 def test_json_memo_never_confuses_equal_values_of_other_types() -> None:
     # 1 == True == 1.0 and they hash alike: only string values may share a memo entry
-    for value in ({"k": 1}, {"k": True}, {"k": 1.0}, {"k": "1"}, {"k": 1}):
+    for value in (
+        {"k": 1},
+        {"k": True},
+        {"k": 1.0},
+        {"k": "1"},
+        {"k": 1},
+        {True: "a"},
+        {1: "a"},
+        {1.0: "a"},
+        {"1": "a"},
+    ):
         assert intake_mod._json_text(value) == json.dumps(value)
 
 
