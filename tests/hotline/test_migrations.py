@@ -443,10 +443,36 @@ def _pg_partial_ticket_indexes(conn: Connection) -> dict[str, str]:
     return {name: d for name, d in rows if name in PARTIAL_TICKET_INDEXES}
 
 
+def _pg_invalid_indexes(conn: Connection) -> list[str]:
+    rows = conn.exec_driver_sql(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE NOT i.indisvalid"
+    )
+    return [name for (name,) in rows]
+
+
 @pytest.mark.postgres
-async def test_postgres_ticket_indexes_are_partial(pg_url: str) -> None:
+async def test_postgres_ticket_indexes_are_partial_and_the_step_runs_again(pg_url: str) -> None:
+    await upgrade_head_async(pg_url)
+    # as after a failure between the concurrent builds and the version stamp: every
+    # step must run again, leaving the same schema
+    await asyncio.to_thread(command.stamp, alembic_config(pg_url), "0014")
     await upgrade_head_async(pg_url)
     found = await _inspect_async(pg_url, _pg_partial_ticket_indexes)
     assert set(found) == set(PARTIAL_TICKET_INDEXES)
     for name, col in PARTIAL_TICKET_INDEXES.items():
         assert found[name].endswith(f"WHERE ({col} IS NOT NULL)"), found[name]
+    assert await _inspect_async(pg_url, _pg_invalid_indexes) == []
+    assert await _inspect_async(pg_url, _version_rows) == [HEAD]
+    assert await _inspect_async(pg_url, _diff) == []
+
+
+def test_offline_postgres_sql_builds_ticket_indexes_outside_a_transaction(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = alembic_config("postgresql+asyncpg://hotline@db.invalid:5432/hotline")
+    command.upgrade(cfg, "0014:0015", sql=True)
+    out = capsys.readouterr().out
+    build = out.index("CREATE INDEX CONCURRENTLY ix_ticket_lead_department_set")
+    assert out.rfind("COMMIT;", 0, build) > out.rfind("BEGIN;", 0, build)  # not in a txn
+    assert "DROP INDEX CONCURRENTLY IF EXISTS ix_ticket_status;" in out
