@@ -574,6 +574,17 @@ def _resigned(cose: bytes, protected: dict, signature: bytes | None = None) -> b
     )
 
 
+def _truncated_base45(token: str) -> str:
+    """The token cut to a Base45 length of 1 modulo 3, never valid (0 or 2 left over
+    are; a token's length varies with how well its random parts compress), and not
+    ending in a space (Base45 has one; the API strips JSON strings' edges)."""
+    body = token[4:]
+    end = len(body) - 1 - (len(body) - 2) % 3
+    while body[end - 1] == " ":
+        end -= 3
+    return token[:4] + body[:end]
+
+
 def _hostile_tokens(good: str) -> dict[str, tuple[str, str]]:
     """name -> (token, the verdict's reason)."""
     cose = token_cose(good)
@@ -585,7 +596,7 @@ def _hostile_tokens(good: str) -> dict[str, tuple[str, str]]:
         "scanner's trailing newline": (good + "\r\n", "ok"),
         "no prefix": (good[4:], "bad_prefix"),
         "lower-case prefix": ("cc1:" + good[4:], "bad_prefix"),
-        "truncated base45": (good[:-1], "bad_base45"),
+        "truncated base45": (_truncated_base45(good), "bad_base45"),
         "base45 lower case": (good[:4] + good[4:].lower(), "bad_base45"),
         "non-ascii": ("CC1:中文", "bad_base45"),
         "truncated zlib": (
@@ -624,7 +635,11 @@ def _hostile_tokens(good: str) -> dict[str, tuple[str, str]]:
             "bad_signature",
         ),
         "payload changed": (
-            to_token(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload[:-1] + b"X", sig]))),
+            to_token(
+                cbor2.dumps(
+                    cbor2.CBORTag(18, [protected, {}, payload[:-1] + bytes([payload[-1] ^ 1]), sig])
+                )
+            ),
             "bad_signature",
         ),
     }
