@@ -746,19 +746,18 @@ class _TablePlan:
         self.width = len(names)
         self._multi: dict[int, str] = {}
         self._constants = tuple(value for _, value in constants)
-        self._flat = self._compile(given, dict(converters))
-
-    def flat(self, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...]:
-        """The parameters of `multi_sql(len(rows))`: every row's values in column order,
-        one flat tuple."""
-        return self._flat(rows)
+        # rows -> the parameters of `multi_sql(len(rows))`: every row's values in column
+        # order, one flat tuple
+        self.flat: Callable[[Sequence[dict[str, Any]]], tuple[Any, ...]] = self._compile(
+            given, dict(converters)
+        )
 
     def _compile(self, given: list[str], converters: dict[int, Callable[[Any], Any]]) -> Any:
         """One function per plan that reads each row's values straight into the flat
         tuple: no per-row list, tuple and flattening, which were most of the cost of a
         batch's parameters. Built from the column names (quoted with repr) and
         converters only, never from row data."""
-        env: dict[str, Any] = {"tuple": tuple}
+        env: dict[str, Any] = {}
         parts = []
         for i, name in enumerate(given):
             if i in converters:

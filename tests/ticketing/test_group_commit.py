@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -16,6 +17,20 @@ class Item:
     future: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+def _fed(
+    commit: Callable[[list[Item]], Awaitable[list[int]]], n: int, max_batch: int, overlap: bool
+) -> tuple[GroupCommit[Item, int], list[Item]]:
+    """A started GroupCommit with n items put."""
+    gc: GroupCommit[Item, int] = GroupCommit(
+        "t", commit, lambda b, r: None, max_batch=max_batch, may_overlap=lambda: overlap
+    )
+    gc.start()
+    items = [Item(i) for i in range(n)]
+    for it in items:
+        gc.put(it)
+    return gc, items
 
 
 @pytest.mark.parametrize(("overlap", "at_most"), [(True, 2), (False, 1)])
@@ -33,13 +48,7 @@ async def test_batches_overlap_only_when_allowed_and_never_more_than_two(
         running -= 1
         return [i.value * 2 for i in batch]
 
-    gc: GroupCommit[Item, int] = GroupCommit(
-        "t", commit, lambda b, r: None, max_batch=3, may_overlap=lambda: overlap
-    )
-    gc.start()
-    items = [Item(i) for i in range(30)]
-    for it in items:
-        gc.put(it)
+    gc, items = _fed(commit, 30, max_batch=3, overlap=overlap)
     assert await asyncio.gather(*(it.future for it in items)) == [i * 2 for i in range(30)]
     assert most == at_most
     await gc.stop()
@@ -54,13 +63,7 @@ async def test_stop_at_any_moment_answers_every_item(stop_after_yields: int) -> 
         await gate.wait()
         return [0 for _ in batch]
 
-    gc: GroupCommit[Item, int] = GroupCommit(
-        "t", commit, lambda b, r: None, max_batch=2, may_overlap=lambda: True
-    )
-    gc.start()
-    items = [Item(i) for i in range(9)]
-    for it in items:
-        gc.put(it)
+    gc, items = _fed(commit, 9, max_batch=2, overlap=True)
     for _ in range(stop_after_yields):
         await asyncio.sleep(0)
     await gc.stop()

@@ -314,21 +314,7 @@ async def test_a_batch_spanning_several_statements_per_table_stores_every_row(
     await asyncio.sleep(0.05)
     for i in range(120):
         key = IdempotencySpec("agent", f"key-{i}", "h") if i % 3 == 0 else None
-        tasks.append(
-            asyncio.create_task(
-                world.intake.create(
-                    NewTicket(
-                        kind="complaint",
-                        title=f"批量 {i}",
-                        description="说明",
-                        channel="web",
-                        principal=AGENT,
-                        category="urban.street-lights",
-                    ),
-                    key,
-                )
-            )
-        )
+        tasks.append(asyncio.create_task(world.intake.create(ticket(i), key)))
     await asyncio.sleep(0.05)
     hold.set()
     views = await asyncio.gather(*tasks)
