@@ -598,6 +598,12 @@ FLOOR_DEBIT = (
     "UPDATE floor_wallet SET balance = balance - $1 WHERE id = $2 AND balance >= $1 "
     "RETURNING balance, nextval('floor_seq') AS seq, clock_timestamp() AS at"
 )
+FLOOR_DEBIT_BATCH = (
+    "UPDATE floor_wallet w SET balance = w.balance - d.amount "
+    "FROM unnest($1::bigint[], $2::bigint[], $3::int[]) AS d(id, amount, i) "
+    "WHERE w.id = d.id AND w.balance >= d.amount "
+    "RETURNING d.i, nextval('floor_seq') AS seq, clock_timestamp() AS at"
+)
 FLOOR_RECORD = (
     "INSERT INTO floor_transfer (id, seq, wallet, amount, at, receipt) "
     "VALUES ($1, $2, $3, $4, $5, $6)"
@@ -619,7 +625,10 @@ def floor_app(workdir: Path) -> Any:
     transaction on a plain asyncpg pool: the conditional debit of the wallet drawing
     seq and time in the same statement, the Ed25519-signed receipt, one insert of the
     transfer with it, COMMIT (four round trips; the service's ledger makes five), and
-    the signed answer.
+    the signed answer. With ``"batch": true`` (``--floor-batch``) the payments queued
+    while a transaction runs share the next one (group commit: a wallet once per batch,
+    one UPDATE over all of them, receipts signed, one INSERT, COMMIT), a design the
+    service's ledger does not have: the row says what it would be worth.
 
     Left out, though the issue requires them: the nonces' replay memory across
     processes, the audit row, Idempotency-Key, the partner registry, rate limits, the
@@ -713,26 +722,90 @@ def floor_app(workdir: Path) -> Any:
                 "INSERT INTO floor_wallet VALUES ($1, $2) ON CONFLICT DO NOTHING", wallet, seed
             )
             wallets.add(wallet)
-        tid = uuid.uuid4()
-        async with pool.acquire() as con, con.transaction():
-            row = await con.fetchrow(FLOOR_DEBIT, amount, wallet)
-            if row is None:
-                raise web.HTTPConflict()
-            seq, at = row["seq"], row["at"]
-            receipt = {
+        done = await debit(wallet, amount, params.partner_id)
+        if done is None:
+            raise web.HTTPConflict()
+        tid, seq, signed = done
+        out = {"transfer_id": str(tid), "amount": amount, "seq": seq, "receipt": signed}
+        return answer(201, params.nonce, out, now)
+
+    def receipt(tid: uuid.UUID, seq: int, amount: int, partner_id: str, at: Any) -> str:
+        payload = orjson.dumps(
+            {
                 "transfer_id": str(tid),
                 "seq": seq,
                 "kind": "payment",
                 "amount": amount,
                 "currency": "CNY",
-                "partner_id": params.partner_id,
+                "partner_id": partner_id,
                 "at": at.isoformat(),
-            }
-            payload = orjson.dumps(receipt, option=orjson.OPT_SORT_KEYS)
-            signed = payload.decode() + "." + answer_key.sign(payload).hex()
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return payload.decode() + "." + answer_key.sign(payload).hex()
+
+    async def debit_one(wallet: int, amount: int, partner_id: str) -> Any:
+        """One transaction per payment, as the service's ledger does."""
+        assert pool is not None
+        tid = uuid.uuid4()
+        async with pool.acquire() as con, con.transaction():
+            row = await con.fetchrow(FLOOR_DEBIT, amount, wallet)
+            if row is None:
+                return None
+            seq, at = row["seq"], row["at"]
+            signed = receipt(tid, seq, amount, partner_id, at)
             await con.execute(FLOOR_RECORD, tid, seq, wallet, amount, at, signed)
-        out = {"transfer_id": str(tid), "amount": amount, "seq": seq, "receipt": signed}
-        return answer(201, params.nonce, out, now)
+        return tid, seq, signed
+
+    pending: list[tuple[int, int, str, asyncio.Future[Any]]] = []
+    writer: asyncio.Task[None] | None = None
+
+    async def write_batches() -> None:
+        """Group commit: the payments queued meanwhile, one wallet once per batch, in one
+        transaction of three round trips (debits, receipts signed, inserts, COMMIT)."""
+        assert pool is not None
+        while pending:
+            batch, later, seen = [], [], set()
+            for item in pending:
+                (later if item[0] in seen else batch).append(item)
+                seen.add(item[0])
+            pending[:] = later
+            tids = [uuid.uuid4() for _ in batch]
+            try:
+                async with pool.acquire() as con, con.transaction():
+                    rows = await con.fetch(
+                        FLOOR_DEBIT_BATCH,
+                        [w for w, _, _, _ in batch],
+                        [a for _, a, _, _ in batch],
+                        list(range(len(batch))),
+                    )
+                    got = {r["i"]: (r["seq"], r["at"]) for r in rows}
+                    out: list[Any] = [None] * len(batch)
+                    recs = []
+                    for i, (seq, at) in got.items():
+                        w, a, pid, _ = batch[i]
+                        signed = receipt(tids[i], seq, a, pid, at)
+                        out[i] = (tids[i], seq, signed)
+                        recs.append((tids[i], seq, w, a, at, signed))
+                    await con.executemany(FLOOR_RECORD, recs)
+            except Exception as exc:
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (*_, fut), result in zip(batch, out, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def debit_batched(wallet: int, amount: int, partner_id: str) -> Any:
+        nonlocal writer
+        fut = asyncio.get_running_loop().create_future()
+        pending.append((wallet, amount, partner_id, fut))
+        if writer is None or writer.done():
+            writer = asyncio.ensure_future(write_batches())
+        return await fut
+
+    debit = debit_batched if conf.get("batch") else debit_one
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(body=b"{}", content_type="application/json")
@@ -1427,7 +1500,9 @@ async def _online(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-async def _floor_proc(svc: _Service, tmp: Path, pg_dsn: str | None = None) -> _Proc:
+async def _floor_proc(
+    svc: _Service, tmp: Path, pg_dsn: str | None = None, batch: bool = False
+) -> _Proc:
     """The floor server (``floor_app``), fed the service's published lists, its root
     key and the partners' public keys (and, for payments, a PostgreSQL database)."""
     wk = f"{svc.base}/.well-known/citizen-card"
@@ -1453,6 +1528,7 @@ async def _floor_proc(svc: _Service, tmp: Path, pg_dsn: str | None = None) -> _P
         "status_list": got["status-list"].hex(),
         "root_key": got["root-key.pem"].decode(),
         "pg_dsn": pg_dsn,
+        "batch": batch,
     }
     (tmp / "floor.json").write_text(json.dumps(conf))
     return _Proc(["--serve-floor", "--workdir", str(tmp)], tmp / "floor.log")
@@ -1630,8 +1706,10 @@ async def _payments(args: argparse.Namespace) -> dict[str, Any]:
         pg_svc = next((s for s, _ in services if s.backend == "postgres"), None)
         if not args.no_floor and pg_svc is not None and args.pay_mode == "token":
             dsn = pg_svc.store.url.replace("postgresql+asyncpg://", "postgresql://", 1)
-            fproc = await stack.enter_async_context(await _floor_proc(pg_svc, tmp, dsn))
-            floor = _PayLoad(pg_svc, _Result("floor: aiohttp + crypto + one raw tx"), "token")
+            batch = args.floor_batch
+            fproc = await stack.enter_async_context(await _floor_proc(pg_svc, tmp, dsn, batch))
+            name = "floor: aiohttp + crypto + " + ("batched raw tx" if batch else "one raw tx")
+            floor = _PayLoad(pg_svc, _Result(name), "token")
             floor.urls = {p: URL(fproc.base + p, encoded=True) for p in (VERIFY_PATH, PAY_PATH)}
             floor.answer_key = load_public_key((tmp / "floor-key.pem").read_bytes())
             targets.append(_Target(floor.result, fproc, floor.op, floor.prepare))
@@ -1695,8 +1773,9 @@ async def _payments(args: argparse.Namespace) -> dict[str, Any]:
     fl = out.get("floor")
     if fl:
         print(
-            f"floor (PostgreSQL, the protocol's own work and one raw transaction on one "
-            f"event loop): {fl['per_s']:,.0f}/s, p99 {fl['p99_ms']:.1f} ms"
+            f"floor (PostgreSQL, the protocol's own work and "
+            f"{'batched raw transactions' if args.floor_batch else 'one raw transaction'} "
+            f"on one event loop): {fl['per_s']:,.0f}/s, p99 {fl['p99_ms']:.1f} ms"
         )
     lib = out.get("library", {}).get("postgres")
     if lib:
@@ -1734,7 +1813,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--warmup", type=float, default=1.5, help="warm-up per target (1.5)")
     g.add_argument("--slice", type=float, default=2.0, help="length of one turn (2)")
     g.add_argument("--online-backends", default="sqlite", help="online verify (sqlite)")
-    g.add_argument("--no-floor", action="store_true", help="online: skip the crypto-floor server")
+    g.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="online and payments: skip the floor server (the protocol's own work only)",
+    )
+    g.add_argument(
+        "--floor-batch",
+        action="store_true",
+        help="payments: the floor group-commits concurrent payments (one transaction a batch)",
+    )
     g.add_argument("--pay-backends", default="sqlite,postgres", help="(sqlite,postgres)")
     g.add_argument(
         "--pay-workers",

@@ -6,6 +6,7 @@ emptied wallet), signs its answers, and its payments are durable transactions.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ from citizen_card.partner_client import sign_headers
 REVOKED = 7
 
 
-def _setup(tmp_path: Path, pg_dsn: str | None) -> tuple[Keyring, dict[str, Any]]:
+def _setup(
+    tmp_path: Path, pg_dsn: str | None, batch: bool = False
+) -> tuple[Keyring, dict[str, Any]]:
     """Keys, lists and floor.json; each wallet starts with 1,000 fen."""
     now = time.time()
     ring = Keyring.generate(now=now - 3600)
@@ -45,6 +48,7 @@ def _setup(tmp_path: Path, pg_dsn: str | None) -> tuple[Keyring, dict[str, Any]]
         "root_key": ring.root_public_pem().decode(),
         "pg_dsn": pg_dsn,
         "wallet_fen": 1000,
+        "batch": batch,
     }  # fmt: skip
     (tmp_path / "floor.json").write_text(json.dumps(conf))
     return ring, keys
@@ -107,10 +111,11 @@ async def test_the_floor_verifies_what_the_protocol_requires(
         assert reason is None or answer["reason"] == reason
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one-tx", "batched"])
 async def test_the_floor_pays_once_per_token_in_a_durable_transaction(
-    tmp_path: Path, aiohttp_client: Any, pg_dsn: str
+    tmp_path: Path, aiohttp_client: Any, pg_dsn: str, batch: bool
 ) -> None:
-    ring, keys = _setup(tmp_path, pg_dsn)
+    ring, keys = _setup(tmp_path, pg_dsn, batch)
     client = await aiohttp_client(floor_app(tmp_path))
     token = _token(ring, "pay", 5)
 
@@ -153,3 +158,28 @@ async def test_the_floor_refuses_amounts_that_are_not_positive_whole_fen(
     client = await aiohttp_client(floor_app(tmp_path))
     data = {"token": _token(ring, "pay", 1), "amount": amount}
     assert (await _post(client, keys["shop"], "shop", PAY_PATH, data))[0] == 400
+
+
+async def test_the_batched_floor_never_pays_a_wallet_beyond_its_balance(
+    tmp_path: Path, aiohttp_client: Any, pg_dsn: str
+) -> None:
+    """Concurrent payments from two wallets share batches; each wallet pays exactly what
+    its 1,000 fen allow (a wallet appears once per batch, so its UPDATE sees its last
+    balance)."""
+    ring, keys = _setup(tmp_path, pg_dsn, batch=True)
+    client = await aiohttp_client(floor_app(tmp_path))
+
+    async def pay(wallet: int) -> int:
+        data = {"token": _token(ring, "pay", wallet), "amount": 300}
+        return (await _post(client, keys["shop"], "shop", PAY_PATH, data))[0]
+
+    statuses = await asyncio.gather(*(pay(w) for w in (1, 2) for _ in range(6)))
+    assert sorted(statuses) == [201] * 6 + [409] * 6  # 3 of 300 fen fit per wallet
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        balances = await conn.fetch("SELECT id, balance FROM floor_wallet ORDER BY id")
+        seqs = await conn.fetch("SELECT seq FROM floor_transfer")
+    finally:
+        await conn.close()
+    assert [(r["id"], r["balance"]) for r in balances] == [(1, 100), (2, 100)]
+    assert len({r["seq"] for r in seqs}) == 6
