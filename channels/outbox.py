@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import sqlalchemy as sa
 
 from channels.models import message_t, outbox_t
-from ticketing.store import Database
+from ticketing.store import Database, log_pass_failure
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ class OutboxWorker:
                 n = await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("outbox pass failed; retrying")
+            except Exception as exc:
+                log_pass_failure(log, exc, "outbox pass failed; retrying")
                 n = 0
             if n >= BATCH:
                 continue  # more may be due

@@ -125,9 +125,10 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from citizen_card.dberrors import sqlstate
 from citizen_card.ledger_models import (
     CURRENCY,
     LEDGER_SEQUENCE_NAME,
@@ -514,23 +515,16 @@ def _key(text: object, what: str = "idempotency key") -> str:
     return text
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    code = getattr(exc, "sqlstate", None)  # asyncpg's own exceptions
-    if code is None and isinstance(exc, DBAPIError):
-        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return code if isinstance(code, str) else None
-
-
 def _retryable(exc: BaseException) -> bool:
     if type(exc).__name__ == "ConnectionDoesNotExistError":  # asyncpg: the backend went
         return True  # away mid-transaction (rolled back); a retry uses a fresh connection
-    return _sqlstate(exc) in ("40P01", "40001")  # deadlock detected, serialization failure
+    return sqlstate(exc) in ("40P01", "40001")  # deadlock detected, serialization failure
 
 
 def _unique_violation(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.IntegrityError):  # raised on aiosqlite's thread, unwrapped
         return "UNIQUE" in str(exc)
-    return isinstance(exc, IntegrityError) or _sqlstate(exc) == "23505"
+    return isinstance(exc, IntegrityError) or sqlstate(exc) == "23505"
 
 
 @dataclass

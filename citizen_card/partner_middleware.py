@@ -34,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
+from citizen_card.dberrors import unavailable
 from citizen_card.partner_auth import (
     DEFAULT_SKEW_S,
     RESPONSE_SIGNATURE_HEADER,
@@ -109,6 +110,27 @@ def _auth_problem(exc: PartnerAuthError) -> web.Response:
 
 def _internal_error() -> web.Response:
     return problem_response("internal_error", 500, "Something went wrong on our side")
+
+
+def _failed(what: str, request: web.Request, exc: BaseException) -> web.Response:
+    """An unexpected exception: 503 ``service_unavailable`` (retry later, one log line)
+    when the database cannot serve now (out of connection slots, shutting down,
+    unreachable), else 500 with the traceback logged."""
+    if unavailable(exc):
+        log.warning(
+            "partner %s: database unavailable: %s %s: %s",
+            what,
+            request.method,
+            request.path,
+            (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200],
+        )
+        resp = problem_response(
+            "service_unavailable", 503, "The service cannot answer now; retry shortly"
+        )
+        resp.headers["Retry-After"] = "5"
+        return resp
+    log.error("partner %s failed: %s %s", what, request.method, request.path, exc_info=exc)
+    return _internal_error()
 
 
 def _from_http_exception(exc: web.HTTPException) -> web.Response:
@@ -213,18 +235,16 @@ def partner_auth_middleware(
                 request.path,
             )
             return _auth_problem(exc)
-        except Exception:  # the registry or the nonce store failed
-            log.exception("partner authentication failed: %s %s", request.method, request.path)
-            return _internal_error()
+        except Exception as exc:  # the registry or the nonce store failed
+            return _failed("authentication", request, exc)
         try:
             return await handler(request)
         except PartnerAuthError as exc:  # require_scope in a handler
             return _auth_problem(exc)
         except web.HTTPException as exc:
             return _from_http_exception(exc)
-        except Exception:
-            log.exception("partner handler failed: %s %s", request.method, request.path)
-            return _internal_error()
+        except Exception as exc:
+            return _failed("handler", request, exc)
 
     @web.middleware
     async def partner_auth(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -49,6 +49,7 @@ from ticketing.lifecycle import Role
 from ticketing.ports import Principal
 from ticketing.report_routes import report_routes
 from ticketing.routes import ticket_routes
+from ticketing.store import log_pass_failure
 from ticketing.wal_checkpoint import checkpointing
 from ticketing.webkit import RouteSpec, principal_of
 
@@ -304,5 +305,5 @@ async def _settle_forever(card_deps: CardDeps, interval_s: float = 5.0) -> None:
             await card_deps.ledger.settle()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("ledger settle failed; retrying")
+        except Exception as exc:
+            log_pass_failure(log, exc, "ledger settle failed; retrying")

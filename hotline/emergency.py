@@ -70,7 +70,7 @@ from hotline.calls import store
 from hotline.calls.models import EmergencyHandoff, EmergencyNotice
 from ticketing.events import DomainEvent
 from ticketing.handlers import Deps, announce
-from ticketing.store import StoreUnavailable
+from ticketing.store import StoreUnavailable, log_pass_failure
 
 log = logging.getLogger(__name__)
 
@@ -675,8 +675,8 @@ class EmergencyDesk:
                     if not store_down:  # once per outage, not every poll
                         log.warning("emergency outbox waits for the database: %s", exc)
                     store_down = True
-                except Exception:
-                    log.exception("emergency outbox pass failed; retrying")
+                except Exception as exc:
+                    log_pass_failure(log, exc, "emergency outbox pass failed; retrying")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll_s)

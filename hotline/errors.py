@@ -14,7 +14,7 @@ from aiohttp.web_request import BaseRequest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from hotline.appkeys import SETTINGS
-from ticketing.store import StoreUnavailable
+from ticketing.store import StoreUnavailable, is_unavailable, sqlstate
 from ticketing.webkit import PROBLEM_JSON, problem, problem_body, problem_response
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,30 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
             resp = problem_response("service-unavailable", "the database is busy; retry")
             resp.headers["Retry-After"] = "1"
             return resp
+        if is_unavailable(exc):
+            return _unavailable(request, exc)
         log.exception("database error on %s %s", request.method, request.path)
         return problem_response("internal-error")
-    except Exception:
+    except Exception as exc:
+        if sqlstate(exc) is not None and is_unavailable(exc):  # a raw driver's error
+            return _unavailable(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response("internal-error")
+
+
+def _unavailable(request: web.Request, exc: BaseException) -> web.Response:
+    """The database cannot serve now (too many connections, shutting down, unreachable):
+    a 503 the client retries, and one line in the log -- not a traceback per request
+    while PostgreSQL is out of connection slots."""
+    log.warning(
+        "database unavailable for %s %s: %s",
+        request.method,
+        request.path,
+        (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200],
+    )
+    resp = problem_response("service-unavailable")
+    resp.headers["Retry-After"] = "5"
+    return resp
 
 
 class ProblemRequestHandler(RequestHandler):

@@ -77,6 +77,29 @@ async def pg_url(pg_server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def capped_pg_url(pg_url: str) -> AsyncIterator[str]:
+    """The test database as a role PostgreSQL lets open no connection: every connect is
+    refused by the server itself with SQLSTATE 53300 (too_many_connections), as when
+    it is out of connection slots ("sorry, too many clients already")."""
+    import asyncpg
+
+    role = f"capped_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        await conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    finally:
+        await conn.close()
+    from sqlalchemy.engine import make_url
+
+    yield make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
+    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
 def pg_dsn(pg_url: str) -> str:
     """The same database as a plain asyncpg DSN."""
     return _asyncpg_dsn(pg_url)

@@ -19,6 +19,7 @@ from ticketing.deadlines import is_breached, is_warning
 from ticketing.events import DeadlineBreached, DeadlineWarning, DomainEvent
 from ticketing.handlers import DISPATCH_PHASE, FEEDBACK_PHASE, Deps, announce, event_t, ticket_t
 from ticketing.lifecycle import Action, Status
+from ticketing.store import log_pass_failure
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,6 @@ async def run_forever(deps: Deps, interval_s: float, warn_fraction: float) -> No
             await scan_once(deps, warn_fraction)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("deadline scan failed; trying again in %.0f s", interval_s)
+        except Exception as exc:
+            log_pass_failure(log, exc, "deadline scan failed; trying again in %.0f s", interval_s)
         await asyncio.sleep(interval_s)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,45 @@ def sqlite_pragmas(dbapi_conn: Any, _record: Any = None) -> None:
     cur.close()
 
 
+# SQLSTATE classes that mean "the database cannot serve us now", not "this statement is
+# wrong": 08 connection exception, 53 insufficient resources (too many connections,
+# disk full, out of memory), 57P operator intervention (shutdown, crash recovery,
+# starting up). A client should retry these later; they are never our bug. (The same
+# rule as citizen_card.dberrors: the two packages do not import each other.)
+UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of a driver error, also when SQLAlchemy or our own
+    exceptions wrap it (``orig`` and ``__cause__``, a few levels deep)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        code = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def log_pass_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
+    """A background pass failed and will run again. A database that cannot serve now
+    (unreachable, out of connection slots, shutting down) is one WARNING line: it is not
+    our bug, and a traceback per pass per loop while PostgreSQL is out of slots would
+    bury real faults. Anything else keeps its traceback at ERROR."""
+    if is_unavailable(exc):
+        first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
+        logger.warning(message + " (database unavailable: %s)", *args, first)
+    else:
+        logger.error(message, *args, exc_info=exc)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether an error means the database cannot be reached (answer 503), not a bug."""
+    code = sqlstate(exc)
+    if code is not None and code.startswith(UNAVAILABLE_SQLSTATES):
+        return True
     text = str(exc).lower()
     needles = (
         "connection refused",
@@ -180,5 +218,6 @@ def is_unavailable(exc: BaseException) -> bool:
         "the database system is",
         "connection reset",
         "connectionrefused",
+        "too many clients",
     )
     return isinstance(exc, OSError) or any(n in text for n in needles)

@@ -44,7 +44,7 @@ from hotline.calls import instances, store
 from ticketing import workqueue
 from ticketing.events import DomainEvent, WorkItemChanged
 from ticketing.handlers import Deps, announce
-from ticketing.store import StoreUnavailable
+from ticketing.store import StoreUnavailable, log_pass_failure
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +302,8 @@ class AcdService:
                 await self.heartbeat()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("instance heartbeat failed; retrying on the next beat")
+            except Exception as exc:
+                log_pass_failure(log, exc, "instance heartbeat failed; retrying on the next beat")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -812,8 +812,8 @@ class AcdService:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("ACD tick failed")
+            except Exception as exc:
+                log_pass_failure(log, exc, "ACD tick failed")
 
     async def tick(self) -> None:
         changes, due = self.acd.tick()

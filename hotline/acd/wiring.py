@@ -38,6 +38,7 @@ from hotline.phone import EslLine, build_call_entry
 from hotline.phone.demo import demo_simulator, demo_traffic
 from hotline.settings import Settings
 from ticketing.handlers import Deps
+from ticketing.store import log_pass_failure
 from ticketing.webkit import RouteSpec
 
 log = logging.getLogger(__name__)
@@ -248,8 +249,8 @@ async def recording_cleanup(
             await cleanup_recordings_once(deps, directory, retention_days)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("recording cleanup failed; retrying in an hour")
+        except Exception as exc:
+            log_pass_failure(log, exc, "recording cleanup failed; retrying in an hour")
         await asyncio.sleep(every_s)
 
 

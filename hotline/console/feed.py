@@ -71,7 +71,7 @@ from ticketing.events import (
 from ticketing.handlers import DISPATCH_PHASE, FEEDBACK_PHASE, Deps, ticket_t
 from ticketing.lifecycle import Status
 from ticketing.models import WorkItem
-from ticketing.store import Database, sqlite_pragmas
+from ticketing.store import Database, log_pass_failure, sqlite_pragmas
 
 log = logging.getLogger(__name__)
 
@@ -640,8 +640,10 @@ class QueueFeed:
                 await self.reconcile()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("console feed reconcile failed; retrying on the next tick")
+            except Exception as exc:
+                log_pass_failure(
+                    log, exc, "console feed reconcile failed; retrying on the next tick"
+                )
 
     async def _run(self) -> None:
         while True:
@@ -661,9 +663,11 @@ class QueueFeed:
                 await self.refresh(pending)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # the database blinked: the next reconcile re-reads everything
-                log.exception("console feed refresh failed; the next reconcile catches up")
+                log_pass_failure(
+                    log, exc, "console feed refresh failed; the next reconcile catches up"
+                )
 
     async def refresh(self, pending: dict[Key, float]) -> list[dict[str, Any]]:
         """Re-read the given items and publish what changed."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -856,12 +857,50 @@ async def test_handler_errors_are_signed_problems(world: World) -> None:
             "status": 500,
         },
     )
-    status, _ = await world.client("explode").request("GET", "/partner/v1/echo")
-    assert status == 500  # the registry failed: still a signed problem
+    status, body = await world.client("explode").request("GET", "/partner/v1/echo")
+    # the registry could not be reached (a connection error): a signed 503, retry later
+    assert (status, body["type"]) == (503, "/problems/partner-service_unavailable")
     status, body = await client.request("GET", "/partner/v1/nothing-here")
     assert (status, body) == (404, {"type": "about:blank", "title": "Not Found", "status": 404})
     status, body = await client.request("DELETE", "/partner/v1/scoped")
     assert (status, body["title"]) == (405, "Method Not Allowed")
+
+
+async def test_a_database_out_of_connection_slots_is_a_signed_503(
+    aiohttp_client: Any, clock: Clock, capped_pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL refuses the nonce store's connection (SQLSTATE 53300, as when every
+    slot is taken): the partner is told to retry (503, Retry-After), in a signed answer,
+    and the log gets one warning, not a traceback per request."""
+    engine = create_async_engine(capped_pg_url)
+    try:
+        world = await make_world(aiohttp_client, SqlNonceStore(engine, clock=clock), clock)
+        caplog.set_level(logging.INFO)
+        status, body = await world.client().request("GET", "/partner/v1/echo")
+        assert (status, body) == (
+            503,
+            {
+                "type": "/problems/partner-service_unavailable",
+                "title": "The service cannot answer now; retry shortly",
+                "status": 503,
+            },
+        )
+        url = str(world.http.make_url("/partner/v1/echo"))
+        headers = sign_headers(
+            "GET",
+            url,
+            b"",
+            partner_id="hospital-01",
+            key_id="k2026",
+            private_key=PARTNER_KEY,
+            timestamp=int(clock()),
+        )
+        resp = await world.http.get("/partner/v1/echo", headers=headers)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("database unavailable" in r.getMessage() for r in caplog.records)
+    finally:
+        await engine.dispose()
 
 
 async def test_body_limits(world: World) -> None:
