@@ -16,7 +16,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -846,6 +846,17 @@ _PG_CARD_STATUS_CONSUME = (
     "SELECT c.status, (SELECT count(*) FROM n) AS fresh FROM card c "
     "WHERE c.card_no = $1 FOR SHARE OF c"
 )
+# the batch forms (Ledger._pay_batch): the cards locked in card-number order, so two
+# batches and a freeze always take them in the same order
+_PG_CARD_STATUS_BATCH = (
+    "SELECT card_no, status FROM card WHERE card_no = ANY($1::varchar[]) ORDER BY card_no FOR SHARE"
+)
+_PG_CONSUME_BATCH = (
+    "INSERT INTO partner_nonce (partner_id, nonce, expires_at) "
+    "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[]) "
+    "ON CONFLICT (partner_id, nonce) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE partner_nonce.expires_at <= $4 RETURNING 1"
+)
 _SQLITE_CONSUME = (
     "INSERT INTO partner_nonce (partner_id, nonce, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (partner_id, nonce) DO UPDATE SET expires_at = excluded.expires_at "
@@ -912,6 +923,34 @@ class CardPrecheck:
         self._check(None if row is None else row["status"])
         if not row["fresh"]:
             raise OneTimeUsed()
+
+    @staticmethod
+    async def asyncpg_lock_batch(pg: Any, checks: Sequence[CardPrecheck]) -> list[bool]:
+        """For a batch of payments (Ledger._pay_batch): lock every card row (FOR SHARE)
+        and read its status in one statement; True where the card is active. The
+        one-time nonces are used up later, by `asyncpg_consume_batch`, only for the
+        payments the balance allowed."""
+        rows = await pg.fetch(_PG_CARD_STATUS_BATCH, sorted({c.card_no for c in checks}))
+        status = {r["card_no"]: r["status"] for r in rows}
+        return [status.get(c.card_no) == CardStatus.ACTIVE.value for c in checks]
+
+    @staticmethod
+    async def asyncpg_consume_batch(pg: Any, checks: Sequence[CardPrecheck]) -> bool:
+        """Use up the batch's one-time nonces in one statement; False if any was used
+        already (or twice in the batch): the caller then rolls the batch back."""
+        once = [c.consume for c in checks if c.consume is not None]
+        if not once:
+            return True
+        if len({(ns, nonce) for ns, nonce, _ in once}) != len(once):
+            return False
+        rows = await pg.fetch(
+            _PG_CONSUME_BATCH,
+            [ns for ns, _, _ in once],
+            [nonce for _, nonce, _ in once],
+            [exp for _, _, exp in once],
+            int(time.time()),
+        )
+        return len(rows) == len(once)
 
 
 def card_precheck(card_no: str, deps: CardDeps) -> CardPrecheck:
