@@ -131,3 +131,45 @@ async def test_every_outcome_in_a_batch_is_the_one_a_payment_gets_alone(api: Any
     # refusals then answered alone); the second rolled back, every call answered alone
     assert batched == ["batches committed: 1", *expected[:3], "batches committed: 0", *expected[3:]]
     assert alone == ["batches committed: 0", *expected[:3], "batches committed: 0", *expected[3:]]
+
+
+async def test_a_loss_report_cuts_off_batched_payments_at_its_ledger_position(api: Any) -> None:
+    """The freeze receipt's position P fixes liability: every payment of the card that
+    went through has seq <= P, every one after the freeze is refused -- also when the
+    payments share transactions and the report lands in the middle of them."""
+    deps = api.app[CARD_DEPS]
+    ledger = deps.ledger
+    await partner(api, "shop", "merchant", "pay")
+    (card_no, wallet), *others = await _cards(api, 4, 100_000)
+    merchant = await ledger.open_account("merchant", "shop")
+    for w in [wallet, *(w for _, w in others)]:
+        await ledger._account(w)  # cached: the payments queue at once
+    some_paid = asyncio.Event()
+
+    async def pay(n: int, wallet: int, card: str) -> Any:
+        pre = svc.CardPrecheck(card, deps, consume=("pay-tokens", f"cut-{n}", 2**40))
+        try:
+            done = await ledger.pay(wallet, merchant, 10, f"cut-{n}", "shop", precheck=pre)
+        except svc.CardError as exc:
+            return exc.code
+        if card == card_no and n >= 2:
+            some_paid.set()
+        return done
+
+    async def report() -> dict[str, Any]:
+        await some_paid.wait()  # a few of the card's batches are through
+        r = await api.post(f"/api/v1/cards/{card_no}/report-lost", {"channel": "counter"})
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+    mine = [pay(n, wallet, card_no) for n in range(40)]
+    theirs = [pay(100 + n, w, c) for n, (c, w) in enumerate(others * 10)]
+    *results, receipt = await asyncio.gather(*mine, *theirs, report())
+    position = receipt["ledger_position"]
+    paid = [r for r in results[:40] if not isinstance(r, str)]
+    refused = [r for r in results[:40] if isinstance(r, str)]
+    assert set(refused) <= {"card-not-active"} and len(paid) + len(refused) == 40
+    assert paid and refused, (len(paid), len(refused))  # the report landed among them
+    assert all(t.seq <= position for t in paid)
+    assert all(not isinstance(r, str) for r in results[40:])  # other cards unaffected
+    assert await ledger.balance(wallet) == 100_000 - 10 * len(paid)
