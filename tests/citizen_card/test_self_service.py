@@ -347,3 +347,24 @@ async def test_verify_holder_for_linking_a_sign_in(api):  # type: ignore[no-unty
     other_phone = deps.cipher.blind_index("+8613900000000")
     _, refusal = await verify_holder_by_phone(deps, no, last6, PIN, phone_bidx=other_phone)
     assert refusal is not None and refusal.outcome == "refused"
+
+
+def test_cache_entries_filled_together_expire_spread_out_within_the_ttl() -> None:
+    """A thousand entries put in the same instant: none outlives the TTL (the bound on a
+    stale card), and their expiries spread over the last half of it, so the database
+    sees their refills a few at a time instead of all at once."""
+    from citizen_card.changes import TtlCache
+
+    now = [100.0]
+    cache: TtlCache[int, str] = TtlCache(1.0, clock=lambda: now[0])
+    for k in range(1000):
+        cache.put(k, "row")
+    alive = []
+    for step in range(11):  # 0.0, 0.1, ... 1.0 s later
+        now[0] = 100.0 + step / 10
+        alive.append(sum(cache.get(k)[0] for k in range(1000)))
+    assert alive[:5] == [1000] * 5  # the first half of the TTL: every entry lives
+    assert alive[10] == 0  # at the TTL: none
+    assert 1000 > alive[6] > alive[8] > 0  # in between, a few at a time
+    with pytest.raises(ValueError):
+        TtlCache(1.0, jitter=1.0)
