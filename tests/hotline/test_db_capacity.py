@@ -12,15 +12,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from hotline.appkeys import CARD_DEPS, DEPS
 from tests.citizen_card.test_card_api import register
+from tests.hotline.test_api_robustness import TICKET
 from ticketing.store import is_unavailable
-
-TICKET = {
-    "kind": "complaint",
-    "title": "路灯不亮",
-    "description": "幸福小区南门路灯不亮",
-    "channel": "phone",
-    "category": "urban.street-lights",
-}
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
