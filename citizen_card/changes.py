@@ -13,6 +13,7 @@ This module knows nothing of the bus; `citizen_card` imports no other package.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -86,6 +87,8 @@ class TtlCache(Generic[K, V]):
         self._clock = clock
         self._data: dict[K, tuple[float, V]] = {}
         self.generation = 0  # bumped by every invalidation: a read that raced one is not kept
+        self._loading: dict[K, asyncio.Future[V]] = {}  # reads in flight (see `load`)
+        self.loads = 0  # reads `load` made (tests)
 
     def get(self, key: K) -> tuple[bool, V | None]:
         hit = self._data.get(key)
@@ -106,5 +109,57 @@ class TtlCache(Generic[K, V]):
         self.generation += 1
         if key is None:
             self._data.clear()
+            self._loading.clear()
         else:
             self._data.pop(key, None)
+            # a read begun before the change may return the old value: callers who
+            # come after it start their own (those already waiting came before it)
+            self._loading.pop(key, None)
+
+    async def load(
+        self,
+        key: K,
+        read: Callable[[], Awaitable[V]],
+        keep: Callable[[V], bool] | None = None,
+    ) -> V:
+        """The cached value, or one read for everyone who misses at the same time.
+
+        Without this, an entry that expires under load sends every request of that
+        instant to the database at once (a partner's record is one key for all of its
+        calls): they overflow the connection pool, new connections are opened and
+        closed, and the partner API's p99 shows it. `keep(value)` says whether to cache
+        what was read (default: always); a change during the read keeps nothing.
+        """
+        found, value = self.get(key)
+        if found:
+            return value  # type: ignore[return-value]
+        while (pending := self._loading.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except _ReadAbandoned:
+                continue  # its reader was cancelled: read again (or join the next one)
+        generation = self.generation
+        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        self.loads += 1
+        try:
+            value = await read()
+        except asyncio.CancelledError:
+            fut.set_exception(_ReadAbandoned())
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            raise
+        finally:
+            if self._loading.get(key) is fut:
+                del self._loading[key]
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # retrieved: no "never retrieved" warning without waiters
+        if keep is None or keep(value):
+            self.put(key, value, generation)
+        fut.set_result(value)
+        return value
+
+
+class _ReadAbandoned(Exception):
+    """The caller doing a shared read was cancelled; its waiters read again."""

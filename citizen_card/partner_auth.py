@@ -744,13 +744,7 @@ class SqlPartnerRegistry:
             self._cache.drop(partner_id)
 
     async def get(self, partner_id: str) -> PartnerCredentials | None:
-        found, partner = self._cache.get(partner_id)
-        if found:
-            return partner
-        generation = self._cache.generation
-        partner = await self._read(partner_id)
-        self._cache.put(partner_id, partner, generation)
-        return partner
+        return await self._cache.load(partner_id, lambda: self._read(partner_id))
 
     async def _read(self, partner_id: str) -> PartnerCredentials | None:
         async with self.engine.connect() as conn:

@@ -719,32 +719,30 @@ async def make_token(deps: CardDeps, card_no: str, purpose: str) -> str:
 
 async def status_version(deps: CardDeps) -> int:
     """The status list's version (bumped by every revocation change), cached briefly."""
-    found, version = deps._version.get("v")
-    if found and version is not None:
-        return version
-    generation = deps._version.generation
-    async with deps.read() as conn:
-        version = (
-            await conn.execute(
-                sa.select(counter_t.c.value).where(counter_t.c.name == "status_version")
-            )
-        ).scalar_one_or_none() or 0
-    deps._version.put("v", int(version), generation)
-    return int(version)
+
+    async def read() -> int:
+        async with deps.read() as conn:
+            version = (
+                await conn.execute(
+                    sa.select(counter_t.c.value).where(counter_t.c.name == "status_version")
+                )
+            ).scalar_one_or_none()
+        return int(version or 0)
+
+    return await deps._version.load("v", read)
 
 
 async def card_by_status_index(deps: CardDeps, index: int) -> Any | None:
     """The card at a status-list position (the online check's live status), cached
     briefly and forgotten on any card change."""
-    found, row = deps._cards.get(index)
-    if found:
-        return row
-    generation = deps._cards.generation
-    async with deps.read() as conn:
-        row = (await conn.execute(sa.select(card_t).where(card_t.c.status_index == index))).first()
-    if row is not None:  # a card issued a moment later must not look unknown
-        deps._cards.put(index, row, generation)
-    return row
+
+    async def read() -> Any | None:
+        async with deps.read() as conn:
+            q = sa.select(card_t).where(card_t.c.status_index == index)
+            return (await conn.execute(q)).first()
+
+    # a card issued a moment later must not look unknown: "none" is not kept
+    return await deps._cards.load(index, read, keep=lambda row: row is not None)
 
 
 async def wallet_of(deps: CardDeps, resident_id: int) -> int:
