@@ -17,6 +17,7 @@ from hotline.appkeys import CARD_DEPS
 from tests.citizen_card.test_partner_api import partner, resident_with_card, wallet_with
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+MINE = 100  # payments of the card that is reported lost among them
 
 
 async def _cards(api: Any, n: int, fen: int) -> list[tuple[str, int]]:
@@ -162,14 +163,16 @@ async def test_a_loss_report_cuts_off_batched_payments_at_its_ledger_position(ap
         assert r.status == 200, await r.text()
         return await r.json()
 
-    mine = [pay(n, wallet, card_no) for n in range(40)]
-    theirs = [pay(100 + n, w, c) for n, (c, w) in enumerate(others * 10)]
+    # the card's payments run one batch after another (its wallet is in one batch at a
+    # time): 100 of them leave the report a wide window, even on a slow machine
+    mine = [pay(n, wallet, card_no) for n in range(MINE)]
+    theirs = [pay(1000 + n, w, c) for n, (c, w) in enumerate(others * 10)]
     *results, receipt = await asyncio.gather(*mine, *theirs, report())
     position = receipt["ledger_position"]
-    paid = [r for r in results[:40] if not isinstance(r, str)]
-    refused = [r for r in results[:40] if isinstance(r, str)]
-    assert set(refused) <= {"card-not-active"} and len(paid) + len(refused) == 40
+    paid = [r for r in results[:MINE] if not isinstance(r, str)]
+    refused = [r for r in results[:MINE] if isinstance(r, str)]
+    assert set(refused) <= {"card-not-active"} and len(paid) + len(refused) == MINE
     assert paid and refused, (len(paid), len(refused))  # the report landed among them
     assert all(t.seq <= position for t in paid)
-    assert all(not isinstance(r, str) for r in results[40:])  # other cards unaffected
+    assert all(not isinstance(r, str) for r in results[MINE:])  # other cards unaffected
     assert await ledger.balance(wallet) == 100_000 - 10 * len(paid)
