@@ -88,7 +88,6 @@ class TtlCache(Generic[K, V]):
         self._data: dict[K, tuple[float, V]] = {}
         self.generation = 0  # bumped by every invalidation: a read that raced one is not kept
         self._loading: dict[K, asyncio.Future[V]] = {}  # reads in flight (see `load`)
-        self.loads = 0  # reads `load` made (tests)
 
     def get(self, key: K) -> tuple[bool, V | None]:
         hit = self._data.get(key)
@@ -141,20 +140,16 @@ class TtlCache(Generic[K, V]):
         generation = self.generation
         fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._loading[key] = fut
-        self.loads += 1
         try:
             value = await read()
-        except asyncio.CancelledError:
-            fut.set_exception(_ReadAbandoned())
-            raise
         except BaseException as exc:
-            fut.set_exception(exc)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            fut.set_exception(_ReadAbandoned() if cancelled else exc)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody waited
             raise
         finally:
             if self._loading.get(key) is fut:
                 del self._loading[key]
-            if fut.done() and not fut.cancelled():
-                fut.exception()  # retrieved: no "never retrieved" warning without waiters
         if keep is None or keep(value):
             self.put(key, value, generation)
         fut.set_result(value)

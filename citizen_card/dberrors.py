@@ -36,3 +36,8 @@ def unavailable(exc: BaseException) -> bool:
     if code is not None:
         return code.startswith(UNAVAILABLE_SQLSTATES)
     return isinstance(exc, OSError) or isinstance(getattr(exc, "orig", None), OSError)
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, one line: what a log needs of an unavailable database."""
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]

@@ -754,17 +754,23 @@ def _pg_insert_args(
     prows: list[dict[str, Any]],
     meta_json: str,
     after: dict[int, int | None],
-) -> list[Any]:
-    """``_pg_insert``'s arguments for one transfer: its columns, each entry's (with the
-    balance after, for accounts posted directly), each pending row's."""
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """``_pg_insert``'s arguments for one transfer, in its three parts: the transfer's
+    columns, each entry's (with the balance after, for accounts posted directly), each
+    pending row's. A batch passes every transfer's first part, then the entries', then
+    the pending rows'."""
     for row in erows:
         row["balance_after"] = after.get(row["account_id"])
-    args: list[Any] = [meta_json if c.key == "metadata" else trow[c.key] for c in transfer_t.c]
-    for row in erows:
-        args.extend(row[c.key] for c in entry_t.c)
-    for row in prows:
-        args.extend(row[c.key] for c in _PENDING_COLS)
-    return args
+    transfer = [meta_json if c.key == "metadata" else trow[c.key] for c in transfer_t.c]
+    entries = [row[c.key] for row in erows for c in entry_t.c]
+    pending = [row[c.key] for row in prows for c in _PENDING_COLS]
+    return transfer, entries, pending
+
+
+def _meta(meta: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """A transfer's metadata and its JSON text (bad metadata is refused here, early)."""
+    meta = dict(meta or {})
+    return meta, json.dumps(meta, sort_keys=True, allow_nan=False)
 
 
 def _raw_ok(precheck: Precheck | None) -> bool:
@@ -1109,8 +1115,7 @@ class Ledger:
         if len(currencies) != 1:
             raise InvalidRequest("a transfer stays in one currency")
         currency = currencies.pop()
-        meta = dict(meta or {})
-        meta_json = json.dumps(meta, sort_keys=True, allow_nan=False)  # refuse bad meta early
+        meta, meta_json = _meta(meta)
         direct: list[tuple[Account, int]] = []
         pending: list[tuple[int, int]] = []
         # Account-id order is the one lock order of the ledger: no deadlocks.
@@ -1147,8 +1152,10 @@ class Ledger:
         )
         receipt = trow["receipt"]
         if tx.pg is not None:
-            args = _pg_insert_args(trow, erows, prows, meta_json, after)
-            await tx.pg.execute(_pg_insert(len(erows), len(prows)), *args)
+            transfer, entries, pending_args = _pg_insert_args(trow, erows, prows, meta_json, after)
+            await tx.pg.execute(
+                _pg_insert(len(erows), len(prows)), *transfer, *entries, *pending_args
+            )
         else:
             record = {a.id: not a.buffered for a, _ in direct}
             failed = await self._in_sqlite(
@@ -1368,8 +1375,7 @@ class Ledger:
             )
 
         if self._batchable(w, m, precheck):
-            item_meta = dict(meta or {})
-            meta_json = json.dumps(item_meta, sort_keys=True, allow_nan=False)
+            item_meta, meta_json = _meta(meta)
             fut: asyncio.Future[Transfer | None] = asyncio.get_running_loop().create_future()
             self._pay_queue.append(
                 _PayItem(w, m, amount, idem, partner_id, item_meta, meta_json, precheck, fut)
@@ -1490,14 +1496,12 @@ class Ledger:
                     meta=item.meta,
                     pending=[(m.id, amount)],
                 )
-                args = _pg_insert_args(
+                t_args, e_args, p_args = _pg_insert_args(
                     trow, erows, prows, item.meta_json, {w.id: int(row["balance"])}
                 )
-                width = len(transfer_t.c)
-                transfers.extend(args[:width])
-                cut = width + len(erows) * len(entry_t.c)
-                entries.extend(args[width:cut])
-                pendings.extend(args[cut:])
+                transfers.extend(t_args)
+                entries.extend(e_args)
+                pendings.extend(p_args)
                 n_entries += len(erows)
                 n_pending += len(prows)
                 out[i] = Transfer(

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from citizen_card.dberrors import unavailable
+from citizen_card.dberrors import first_line, unavailable
 from citizen_card.partner_auth import (
     DEFAULT_SKEW_S,
     RESPONSE_SIGNATURE_HEADER,
@@ -122,7 +122,7 @@ def _failed(what: str, request: web.Request, exc: BaseException) -> web.Response
             what,
             request.method,
             request.path,
-            (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200],
+            first_line(exc),
         )
         resp = problem_response(
             "service_unavailable", 503, "The service cannot answer now; retry shortly"

@@ -14,7 +14,7 @@ from aiohttp.web_request import BaseRequest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from hotline.appkeys import SETTINGS
-from ticketing.store import StoreUnavailable, is_unavailable, sqlstate
+from ticketing.store import StoreUnavailable, answers_unavailable, first_line, is_unavailable
 from ticketing.webkit import PROBLEM_JSON, problem, problem_body, problem_response
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,8 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
             if allow:
                 resp.headers["Allow"] = allow
         return resp
-    except StoreUnavailable:
-        log.warning("database unavailable for %s %s", request.method, request.path)
-        resp = problem_response("service-unavailable")
-        resp.headers["Retry-After"] = "5"
-        return resp
+    except StoreUnavailable as exc:
+        return _unavailable(request, exc)
     except IntegrityError:
         # a race another instance won (same Idempotency-Key, same code): retrying
         # gets the winner's answer
@@ -76,7 +73,7 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         log.exception("database error on %s %s", request.method, request.path)
         return problem_response("internal-error")
     except Exception as exc:
-        if sqlstate(exc) is not None and is_unavailable(exc):  # a raw driver's error
+        if answers_unavailable(exc):  # a raw driver's error
             return _unavailable(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response("internal-error")
@@ -90,7 +87,7 @@ def _unavailable(request: web.Request, exc: BaseException) -> web.Response:
         "database unavailable for %s %s: %s",
         request.method,
         request.path,
-        (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200],
+        first_line(exc),
     )
     resp = problem_response("service-unavailable")
     resp.headers["Retry-After"] = "5"

@@ -188,14 +188,25 @@ def sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, one line: what a log needs of an unavailable database."""
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
+
+
+def answers_unavailable(exc: BaseException) -> bool:
+    """Whether a request that failed with `exc` is answered 503 "retry shortly":
+    StoreUnavailable, or a database driver's error that means the same. (A bare
+    OSError from elsewhere in a handler is not taken for the database.)"""
+    return isinstance(exc, StoreUnavailable) or (sqlstate(exc) is not None and is_unavailable(exc))
+
+
 def log_pass_failure(logger: logging.Logger, exc: BaseException, message: str, *args: Any) -> None:
     """A background pass failed and will run again. A database that cannot serve now
     (unreachable, out of connection slots, shutting down) is one WARNING line: it is not
     our bug, and a traceback per pass per loop while PostgreSQL is out of slots would
     bury real faults. Anything else keeps its traceback at ERROR."""
     if is_unavailable(exc):
-        first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
-        logger.warning(message + " (database unavailable: %s)", *args, first)
+        logger.warning(message + " (database unavailable: %s)", *args, first_line(exc))
     else:
         logger.error(message, *args, exc_info=exc)
 
@@ -218,6 +229,5 @@ def is_unavailable(exc: BaseException) -> bool:
         "the database system is",
         "connection reset",
         "connectionrefused",
-        "too many clients",
     )
     return isinstance(exc, OSError) or any(n in text for n in needles)

@@ -44,7 +44,7 @@ from channels.open311.submit import Submitter, request_digest
 from channels.open311.views import request_view, w3c
 from ticketing.handlers import Deps
 from ticketing.intake import Intake
-from ticketing.store import StoreUnavailable, is_unavailable, sqlstate
+from ticketing.store import answers_unavailable
 from ticketing.webkit import RouteSpec
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,7 @@ def _guarded(handler: Handler) -> Guarded:
         except Open311Error as exc:
             return errors_response(fmt, exc.status, exc.descriptions)
         except Exception as exc:
-            # StoreUnavailable, or a driver error meaning the same (out of connection slots)
-            if isinstance(exc, StoreUnavailable) or (sqlstate(exc) and is_unavailable(exc)):
+            if answers_unavailable(exc):
                 log.warning("open311 %s %s: database unavailable", request.method, request.path)
                 resp = errors_response(fmt, 503, ["the service cannot reach its database; retry"])
                 resp.headers["Retry-After"] = "5"

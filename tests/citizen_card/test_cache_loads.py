@@ -33,7 +33,7 @@ async def test_concurrent_misses_share_one_read() -> None:
     await asyncio.sleep(0)
     db.gate.set()
     assert await asyncio.gather(*calls) == ["v1"] * 32
-    assert db.reads == 1 and cache.loads == 1
+    assert db.reads == 1
     assert await cache.load("shop", db.read) == "v1" and db.reads == 1  # now cached
 
 
@@ -63,8 +63,10 @@ async def test_keep_decides_what_is_cached_and_errors_reach_every_waiter() -> No
     assert cache.get(7) == (False, None)  # "no such card" is asked again next time
 
     gate = asyncio.Event()
+    reads = []
 
     async def broken() -> str:
+        reads.append(1)
         await gate.wait()
         raise ConnectionError("database down")
 
@@ -73,7 +75,7 @@ async def test_keep_decides_what_is_cached_and_errors_reach_every_waiter() -> No
     gate.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
-    assert cache.loads == 2
+    assert len(reads) == 1  # one read failed, for all three
 
 
 async def test_waiters_read_again_when_the_reader_is_cancelled() -> None:
