@@ -67,9 +67,10 @@ class TtlCache(Generic[K, V]):
 
     Each entry lives a random share of the TTL, between (1 - `jitter`) and 1 times it.
     Entries filled together (the first second of load, or after a `drop()`) would
-    otherwise all expire in the same instant, and every request in that instant would
-    go to the database at once: a stall each TTL that showed in the partner API's p99.
-    The TTL stays the bound on staleness."""
+    otherwise all expire in the same instant and all be read again together; spread
+    out, their reads come a few at a time. (What did show in the partner API's p99 was
+    one key missed by many calls at once: `load` answers that.) The TTL stays the
+    bound on staleness."""
 
     def __init__(
         self,
