@@ -25,7 +25,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -240,6 +240,36 @@ class PartnerJournal:
                 dumps_text(refused) if refused is not None else text,
             )
         )
+
+    async def asyncpg_ride(
+        self,
+        pg: Any,
+        nonces: Sequence[tuple[str, str, int]],
+        audits: Sequence[tuple[str, datetime, str, str, str, dict[str, Any]]],
+    ) -> bool:
+        """Inside another writer's PostgreSQL transaction (a payment batch, see
+        `Ledger.pay`'s rider): record the calls' nonces (partner, nonce, expires_at)
+        and their audit rows (card_no, at, actor, channel, action, data), so the call
+        commits once. False, with nothing written, if any nonce is not fresh (or
+        twice here): the caller rolls its transaction back and retries each call alone."""
+        keys = [(pid, nonce) for pid, nonce, _ in nonces]
+        if len(set(keys)) < len(keys):
+            return False
+        if nonces:
+            rows = await pg.fetch(
+                _NONCE_PG,
+                [pid for pid, _ in keys],
+                [nonce for _, nonce in keys],
+                [int(exp) for _, _, exp in nonces],
+                int(self._clock()),
+            )
+            if len(rows) < len(keys):
+                return False
+        if audits:
+            cols = [list(c) for c in zip(*audits, strict=True)]
+            cols[5] = [dumps_text(data) for data in cols[5]]
+            await pg.execute(_AUDIT_PG, *cols)
+        return True
 
     def _enqueue(self, kind: str, *args: Any) -> asyncio.Future[Any]:
         if self._queue is None:

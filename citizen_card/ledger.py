@@ -507,6 +507,26 @@ AccountRef = int | Account
 Precheck = Callable[[AsyncConnection], Awaitable[None]]
 
 
+class Rider(Protocol):
+    """A caller's own rows that must commit with its payment or not at all -- the
+    partner API's request nonce and audit row -- so that a call costs one commit.
+
+    In a batch (PostgreSQL), the ledger hands the riders of the payments it made to
+    the first one's `asyncpg_write_batch` inside the batch's transaction (False rolls
+    the batch back, every payment then runs alone) and sets `written` after COMMIT.
+    A payment that runs alone (SQLite, a refusal in the batch, a rolled back batch)
+    awaits `alone()` first: the caller does its part on its own (records the nonce,
+    raises to refuse) and writes the rest after the payment, as without a rider."""
+
+    written: bool
+
+    async def asyncpg_write_batch(
+        self, pg: Any, made: Sequence[tuple[Rider, Transfer]]
+    ) -> bool: ...
+
+    async def alone(self) -> None: ...
+
+
 def _aid(ref: AccountRef) -> int:
     if isinstance(ref, Account):
         return ref.id
@@ -563,11 +583,13 @@ class _PayItem:
     meta: dict[str, Any]
     meta_json: str
     precheck: Any
+    rider: Rider | None
     future: asyncio.Future[Transfer | None]
 
 
 class _BatchRefused(Exception):
-    """A one-time nonce of the batch was already used: roll it all back."""
+    """A one-time nonce of the batch was already used (a pay token's, or a rider's
+    request nonce): roll it all back."""
 
 
 @dataclass
@@ -1332,11 +1354,13 @@ class Ledger:
         meta: dict[str, Any] | None = None,
         *,
         precheck: Precheck | None = None,
+        rider: Rider | None = None,
     ) -> Transfer:
         """Debit a wallet, credit a merchant. ``precheck(conn)`` runs in the transaction
         before the debit (e.g. "card not frozen"; lock the card row, see module doc);
         raising aborts the payment with nothing written. It runs with the SQLite
-        write lock already held: it must not take ``write_lock`` itself."""
+        write lock already held: it must not take ``write_lock`` itself. ``rider``:
+        the caller's rows to commit with a batched payment (see `Rider`)."""
         validate_amount(amount, self.max_amount)
         if partner_id is not None:
             _key(partner_id, "partner id")
@@ -1378,7 +1402,7 @@ class Ledger:
             item_meta, meta_json = _meta(meta)
             fut: asyncio.Future[Transfer | None] = asyncio.get_running_loop().create_future()
             self._pay_queue.append(
-                _PayItem(w, m, amount, idem, partner_id, item_meta, meta_json, precheck, fut)
+                _PayItem(w, m, amount, idem, partner_id, item_meta, meta_json, precheck, rider, fut)
             )
             self._pay_kick()
             done = await fut
@@ -1386,6 +1410,8 @@ class Ledger:
                 return done
             # refused or failed in the batch: alone, for the exact answer (a replay's
             # first transfer, the card's state, the balance, a retry after a deadlock)
+        if rider is not None:
+            await rider.alone()
         return await self._once(idem, body, raw=_raw_ok(precheck))
 
     def _batchable(self, w: Account, m: Account, precheck: Precheck | None) -> bool:
@@ -1519,6 +1545,11 @@ class Ledger:
                 )
             sql = _pg_insert(n_entries, n_pending, len(paid))
             await pg.execute(sql, *transfers, *entries, *pendings)
+            made = [(r, t) for item, t in zip(batch, out, strict=True) if (r := item.rider) and t]
+            if made and not await made[0][0].asyncpg_write_batch(pg, made):
+                raise _BatchRefused("a rider of the batch refused (a request nonce used)")
+        for rider, _ in made:
+            rider.written = True
         self.pay_batches += 1
         return out
 

@@ -286,6 +286,7 @@ class _Audit:
     # writes queued before the audit row that must be durable with it (a first answer)
     durable: list[Awaitable[Any]] = field(default_factory=list)
     fresh: bool = True  # False: the deferred nonce was a replay (see _admission)
+    recorded: bool = False  # True: committed already, with the call's payment (_PayRider)
 
 
 AUDIT = web.RequestKey("citycard_partner_audit", _Audit)
@@ -293,10 +294,15 @@ AUDIT = web.RequestKey("citycard_partner_audit", _Audit)
 DEFERRED_NONCE = web.RequestKey("citycard_partner_deferred_nonce", tuple)
 # set by `_admission`: the Idempotency-Key claimed with the nonce (key, fingerprint, found)
 PRECLAIM = web.RequestKey("citycard_partner_preclaim", tuple)
-# calls that change nothing: their nonce is recorded with their audit row (one commit)
+# calls that change nothing: their nonce is recorded with their audit row (one commit);
+# and payments: with the payment itself and its audit row (`_PayRider`), or -- when the
+# handler never reaches the ledger -- with the audit row
 DEFERRED_NONCE_ROUTES = frozenset(
-    {"tokens.verify", "identity.verify", "reconciliation", "hospital-cards"}
+    {"tokens.verify", "identity.verify", "reconciliation", "hospital-cards", "payments"}
 )
+# POSTs whose Idempotency-Key the ledger keeps itself (the transfer's own key, checked
+# in the payment's transaction): no separate claim, no stored answer to commit
+LEDGER_IDEMPOTENT_ROUTES = frozenset({"payments"})
 
 
 def _audit(request: web.Request) -> _Audit:
@@ -313,6 +319,57 @@ def _action(request: web.Request) -> str:
         return route.name[:32]
     resource = route.resource
     return resource.canonical[-32:] if resource is not None else "unknown"
+
+
+def _audit_data(request: web.Request, status: int, facts: Mapping[str, Any]) -> dict[str, Any]:
+    params = request.get(PARTNER_REQUEST)
+    return {
+        "partner": request[PARTNER].partner_id,
+        "status": status,
+        "method": request.method,
+        "nonce": params.nonce if params else None,
+        **facts,
+    }
+
+
+class _PayRider:
+    """A payment call's request nonce and audit row, committed in the ledger's batch
+    transaction with the payment itself: the call waits for one commit instead of
+    three (nonce, payment, audit). See `citizen_card.ledger.Rider`."""
+
+    __slots__ = ("at", "entry", "journal", "nonce", "request", "written")
+
+    def __init__(
+        self, journal: PartnerJournal, request: web.Request, entry: _Audit, at: datetime
+    ) -> None:
+        self.journal = journal
+        self.request = request
+        self.entry = entry
+        self.at = at
+        self.nonce: tuple[str, str, int] = request[DEFERRED_NONCE]
+        self.written = False
+
+    def audit_row(self, t: Transfer) -> tuple[str, datetime, str, str, str, dict[str, Any]]:
+        request, entry = self.request, self.entry
+        facts = {"transfer_id": str(t.id), "amount": t.amount, "replayed": False}
+        actor = f"partner:{request[PARTNER].partner_id}"[:64]
+        data = _audit_data(request, 201, facts)
+        return entry.card_no, self.at, actor, "partner", entry.action[:32], data
+
+    async def asyncpg_write_batch(self, pg: Any, made: Sequence[tuple[Any, Transfer]]) -> bool:
+        return await self.journal.asyncpg_ride(
+            pg, [r.nonce for r, _ in made], [r.audit_row(t) for r, t in made]
+        )
+
+    async def alone(self) -> None:
+        """The payment runs on its own: its nonce first, in a commit of its own (a
+        replayed request must not reach the ledger), the audit row after it."""
+        self.request.pop(DEFERRED_NONCE, None)
+        pid, nonce, expires_at = self.nonce
+        if not await self.journal.remember_nonce(pid, nonce, expires_at):
+            self.entry.card_no = ""
+            self.entry.data = {"refused": "replayed_nonce"}
+            raise PartnerAuthError("replayed_nonce", f"nonce {nonce} was already used")
 
 
 # ---------------------------------------------------------------- request/response helpers
@@ -415,9 +472,11 @@ class _PartnerApi:
         card: CardDeps,
         nonce_store: NonceStore,
         hospital_codes: Mapping[str, Collection[str]],
+        journal: PartnerJournal,
     ) -> None:
         self.card = card
         self.nonce_store = nonce_store
+        self.journal = journal
         self.hospital_codes = hospital_codes
         self.root_key = card.keyring.root_public_pem()
         self.replay = ReplayCache()  # payment tokens, kept across Verifier rebuilds
@@ -614,6 +673,9 @@ class _PartnerApi:
         meta: dict[str, Any] = {"request": idem.fingerprint}
         if body.description:
             meta["description"] = body.description
+        rider = None
+        if DEFERRED_NONCE in request:
+            rider = _PayRider(self.journal, request, audit, self.card.clock())
         try:
             wallet = await svc.wallet_of(self.card, card.resident_id)
             transfer = await self.card.ledger.pay(
@@ -624,6 +686,7 @@ class _PartnerApi:
                 pid,
                 meta,
                 precheck=svc.CardPrecheck(card_no, self.card, consume=once),
+                rider=rider,
             )
         except InsufficientFunds:
             audit.data = {"amount": body.amount, "refused": "insufficient-funds"}
@@ -658,6 +721,9 @@ class _PartnerApi:
             "amount": transfer.amount,
             "replayed": transfer.replayed,
         }
+        if rider is not None and rider.written:  # nonce and audit row are in its commit
+            request.pop(DEFERRED_NONCE, None)
+            audit.recorded = True
         headers = {REPLAYED_HEADER: "true"} if transfer.replayed else None
         return _json(_payment_view(transfer), 201, headers)
 
@@ -829,15 +895,10 @@ async def _record(
 ) -> bool:
     """The call's audit row, group-committed (see citizen_card.journal); True once it
     (and every write queued before it for this call) is durable."""
+    if entry.recorded:
+        return True
     partner = request[PARTNER]
-    params = request.get(PARTNER_REQUEST)
-    data = {
-        "partner": partner.partner_id,
-        "status": status,
-        "method": request.method,
-        "nonce": params.nonce if params else None,
-        **entry.data,
-    }
+    data = _audit_data(request, status, entry.data)
     deferred = request.get(DEFERRED_NONCE)
     refused = None
     if deferred is not None:
@@ -867,6 +928,16 @@ async def _record(
 
 
 def _idempotency_middleware(store: IdempotencyStore) -> Any:
+    # keys of LEDGER_IDEMPOTENT_ROUTES calls running here: a twin on this instance is
+    # told to retry (its token reads as used until the first commits); on another
+    # instance the ledger's transaction makes it wait for the first, then replay it
+    running: set[tuple[str, str]] = set()
+
+    def in_flight() -> web.HTTPException:
+        exc = problem(409, "idempotency-key-in-flight", "The first request is still running")
+        exc.headers["Retry-After"] = "1"
+        return exc
+
     @web.middleware
     async def idempotency(request: web.Request, handler: Handler) -> web.StreamResponse:
         key = request.headers.get(IDEMPOTENCY_HEADER)
@@ -881,6 +952,15 @@ def _idempotency_middleware(store: IdempotencyStore) -> Any:
             )
         pid = request[PARTNER].partner_id
         fingerprint = _fingerprint(request, await request.read())
+        if request.match_info.route.name in LEDGER_IDEMPOTENT_ROUTES:
+            if (pid, key) in running:
+                raise in_flight()
+            request[IDEMPOTENCY] = _Idem(key, fingerprint)
+            running.add((pid, key))
+            try:
+                return await handler(request)
+            finally:
+                running.discard((pid, key))
         pre = request.get(PRECLAIM)
         try:
             if pre is not None and pre[0] == key and isinstance(store, SqlIdempotencyStore):
@@ -892,9 +972,7 @@ def _idempotency_middleware(store: IdempotencyStore) -> Any:
                 422, "idempotency-key-reused", "This Idempotency-Key was used for another request"
             ) from None
         except IdempotencyInFlight:
-            exc = problem(409, "idempotency-key-in-flight", "The first request is still running")
-            exc.headers["Retry-After"] = "1"
-            raise exc from None
+            raise in_flight() from None
         if stored is not None:
             _audit(request).data = {"replayed": True}
             return web.Response(
@@ -928,6 +1006,9 @@ def _admission(journal: PartnerJournal, store: IdempotencyStore) -> Admit:
 
     * a call that changes nothing (`DEFERRED_NONCE_ROUTES`): with its audit row, after
       the handler; a replay is answered 401 then, and nothing the handler found leaves;
+    * a payment: in the ledger's transaction, with the payment and its audit row
+      (`_PayRider`; before the payment, on its own, when the payment runs alone);
+      with the audit row when the call never reaches the ledger (a refusal);
     * a POST with an Idempotency-Key: with the key's claim, before the handler;
     * anything else: on its own, before the handler.
     """
@@ -973,7 +1054,7 @@ def partner_app(
         journal = PartnerJournal(card.engine, write_lock=card.write_lock)
     if idempotency_store is None:
         idempotency_store = SqlIdempotencyStore(journal)
-    api = _PartnerApi(card, nonce_store, hospital_codes or {})
+    api = _PartnerApi(card, nonce_store, hospital_codes or {}, journal)
     admit = None
     if isinstance(nonce_store, SqlNonceStore):
         admit = _admission(journal, idempotency_store)

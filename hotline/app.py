@@ -122,12 +122,14 @@ def create_app(
     specs += [_card_spec(r) for r in partner_admin_routes(card_deps, partners, _staff)]
     specs += [_card_spec(r) for r in medical_admin_routes(card_deps, _staff)]
     city_signer = CitySigner(f"{settings.city_code.lower()}-service", card_deps.service_key)
+    nonce_store = SqlNonceStore(card_deps.engine, write_lock=card_deps.write_lock)
+    app[appkeys.PARTNER_JOURNAL] = nonce_store.journal
     app.add_subapp(  # signed partner API: documented in docs/partner-api.md, not OpenAPI
         "/partner/v1",
         partner_app(
             card_deps,
             registry=partners,
-            nonce_store=SqlNonceStore(card_deps.engine, write_lock=card_deps.write_lock),
+            nonce_store=nonce_store,
             city_signer=city_signer,
             medical_routes=medical_routes(card_deps, hospital_levels=settings.hospital_level_map),
         ),

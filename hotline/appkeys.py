@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from citizen_card.journal import PartnerJournal
 from citizen_card.service import CardDeps
 from hotline.acd.wiring import PhoneLine
 from hotline.auth import SessionStore
@@ -22,3 +23,5 @@ METRICS = web.AppKey("metrics", Metrics)
 ROUTE_SPECS = web.AppKey("route_specs", list)
 CONSOLE = web.AppKey("console", Console)
 PHONE_LINE = web.AppKey("phone_line", PhoneLine)
+# the partner API's group-commit writer (nonces, audit rows, first answers)
+PARTNER_JOURNAL = web.AppKey("partner_journal", PartnerJournal)

@@ -227,7 +227,8 @@ async def test_receipts_show_each_partner_its_own_wallet_handle(api):  # type: i
 async def test_a_replayed_request_is_refused_after_or_before_its_handler(api):  # type: ignore[no-untyped-def]
     """A call that changes nothing records its nonce with its audit row (one commit):
     a replay is still refused, and its audit row says so. A payment's nonce is
-    recorded with its Idempotency-Key claim, before anything is paid."""
+    recorded with the payment (or, when it runs alone, before anything is paid): a
+    replay pays nothing, and is audited as refused too."""
     resident, card = await resident_with_card(api)
     await wallet_with(api, resident, 1_000)
     metro = await partner(api, "metro", "transit", "transit")
@@ -282,6 +283,7 @@ async def test_a_replayed_request_is_refused_after_or_before_its_handler(api):  
         ("tokens.verify", 200, card["card_no"], None),
         ("tokens.verify", 401, "", "replayed_nonce"),  # nothing of the card recorded
         ("payments", 201, card["card_no"], None),
+        ("payments", 401, "", "replayed_nonce"),
     ]
 
 
