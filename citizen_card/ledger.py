@@ -511,20 +511,19 @@ class Rider(Protocol):
     """A caller's own rows that must commit with its payment or not at all -- the
     partner API's request nonce and audit row -- so that a call costs one commit.
 
-    In a batch (PostgreSQL), the ledger hands the riders of the payments it made to
-    the first one's `asyncpg_write_batch` inside the batch's transaction (False rolls
-    the batch back, every payment then runs alone) and sets `written` after COMMIT.
-    A payment that runs alone (SQLite, a refusal in the batch, a rolled back batch)
-    awaits `alone()` first: the caller does its part on its own (records the nonce,
-    raises to refuse) and writes the rest after the payment, as without a rider."""
+    The ledger writes them in the payment's transaction, after the transfer: for a
+    batch (PostgreSQL) the first rider's `asyncpg_write` gets every payment the batch
+    made; alone, `asyncpg_write` or `sqlite_write` (on aiosqlite's thread) gets its
+    own. False (a request nonce used before) rolls the transaction back: alone, the
+    payment raises `RiderRefused`; a batch runs each of its payments alone. `written`
+    is set once the transaction holding the rows committed. A payment that fails
+    writes nothing of its rider: the caller records what it must itself."""
 
     written: bool
 
-    async def asyncpg_write_batch(
-        self, pg: Any, made: Sequence[tuple[Rider, Transfer]]
-    ) -> bool: ...
+    async def asyncpg_write(self, pg: Any, made: Sequence[tuple[Rider, Transfer]]) -> bool: ...
 
-    async def alone(self) -> None: ...
+    def sqlite_write(self, db: sqlite3.Connection, transfer: Transfer) -> bool: ...
 
 
 def _aid(ref: AccountRef) -> int:
@@ -585,6 +584,11 @@ class _PayItem:
     precheck: Any
     rider: Rider | None
     future: asyncio.Future[Transfer | None]
+
+
+class RiderRefused(LedgerError):
+    """The payment's rider refused its rows (its request nonce was used before):
+    nothing was written."""
 
 
 class _BatchRefused(Exception):
@@ -968,7 +972,7 @@ class Ledger:
             try:
                 async with self._write(transfer=True, raw=raw) as tx:
                     return await body(tx)
-            except IdempotencyConflict:
+            except (IdempotencyConflict, RiderRefused):
                 raise
             except Exception as exc:
                 if _retryable(exc) and attempt < 3:
@@ -1388,7 +1392,7 @@ class Ledger:
         async def body(tx: _Tx) -> Transfer:
             if precheck is not None:
                 await _precheck(precheck, tx)
-            return await self._post(
+            made = await self._post(
                 tx,
                 kind="payment",
                 legs=[(w, -amount), (m, amount)],
@@ -1397,6 +1401,9 @@ class Ledger:
                 partner_id=partner_id,
                 meta=meta,
             )
+            if rider is not None and not await self._ride(tx, rider, made):
+                raise RiderRefused("the payment's rider refused its rows")
+            return made
 
         if self._batchable(w, m, precheck):
             item_meta, meta_json = _meta(meta)
@@ -1410,9 +1417,15 @@ class Ledger:
                 return done
             # refused or failed in the batch: alone, for the exact answer (a replay's
             # first transfer, the card's state, the balance, a retry after a deadlock)
-        if rider is not None:
-            await rider.alone()
-        return await self._once(idem, body, raw=_raw_ok(precheck))
+        done = await self._once(idem, body, raw=_raw_ok(precheck))
+        if rider is not None and not done.replayed:  # made by our committed transaction
+            rider.written = True
+        return done
+
+    async def _ride(self, tx: _Tx, rider: Rider, made: Transfer) -> bool:
+        if tx.pg is not None:
+            return await rider.asyncpg_write(tx.pg, [(rider, made)])
+        return bool(await self._in_sqlite(tx, rider.sqlite_write, made))
 
     def _batchable(self, w: Account, m: Account, precheck: Precheck | None) -> bool:
         """Batched: PostgreSQL payments on the raw pool, from a directly posted wallet to
@@ -1546,7 +1559,7 @@ class Ledger:
             sql = _pg_insert(n_entries, n_pending, len(paid))
             await pg.execute(sql, *transfers, *entries, *pendings)
             made = [(r, t) for item, t in zip(batch, out, strict=True) if (r := item.rider) and t]
-            if made and not await made[0][0].asyncpg_write_batch(pg, made):
+            if made and not await made[0][0].asyncpg_write(pg, made):
                 raise _BatchRefused("a rider of the batch refused (a request nonce used)")
         for rider, _ in made:
             rider.written = True

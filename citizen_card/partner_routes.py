@@ -71,6 +71,7 @@ from citizen_card.ledger import (
     LedgerInconsistent,
     NotRefundable,
     RefundExceedsOriginal,
+    RiderRefused,
     Transfer,
     UnknownTransfer,
 )
@@ -333,9 +334,11 @@ def _audit_data(request: web.Request, status: int, facts: Mapping[str, Any]) -> 
 
 
 class _PayRider:
-    """A payment call's request nonce and audit row, committed in the ledger's batch
+    """A payment call's request nonce and audit row, committed in the ledger's
     transaction with the payment itself: the call waits for one commit instead of
-    three (nonce, payment, audit). See `citizen_card.ledger.Rider`."""
+    three (nonce, payment, audit). See `citizen_card.ledger.Rider`. A payment that
+    fails writes neither: its nonce is then recorded with its audit row, by the
+    audit middleware (as for the calls that change nothing)."""
 
     __slots__ = ("at", "entry", "journal", "nonce", "request", "written")
 
@@ -356,20 +359,13 @@ class _PayRider:
         data = _audit_data(request, 201, facts)
         return entry.card_no, self.at, actor, "partner", entry.action[:32], data
 
-    async def asyncpg_write_batch(self, pg: Any, made: Sequence[tuple[Any, Transfer]]) -> bool:
+    async def asyncpg_write(self, pg: Any, made: Sequence[tuple[Any, Transfer]]) -> bool:
         return await self.journal.asyncpg_ride(
             pg, [r.nonce for r, _ in made], [r.audit_row(t) for r, t in made]
         )
 
-    async def alone(self) -> None:
-        """The payment runs on its own: its nonce first, in a commit of its own (a
-        replayed request must not reach the ledger), the audit row after it."""
-        self.request.pop(DEFERRED_NONCE, None)
-        pid, nonce, expires_at = self.nonce
-        if not await self.journal.remember_nonce(pid, nonce, expires_at):
-            self.entry.card_no = ""
-            self.entry.data = {"refused": "replayed_nonce"}
-            raise PartnerAuthError("replayed_nonce", f"nonce {nonce} was already used")
+    def sqlite_write(self, db: Any, transfer: Transfer) -> bool:
+        return self.journal.sqlite_ride(db, self.nonce, self.audit_row(transfer))
 
 
 # ---------------------------------------------------------------- request/response helpers
@@ -716,6 +712,10 @@ class _PartnerApi:
                 str(exc),
                 errors=[{"field": "amount", "message": str(exc)}],
             ) from None
+        except RiderRefused:  # the audit middleware records the refusal with the nonce
+            raise PartnerAuthError(
+                "replayed_nonce", f"nonce {request[PARTNER_REQUEST].nonce} was already used"
+            ) from None
         audit.data = {
             "transfer_id": str(transfer.id),
             "amount": transfer.amount,
@@ -1007,8 +1007,8 @@ def _admission(journal: PartnerJournal, store: IdempotencyStore) -> Admit:
     * a call that changes nothing (`DEFERRED_NONCE_ROUTES`): with its audit row, after
       the handler; a replay is answered 401 then, and nothing the handler found leaves;
     * a payment: in the ledger's transaction, with the payment and its audit row
-      (`_PayRider`; before the payment, on its own, when the payment runs alone);
-      with the audit row when the call never reaches the ledger (a refusal);
+      (`_PayRider`); with the audit row, after the handler, when the call pays
+      nothing (a refusal, a replayed answer);
     * a POST with an Idempotency-Key: with the key's claim, before the handler;
     * anything else: on its own, before the handler.
     """
