@@ -248,10 +248,10 @@ class PartnerJournal:
         audits: Sequence[tuple[str, datetime, str, str, str, dict[str, Any]]],
     ) -> bool:
         """Inside another writer's PostgreSQL transaction (a payment's or a payment
-        batch's, see `Ledger.pay`'s rider): record the calls' nonces (partner, nonce, expires_at)
-        and their audit rows (card_no, at, actor, channel, action, data), so the call
-        commits once. False, with nothing written, if any nonce is not fresh (or
-        twice here): the caller rolls its transaction back and retries each call alone."""
+        batch's, see `citizen_card.ledger.Rider`): record the calls' nonces (partner,
+        nonce, expires_at) and their audit rows (card_no, at, actor, channel, action,
+        data), so the call commits once. False, with nothing written, if any nonce is
+        not fresh (or twice here): the caller rolls its transaction back."""
         keys = [(pid, nonce) for pid, nonce, _ in nonces]
         if len(set(keys)) < len(keys):
             return False
@@ -269,27 +269,6 @@ class PartnerJournal:
             cols = [list(c) for c in zip(*audits, strict=True)]
             cols[5] = [dumps_text(data) for data in cols[5]]
             await pg.execute(_AUDIT_PG, *cols)
-        return True
-
-    def sqlite_ride(
-        self,
-        db: sqlite3.Connection,
-        nonce: tuple[str, str, int],
-        audit: tuple[str, datetime, str, str, str, dict[str, Any]],
-    ) -> bool:
-        """`asyncpg_ride` for one call on SQLite, on the thread and in the transaction
-        of the connection `db` (a payment's, see `Ledger.pay`)."""
-        pid, value, expires_at = nonce
-        if not db.execute(
-            _NONCE_SQLITE, (pid, value, int(expires_at), int(self._clock()))
-        ).fetchall():
-            return False
-        card_no, at, actor, channel, action, data = audit
-        at_bind = self._at_bind
-        db.execute(
-            _AUDIT_SQLITE,
-            (card_no, at_bind(at) if at_bind else at, actor, channel, action, dumps_text(data)),
-        )
         return True
 
     def _enqueue(self, kind: str, *args: Any) -> asyncio.Future[Any]:

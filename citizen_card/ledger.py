@@ -511,19 +511,17 @@ class Rider(Protocol):
     """A caller's own rows that must commit with its payment or not at all -- the
     partner API's request nonce and audit row -- so that a call costs one commit.
 
-    The ledger writes them in the payment's transaction, after the transfer: for a
-    batch (PostgreSQL) the first rider's `asyncpg_write` gets every payment the batch
-    made; alone, `asyncpg_write` or `sqlite_write` (on aiosqlite's thread) gets its
-    own. False (a request nonce used before) rolls the transaction back: alone, the
-    payment raises `RiderRefused`; a batch runs each of its payments alone. `written`
-    is set once the transaction holding the rows committed. A payment that fails
-    writes nothing of its rider: the caller records what it must itself."""
+    PostgreSQL only (`Ledger.takes_riders`). The ledger writes them in the payment's
+    transaction, after the transfer: for a batch, the first rider's `asyncpg_write`
+    gets every payment the batch made; alone, its own. False (a request nonce used
+    before) rolls the transaction back: alone, the payment raises `RiderRefused`; a
+    batch runs each of its payments alone. `written` is set once the transaction
+    holding the rows committed. A payment that fails writes nothing of its rider:
+    the caller records what it must itself."""
 
     written: bool
 
     async def asyncpg_write(self, pg: Any, made: Sequence[tuple[Rider, Transfer]]) -> bool: ...
-
-    def sqlite_write(self, db: sqlite3.Connection, transfer: Transfer) -> bool: ...
 
 
 def _aid(ref: AccountRef) -> int:
@@ -858,6 +856,9 @@ class Ledger:
         self._pay_queue: list[_PayItem] = []
         self._pay_running: set[asyncio.Task[None]] = set()
         self._pay_busy: set[int] = set()  # wallets of the batches in flight
+        # riders (see `Rider`) on PostgreSQL only: on SQLite, with one writer and one
+        # transaction per payment, a caller's rows group-committed apart measured faster
+        self.takes_riders = not self.is_sqlite
         self.pay_batches = 0  # batch transactions committed (tests, metrics)
 
     # ------------------------------------------------------------------ plumbing
@@ -1134,8 +1135,10 @@ class Ledger:
         original: uuid.UUID | None = None,
         meta: dict[str, Any] | None = None,
         tid: uuid.UUID | None = None,
+        rider: Rider | None = None,
     ) -> Transfer:
-        """Write one balanced transfer inside ``tx`` and return it."""
+        """Write one balanced transfer inside ``tx`` and return it (and the rider's
+        rows after it, see `Rider`)."""
         check_balanced([(a.id, m) for a, m in legs])
         currencies = {a.currency for a, _ in legs}
         if len(currencies) != 1:
@@ -1176,12 +1179,26 @@ class Ledger:
             meta=meta,
             pending=pending,
         )
-        receipt = trow["receipt"]
+        made = Transfer(
+            id=tid,
+            seq=seq,
+            kind=kind,
+            amount=amount,
+            currency=currency,
+            partner_id=partner_id,
+            original_transfer_id=original,
+            created_at=at,
+            meta=meta,
+            receipt=trow["receipt"],
+            postings=tuple(Posting(a.id, m) for a, m in legs),
+        )
         if tx.pg is not None:
             transfer, entries, pending_args = _pg_insert_args(trow, erows, prows, meta_json, after)
             await tx.pg.execute(
                 _pg_insert(len(erows), len(prows)), *transfer, *entries, *pending_args
             )
+            if rider is not None and not await rider.asyncpg_write(tx.pg, [(rider, made)]):
+                raise RiderRefused("the payment's rider refused its rows")
         else:
             record = {a.id: not a.buffered for a, _ in direct}
             failed = await self._in_sqlite(
@@ -1200,19 +1217,7 @@ class Ledger:
                 acct = next(a for a, _ in direct if a.id == failed)
                 delta = next(d for a, d in direct if a.id == failed)
                 raise InsufficientFunds(f"account {acct.id} ({acct.owner}) cannot pay {-delta} fen")
-        return Transfer(
-            id=tid,
-            seq=seq,
-            kind=kind,
-            amount=amount,
-            currency=currency,
-            partner_id=partner_id,
-            original_transfer_id=original,
-            created_at=at,
-            meta=meta,
-            receipt=receipt,
-            postings=tuple(Posting(a.id, m) for a, m in legs),
-        )
+        return made
 
     # ------------------------------------------------------------------ accounts
 
@@ -1368,6 +1373,8 @@ class Ledger:
         validate_amount(amount, self.max_amount)
         if partner_id is not None:
             _key(partner_id, "partner id")
+        if rider is not None and not self.takes_riders:
+            raise InvalidRequest("this ledger takes no riders (SQLite)")
         w = await self._account(wallet)
         m = await self._account(merchant_account)
         if w.kind != "wallet":
@@ -1392,7 +1399,7 @@ class Ledger:
         async def body(tx: _Tx) -> Transfer:
             if precheck is not None:
                 await _precheck(precheck, tx)
-            made = await self._post(
+            return await self._post(
                 tx,
                 kind="payment",
                 legs=[(w, -amount), (m, amount)],
@@ -1400,10 +1407,8 @@ class Ledger:
                 idem=idem,
                 partner_id=partner_id,
                 meta=meta,
+                rider=rider,
             )
-            if rider is not None and not await self._ride(tx, rider, made):
-                raise RiderRefused("the payment's rider refused its rows")
-            return made
 
         if self._batchable(w, m, precheck):
             item_meta, meta_json = _meta(meta)
@@ -1421,11 +1426,6 @@ class Ledger:
         if rider is not None and not done.replayed:  # made by our committed transaction
             rider.written = True
         return done
-
-    async def _ride(self, tx: _Tx, rider: Rider, made: Transfer) -> bool:
-        if tx.pg is not None:
-            return await rider.asyncpg_write(tx.pg, [(rider, made)])
-        return bool(await self._in_sqlite(tx, rider.sqlite_write, made))
 
     def _batchable(self, w: Account, m: Account, precheck: Precheck | None) -> bool:
         """Batched: PostgreSQL payments on the raw pool, from a directly posted wallet to

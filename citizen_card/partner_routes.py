@@ -295,12 +295,13 @@ AUDIT = web.RequestKey("citycard_partner_audit", _Audit)
 DEFERRED_NONCE = web.RequestKey("citycard_partner_deferred_nonce", tuple)
 # set by `_admission`: the Idempotency-Key claimed with the nonce (key, fingerprint, found)
 PRECLAIM = web.RequestKey("citycard_partner_preclaim", tuple)
-# calls that change nothing: their nonce is recorded with their audit row (one commit);
-# and payments: with the payment itself and its audit row (`_PayRider`), or -- when the
-# handler never reaches the ledger -- with the audit row
+# calls that change nothing: their nonce is recorded with their audit row (one commit)
 DEFERRED_NONCE_ROUTES = frozenset(
-    {"tokens.verify", "identity.verify", "reconciliation", "hospital-cards", "payments"}
+    {"tokens.verify", "identity.verify", "reconciliation", "hospital-cards"}
 )
+# calls whose nonce and audit row ride in the ledger's transaction (`_PayRider`), where
+# the ledger takes riders (PostgreSQL); with the audit row when the call pays nothing
+RIDING_ROUTES = frozenset({"payments"})
 # POSTs whose Idempotency-Key the ledger keeps itself (the transfer's own key, checked
 # in the payment's transaction): no separate claim, no stored answer to commit
 LEDGER_IDEMPOTENT_ROUTES = frozenset({"payments"})
@@ -363,9 +364,6 @@ class _PayRider:
         return await self.journal.asyncpg_ride(
             pg, [r.nonce for r, _ in made], [r.audit_row(t) for r, t in made]
         )
-
-    def sqlite_write(self, db: Any, transfer: Transfer) -> bool:
-        return self.journal.sqlite_ride(db, self.nonce, self.audit_row(transfer))
 
 
 # ---------------------------------------------------------------- request/response helpers
@@ -1001,25 +999,35 @@ def _idempotency_middleware(store: IdempotencyStore) -> Any:
     return idempotency
 
 
-def _admission(journal: PartnerJournal, store: IdempotencyStore) -> Admit:
+def _admission(journal: PartnerJournal, store: IdempotencyStore, *, rides: bool) -> Admit:
     """How a request's nonce is recorded, with as few commits as the call allows:
 
     * a call that changes nothing (`DEFERRED_NONCE_ROUTES`): with its audit row, after
       the handler; a replay is answered 401 then, and nothing the handler found leaves;
-    * a payment: in the ledger's transaction, with the payment and its audit row
-      (`_PayRider`); with the audit row, after the handler, when the call pays
-      nothing (a refusal, a replayed answer);
-    * a POST with an Idempotency-Key: with the key's claim, before the handler;
-    * anything else: on its own, before the handler.
+    * a payment, where the ledger takes riders (`rides`): in the ledger's transaction,
+      with the payment and its audit row (`_PayRider`); with the audit row, after the
+      handler, when the call pays nothing (a refusal, a replayed answer);
+    * a POST with an Idempotency-Key the ledger does not keep: with the key's claim,
+      before the handler;
+    * anything else: on its own, before the handler. On SQLite that includes payments:
+      there the nonce and the audit row group-committed beside the payment measured
+      faster than both inside the payment's transaction (bench/RESULTS.md, session 12).
     """
     shared = isinstance(store, SqlIdempotencyStore) and store.journal is journal
 
     async def admit(request: web.Request, params: SignedRequestParams, expires_at: int) -> bool:
-        if request.match_info.route.name in DEFERRED_NONCE_ROUTES:
+        name = request.match_info.route.name
+        if name in DEFERRED_NONCE_ROUTES or (rides and name in RIDING_ROUTES):
             request[DEFERRED_NONCE] = (params.partner_id, params.nonce, expires_at)
             return True
         key = request.headers.get(IDEMPOTENCY_HEADER)
-        if shared and request.method == "POST" and key is not None and _valid_key(key):
+        if (
+            shared
+            and request.method == "POST"
+            and key is not None
+            and _valid_key(key)
+            and name not in LEDGER_IDEMPOTENT_ROUTES
+        ):
             fingerprint = _fingerprint(request, await request.read())
             fresh, found = await journal.admit(
                 params.partner_id, params.nonce, expires_at, key, fingerprint
@@ -1057,7 +1065,7 @@ def partner_app(
     api = _PartnerApi(card, nonce_store, hospital_codes or {}, journal)
     admit = None
     if isinstance(nonce_store, SqlNonceStore):
-        admit = _admission(journal, idempotency_store)
+        admit = _admission(journal, idempotency_store, rides=card.ledger.takes_riders)
     app = web.Application(
         middlewares=[
             # "/": everything this sub-application serves is partner-only, wherever

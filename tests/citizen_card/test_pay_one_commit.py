@@ -1,5 +1,6 @@
-"""A payment call commits once: its request nonce and audit row ride in the ledger's
-transaction (`_PayRider`), alone or in a batch. What must still hold: a replayed
+"""A payment call commits once on PostgreSQL: its request nonce and audit row ride in
+the ledger's transaction (`_PayRider`), alone or in a batch (on SQLite the nonce is
+group-committed before the payment, the audit row after it). What must still hold: a replayed
 request pays nothing -- not even one that was refused the first time and would go
 through now -- a batch holding a replay rolls back without losing or doubling anyone
 else's payment or audit row, and the Idempotency-Key (kept by the ledger alone for
@@ -16,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from citizen_card import service as svc
+from citizen_card.ledger import InvalidRequest
 from citizen_card.partner_client import sign_headers
 from hotline.appkeys import CARD_DEPS, PARTNER_JOURNAL
 from tests.citizen_card.test_partner_api import (
@@ -63,7 +65,9 @@ async def _partner_events(deps: Any) -> list[Any]:
 async def test_a_refused_payment_replayed_after_a_top_up_pays_nothing(api: Any) -> None:
     """The nonce of a refused call is recorded too: once the wallet holds enough, the
     captured request replayed is 401, not a payment (an authorization is used up only
-    by a payment that went through, so only the nonce stands in the way)."""
+    by a payment that went through, so only the nonce stands in the way). On
+    PostgreSQL the ledger's transaction meets the used nonce (and its audit row says
+    so); on SQLite the admission does, before anything runs."""
     resident, card = await resident_with_card(api)
     wallet = await wallet_with(api, resident, 50)
     shop = await partner(api, "shop", "merchant", "pay")
@@ -80,16 +84,17 @@ async def test_a_refused_payment_replayed_after_a_top_up_pays_nothing(api: Any) 
     seen = [
         (e.data["status"], e.card_no, e.data.get("refused")) for e in await _partner_events(deps)
     ]
-    assert seen == [(402, card["card_no"], "insufficient-funds"), (401, "", "replayed_nonce")]
+    refused = [(401, "", "replayed_nonce")] if deps.ledger.takes_riders else []
+    assert seen == [(402, card["card_no"], "insufficient-funds"), *refused]
     # the same authorization with a new nonce is a new request: it pays
     status, body = await _send(_signed(api, shop, {"authorization": auth, "amount": 100}, "o-1"))
     assert status == 201, body
     assert await deps.ledger.balance(wallet) == 950
 
 
+@PG
 async def test_a_payment_commits_its_nonce_and_audit_row_with_itself(api: Any) -> None:
-    """Alone (SQLite) or in a batch (PostgreSQL): no write of the call goes through the
-    partner journal's own commits."""
+    """No write of the call goes through the partner journal's own commits."""
     deps = api.app[CARD_DEPS]
     journal = api.app[PARTNER_JOURNAL]
     resident, card = await resident_with_card(api)
@@ -103,7 +108,7 @@ async def test_a_payment_commits_its_nonce_and_audit_row_with_itself(api: Any) -
 
     status, body = await _send(request)
     assert status == 201, body
-    assert deps.ledger.pay_batches == batches + (0 if deps.ledger.is_sqlite else 1)
+    assert deps.ledger.pay_batches == batches + 1
     assert journal.ops == ops  # nothing of the call went through the journal's commits
     (event,) = await _partner_events(deps)
     assert event.card_no == card["card_no"]
@@ -192,3 +197,22 @@ async def test_a_retry_racing_its_first_request_is_told_to_wait_then_gets_its_an
     changed = await send(_signed(api, shop, body | {"amount": 251}, "o-77"))
     assert changed[0] == 422 and b"idempotency-key-reused" in changed[1]
     assert await deps.ledger.balance(wallet) == 750
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_ledger_on_sqlite_refuses_a_rider_rather_than_drop_its_rows(api: Any) -> None:
+    deps = api.app[CARD_DEPS]
+    resident, _ = await resident_with_card(api)
+    wallet = await wallet_with(api, resident, 1_000)
+    merchant = await deps.ledger.open_account("merchant", "shop")
+
+    class Rider:
+        written = False
+
+        async def asyncpg_write(self, pg: Any, made: Any) -> bool:
+            raise AssertionError("not on SQLite")
+
+    assert not deps.ledger.takes_riders
+    with pytest.raises(InvalidRequest):
+        await deps.ledger.pay(wallet, merchant, 100, "k-1", "shop", rider=Rider())
+    assert await deps.ledger.balance(wallet) == 1_000

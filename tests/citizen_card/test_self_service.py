@@ -227,8 +227,8 @@ async def test_receipts_show_each_partner_its_own_wallet_handle(api):  # type: i
 async def test_a_replayed_request_is_refused_after_or_before_its_handler(api):  # type: ignore[no-untyped-def]
     """A call that changes nothing records its nonce with its audit row (one commit):
     a replay is still refused, and its audit row says so. A payment's nonce is
-    recorded with the payment (or, when it runs alone, before anything is paid): a
-    replay pays nothing, and is audited as refused too."""
+    recorded with the payment on PostgreSQL (a replay is audited as refused too), on
+    SQLite before anything runs: either way a replay pays nothing."""
     resident, card = await resident_with_card(api)
     await wallet_with(api, resident, 1_000)
     metro = await partner(api, "metro", "transit", "transit")
@@ -283,7 +283,7 @@ async def test_a_replayed_request_is_refused_after_or_before_its_handler(api):  
         ("tokens.verify", 200, card["card_no"], None),
         ("tokens.verify", 401, "", "replayed_nonce"),  # nothing of the card recorded
         ("payments", 201, card["card_no"], None),
-        ("payments", 401, "", "replayed_nonce"),
+        *([("payments", 401, "", "replayed_nonce")] if deps.ledger.takes_riders else []),
     ]
 
 
