@@ -216,3 +216,21 @@ async def test_a_ledger_on_sqlite_refuses_a_rider_rather_than_drop_its_rows(api:
     with pytest.raises(InvalidRequest):
         await deps.ledger.pay(wallet, merchant, 100, "k-1", "shop", rider=Rider())
     assert await deps.ledger.balance(wallet) == 1_000
+
+
+async def test_a_captured_payment_replayed_at_once_with_another_key_pays_once(api: Any) -> None:
+    """The Idempotency-Key header is not signed: an attacker can resend a captured
+    request under a key of its own, while the first is still running. One payment."""
+    resident, card = await resident_with_card(api)
+    wallet = await wallet_with(api, resident, 1_000)
+    shop = await partner(api, "shop", "merchant", "pay")
+    deps = api.app[CARD_DEPS]
+    auth = await authorize(shop, api, card["card_no"])
+    url, raw, headers = _signed(api, shop, {"authorization": auth, "amount": 100}, "o-1")
+    sends = [(url, raw, headers | {"Idempotency-Key": k}) for k in ("o-1", "evil-1", "evil-2")]
+
+    answers = await asyncio.gather(*(_send(r) for r in sends))
+    assert sorted(status for status, _ in answers) == [201, 401, 401], answers
+    refused = [body["type"] for status, body in answers if status == 401]
+    assert refused == ["/problems/partner-replayed_nonce"] * 2
+    assert await deps.ledger.balance(wallet) == 900
