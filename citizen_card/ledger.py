@@ -1369,7 +1369,8 @@ class Ledger:
         before the debit (e.g. "card not frozen"; lock the card row, see module doc);
         raising aborts the payment with nothing written. It runs with the SQLite
         write lock already held: it must not take ``write_lock`` itself. ``rider``:
-        the caller's rows to commit with a batched payment (see `Rider`)."""
+        the caller's rows to commit in the payment's transaction (PostgreSQL, see
+        `Rider`)."""
         validate_amount(amount, self.max_amount)
         if partner_id is not None:
             _key(partner_id, "partner id")
