@@ -63,7 +63,7 @@ class ClaimResult:
 
 @dataclass
 class _Op:
-    kind: str  # nonce | admit | claim | complete | abandon | audit
+    kind: str  # nonce | admit | claim | complete | abandon | audit | purge
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
 
@@ -160,6 +160,7 @@ class PartnerJournal:
         self.max_batch = max_batch
         self._purge_every_s = purge_every_s
         self._next_purge = 0.0
+        self._purge_asked = False  # a "purge" op is queued (see asyncpg_ride)
         self.raw_pool: Any = None  # PostgreSQL: a citizen_card.pgpool.RawPool, if set
         self._queue: asyncio.Queue[_Op] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -255,6 +256,12 @@ class PartnerJournal:
         keys = [(pid, nonce) for pid, nonce, _ in nonces]
         if len(set(keys)) < len(keys):
             return False
+        if not self._purge_asked and self._clock() >= self._next_purge:
+            self._purge_asked = True
+            # the writer purges expired nonces beside its batches, and a payments-only
+            # load may give it none: wake it for that (not in this transaction, whose
+            # locks would then cover every expired row)
+            self._enqueue("purge").add_done_callback(_retrieved)
         if nonces:
             rows = await pg.fetch(
                 _NONCE_PG,
@@ -340,6 +347,7 @@ class PartnerJournal:
         purge = now >= self._next_purge
         if purge:
             self._next_purge = now + self._purge_every_s
+            self._purge_asked = False
         if self.is_sqlite:
             results = await self._write_sqlite(batch, int(now), purge)
         else:
@@ -516,6 +524,12 @@ def _found(row: Any) -> ClaimResult:
     return ClaimResult(False, fingerprint, answer)
 
 
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """For a future nobody awaits: its failure is logged by the writer already."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _fail(op: _Op, exc: BaseException) -> None:
     if not op.future.done():
         op.future.set_exception(exc)
@@ -556,6 +570,8 @@ def _sqlite_batch(
             results.append(None)
         elif op.kind == "abandon":
             db.execute(_ABANDON_SQLITE, a)
+            results.append(None)
+        elif op.kind == "purge":  # done above, when due
             results.append(None)
         elif op.kind == "audit":
             card_no, at, actor, channel, action, data, with_nonce, refused = a

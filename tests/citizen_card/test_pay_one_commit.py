@@ -49,6 +49,14 @@ async def _send(request: tuple[str, bytes, dict]) -> tuple[int, dict[str, Any]]:
     return r.status, await r.json()
 
 
+async def _journal_idle(journal: Any) -> None:
+    for _ in range(200):
+        if journal._task is None or journal._task.done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the partner journal did not go idle")
+
+
 async def _partner_events(deps: Any) -> list[Any]:
     async with deps.read() as conn:
         return list(
@@ -100,6 +108,11 @@ async def test_a_payment_commits_its_nonce_and_audit_row_with_itself(api: Any) -
     resident, card = await resident_with_card(api)
     await wallet_with(api, resident, 1_000)
     shop = await partner(api, "shop", "merchant", "pay")
+    # a first payment wakes the journal for its first purge of expired nonces (below);
+    # the next is due a minute later
+    first = {"token": await token(api, card["card_no"], "pay"), "amount": 1}
+    assert (await _send(_signed(api, shop, first, "o-0")))[0] == 201
+    await _journal_idle(journal)
     request = _signed(
         api, shop, {"token": await token(api, card["card_no"], "pay"), "amount": 300}, "o-1"
     )
@@ -110,7 +123,7 @@ async def test_a_payment_commits_its_nonce_and_audit_row_with_itself(api: Any) -
     assert status == 201, body
     assert deps.ledger.pay_batches == batches + 1
     assert journal.ops == ops  # nothing of the call went through the journal's commits
-    (event,) = await _partner_events(deps)
+    (_, event) = await _partner_events(deps)
     assert event.card_no == card["card_no"]
     assert event.data == {
         "partner": "shop",
@@ -234,3 +247,26 @@ async def test_a_captured_payment_replayed_at_once_with_another_key_pays_once(ap
     refused = [body["type"] for status, body in answers if status == 401]
     assert refused == ["/problems/partner-replayed_nonce"] * 2
     assert await deps.ledger.balance(wallet) == 900
+
+
+@PG
+async def test_payments_alone_still_purge_expired_nonces(api: Any) -> None:
+    """The journal purges expired nonces beside its own writes; when every call rides
+    in the ledger's transactions (a payments-only load), a ride wakes it for that."""
+    deps = api.app[CARD_DEPS]
+    resident, card = await resident_with_card(api)
+    await wallet_with(api, resident, 1_000)
+    shop = await partner(api, "shop", "merchant", "pay")
+    count = sa.text("SELECT count(*) FROM partner_nonce WHERE partner_id = :p")
+    async with deps.engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO partner_nonce (partner_id, nonce, expires_at) VALUES ('old', 'n', 1)"
+            )
+        )
+    body = {"token": await token(api, card["card_no"], "pay"), "amount": 100}
+    assert (await _send(_signed(api, shop, body, "o-1")))[0] == 201
+    await _journal_idle(api.app[PARTNER_JOURNAL])
+    async with deps.read() as conn:
+        assert (await conn.execute(count, {"p": "old"})).scalar_one() == 0
+        assert (await conn.execute(count, {"p": "shop"})).scalar_one() == 1
