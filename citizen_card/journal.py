@@ -253,25 +253,14 @@ class PartnerJournal:
         nonce, expires_at) and their audit rows (card_no, at, actor, channel, action,
         data), so the call commits once. False, with nothing written, if any nonce is
         not fresh (or twice here): the caller rolls its transaction back."""
-        keys = [(pid, nonce) for pid, nonce, _ in nonces]
-        if len(set(keys)) < len(keys):
-            return False
         if not self._purge_asked and self._clock() >= self._next_purge:
             self._purge_asked = True
             # the writer purges expired nonces beside its batches, and a payments-only
             # load may give it none: wake it for that (not in this transaction, whose
             # locks would then cover every expired row)
             self._enqueue("purge").add_done_callback(_retrieved)
-        if nonces:
-            rows = await pg.fetch(
-                _NONCE_PG,
-                [pid for pid, _ in keys],
-                [nonce for _, nonce in keys],
-                [int(exp) for _, _, exp in nonces],
-                int(self._clock()),
-            )
-            if len(rows) < len(keys):
-                return False
+        if not await asyncpg_all_fresh(pg, nonces, int(self._clock())):
+            return False
         if audits:
             cols = [list(c) for c in zip(*audits, strict=True)]
             cols[5] = [dumps_text(data) for data in cols[5]]
@@ -503,6 +492,26 @@ class PartnerJournal:
         return results
 
 
+async def asyncpg_all_fresh(pg: Any, nonces: Sequence[tuple[str, str, int]], now: int) -> bool:
+    """Record one-time nonces (namespace, nonce, expires_at) in one statement, inside
+    the caller's transaction; True if every one was new (a row that had expired is
+    taken over). False if any was seen, or is twice in `nonces`: the caller rolls back
+    (what was written here goes with it)."""
+    if not nonces:
+        return True
+    keys = {(ns, nonce) for ns, nonce, _ in nonces}
+    if len(keys) < len(nonces):
+        return False
+    rows = await pg.fetch(
+        _NONCE_PG,
+        [ns for ns, _, _ in nonces],
+        [nonce for _, nonce, _ in nonces],
+        [int(exp) for _, _, exp in nonces],
+        now,
+    )
+    return len(rows) == len(nonces)
+
+
 def _first_of(items: list[Any], key: Callable[[Any], Any]) -> list[Any]:
     seen: set[Any] = set()
     out = []
@@ -593,4 +602,4 @@ def _sqlite_batch(
     return results
 
 
-__all__ = ["ClaimResult", "PartnerJournal", "StoredAnswer"]
+__all__ = ["ClaimResult", "PartnerJournal", "StoredAnswer", "asyncpg_all_fresh"]

@@ -1076,8 +1076,8 @@ class Ledger:
         original: uuid.UUID | None,
         meta: dict[str, Any],
         pending: Sequence[tuple[int, int]],
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-        """The transfer's row (with its signed receipt), its entries and pending rows,
+    ) -> tuple[Transfer, dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The transfer, its row (with its signed receipt), its entries and pending rows,
         once seq and time are drawn."""
         payload = receipt_payload(
             key_id=self.signer.key_id,
@@ -1121,7 +1121,20 @@ class Ledger:
             for i, (a, m) in enumerate(legs)
         ]
         prows = [{"account_id": a, "transfer_id": tid, "amount": m} for a, m in pending]
-        return trow, erows, prows
+        made = Transfer(
+            id=tid,
+            seq=seq,
+            kind=kind,
+            amount=amount,
+            currency=currency,
+            partner_id=partner_id,
+            original_transfer_id=original,
+            created_at=at,
+            meta=meta,
+            receipt=trow["receipt"],
+            postings=tuple(Posting(a.id, m) for a, m in legs),
+        )
+        return made, trow, erows, prows
 
     async def _post(
         self,
@@ -1165,7 +1178,7 @@ class Ledger:
             if seq is None:
                 seq = await self._in_sqlite(tx, _sqlite_begin, True)
             at = utcnow()  # under the write lock: in seq order
-        trow, erows, prows = self._rows(
+        made, trow, erows, prows = self._rows(
             tid=tid,
             seq=seq,
             at=at,
@@ -1178,19 +1191,6 @@ class Ledger:
             original=original,
             meta=meta,
             pending=pending,
-        )
-        made = Transfer(
-            id=tid,
-            seq=seq,
-            kind=kind,
-            amount=amount,
-            currency=currency,
-            partner_id=partner_id,
-            original_transfer_id=original,
-            created_at=at,
-            meta=meta,
-            receipt=trow["receipt"],
-            postings=tuple(Posting(a.id, m) for a, m in legs),
         )
         if tx.pg is not None:
             transfer, entries, pending_args = _pg_insert_args(trow, erows, prows, meta_json, after)
@@ -1522,7 +1522,7 @@ class Ledger:
                 tid = uuid.uuid4()
                 seq, at = int(row["seq"]), row["at"].astimezone(UTC)
                 legs = [(w, -amount), (m, amount)]
-                trow, erows, prows = self._rows(
+                out[i], trow, erows, prows = self._rows(
                     tid=tid,
                     seq=seq,
                     at=at,
@@ -1544,19 +1544,6 @@ class Ledger:
                 pendings.extend(p_args)
                 n_entries += len(erows)
                 n_pending += len(prows)
-                out[i] = Transfer(
-                    id=tid,
-                    seq=seq,
-                    kind="payment",
-                    amount=amount,
-                    currency=w.currency,
-                    partner_id=item.partner_id,
-                    original_transfer_id=None,
-                    created_at=at,
-                    meta=item.meta,
-                    receipt=trow["receipt"],
-                    postings=tuple(Posting(a.id, d) for a, d in legs),
-                )
             sql = _pg_insert(n_entries, n_pending, len(paid))
             await pg.execute(sql, *transfers, *entries, *pendings)
             made = [(r, t) for item, t in zip(batch, out, strict=True) if (r := item.rider) and t]

@@ -323,6 +323,10 @@ def _action(request: web.Request) -> str:
     return resource.canonical[-32:] if resource is not None else "unknown"
 
 
+def _actor(request: web.Request) -> str:
+    return f"partner:{request[PARTNER].partner_id}"[:64]
+
+
 def _audit_data(request: web.Request, status: int, facts: Mapping[str, Any]) -> dict[str, Any]:
     params = request.get(PARTNER_REQUEST)
     return {
@@ -356,9 +360,8 @@ class _PayRider:
     def audit_row(self, t: Transfer) -> tuple[str, datetime, str, str, str, dict[str, Any]]:
         request, entry = self.request, self.entry
         facts = {"transfer_id": str(t.id), "amount": t.amount, "replayed": False}
-        actor = f"partner:{request[PARTNER].partner_id}"[:64]
         data = _audit_data(request, 201, facts)
-        return entry.card_no, self.at, actor, "partner", entry.action[:32], data
+        return entry.card_no, self.at, _actor(request), "partner", entry.action[:32], data
 
     async def asyncpg_write(self, pg: Any, made: Sequence[tuple[Any, Transfer]]) -> bool:
         return await self.journal.asyncpg_ride(
@@ -895,7 +898,6 @@ async def _record(
     (and every write queued before it for this call) is durable."""
     if entry.recorded:
         return True
-    partner = request[PARTNER]
     data = _audit_data(request, status, entry.data)
     deferred = request.get(DEFERRED_NONCE)
     refused = None
@@ -906,7 +908,7 @@ async def _record(
         entry.fresh = await journal.audit(
             card_no=entry.card_no,
             at=card.clock(),
-            actor=f"partner:{partner.partner_id}"[:64],
+            actor=_actor(request),
             channel="partner",
             action=entry.action[:32],
             data=data,

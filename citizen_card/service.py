@@ -39,6 +39,7 @@ from citizen_card.identity import (
     mask_name,
     parse_id_number,
 )
+from citizen_card.journal import asyncpg_all_fresh
 from citizen_card.keys import Keyring, build_status_list, build_trust_list, issue_token
 from citizen_card.ledger import Ledger
 from citizen_card.models import Card, CardCounter, CardEvent, FreezeReceipt, HospitalCard, Resident
@@ -844,16 +845,10 @@ _PG_CARD_STATUS_CONSUME = (
     "SELECT c.status, (SELECT count(*) FROM n) AS fresh FROM card c "
     "WHERE c.card_no = $1 FOR SHARE OF c"
 )
-# the batch forms (Ledger._pay_batch): the cards locked in card-number order, so two
+# the batch form (Ledger._pay_batch): the cards locked in card-number order, so two
 # batches and a freeze always take them in the same order
 _PG_CARD_STATUS_BATCH = (
     "SELECT card_no, status FROM card WHERE card_no = ANY($1::varchar[]) ORDER BY card_no FOR SHARE"
-)
-_PG_CONSUME_BATCH = (
-    "INSERT INTO partner_nonce (partner_id, nonce, expires_at) "
-    "SELECT * FROM unnest($1::varchar[], $2::varchar[], $3::bigint[]) "
-    "ON CONFLICT (partner_id, nonce) DO UPDATE SET expires_at = excluded.expires_at "
-    "WHERE partner_nonce.expires_at <= $4 RETURNING 1"
 )
 _SQLITE_CONSUME = (
     "INSERT INTO partner_nonce (partner_id, nonce, expires_at) VALUES (?, ?, ?) "
@@ -937,18 +932,7 @@ class CardPrecheck:
         """Use up the batch's one-time nonces in one statement; False if any was used
         already (or twice in the batch): the caller then rolls the batch back."""
         once = [c.consume for c in checks if c.consume is not None]
-        if not once:
-            return True
-        if len({(ns, nonce) for ns, nonce, _ in once}) != len(once):
-            return False
-        rows = await pg.fetch(
-            _PG_CONSUME_BATCH,
-            [ns for ns, _, _ in once],
-            [nonce for _, nonce, _ in once],
-            [exp for _, _, exp in once],
-            int(time.time()),
-        )
-        return len(rows) == len(once)
+        return await asyncpg_all_fresh(pg, once, int(time.time()))
 
 
 def card_precheck(card_no: str, deps: CardDeps) -> CardPrecheck:

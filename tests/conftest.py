@@ -22,28 +22,26 @@ def _asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-async def _create_db() -> str:
+async def _as_admin(sql: str) -> None:
     import asyncpg
 
-    name = f"hotline_t_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def _create_db() -> str:
+    name = f"hotline_t_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    await _as_admin(f'CREATE DATABASE "{name}"')
     base = ADMIN_DSN.rsplit("/", 1)[0]
     return f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
 async def _drop_db(url: str) -> None:
-    import asyncpg
-
     name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -81,22 +79,12 @@ async def capped_pg_url(pg_url: str) -> AsyncIterator[str]:
     """The test database as a role PostgreSQL lets open no connection: every connect is
     refused by the server itself with SQLSTATE 53300 (too_many_connections), as when
     it is out of connection slots ("sorry, too many clients already")."""
-    import asyncpg
-
     role = f"capped_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
-    finally:
-        await conn.close()
+    await _as_admin(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
     from sqlalchemy.engine import make_url
 
     yield make_url(pg_url).set(username=role, password=None).render_as_string(hide_password=False)
-    conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
-    finally:
-        await conn.close()
+    await _as_admin(f'DROP ROLE IF EXISTS "{role}"')
 
 
 @pytest.fixture
